@@ -1,0 +1,343 @@
+//! The HTTP edge: `GET /events`, `POST /events` and `GET /healthz` (docs/PROTOCOL.md).
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use distributed_events_shared::wire::{codes, ErrorBody, CURSOR_HEADER, REPLAYED_HEADER};
+use distributed_events_shared::StoredEvent;
+use serde::Deserialize;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use uuid::Uuid;
+
+use crate::auth::{is_visible, Principal};
+use crate::store::StoreError;
+use crate::EventBusServer;
+
+/// Limits of the HTTP endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest `POST /events` body, in bytes (default 1 MiB; larger answers `413`).
+    pub max_body_bytes: usize,
+    /// Most events in one answer; larger `limit`s are lowered to it (default 1000).
+    pub max_page: usize,
+    /// Longest long-poll; larger `wait`s are lowered to it (default 30 s).
+    pub max_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_page: 1000,
+            max_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An error answer: its status and `{"error", "code"}` body.
+#[derive(Debug)]
+pub(crate) enum AppError {
+    BadRequest(String),
+    Unauthorized { challenge: String, message: String },
+    IdConflict(Uuid),
+    CursorExpired { resume_after: u64 },
+    CursorAhead { resume_after: u64 },
+    PayloadTooLarge(usize),
+    UnsupportedMediaType,
+    Unavailable,
+}
+
+impl AppError {
+    /// A store failure: the detail goes to the log, the caller gets a plain `503`.
+    pub(crate) fn store(error: StoreError) -> Self {
+        tracing::error!(%error, "event store failed");
+        Self::Unavailable
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, error, resume_after) = match self {
+            Self::BadRequest(message) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST, message, None),
+            Self::Unauthorized { challenge, message } => {
+                let body = ErrorBody {
+                    error: message,
+                    code: codes::UNAUTHORIZED.into(),
+                    resume_after: None,
+                };
+                let challenge = HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer"));
+                return (StatusCode::UNAUTHORIZED, [(WWW_AUTHENTICATE, challenge)], Json(body)).into_response();
+            }
+            Self::IdConflict(id) => (
+                StatusCode::CONFLICT,
+                codes::ID_CONFLICT,
+                format!("event id {id} was already used for a different event; give the event a new id"),
+                None,
+            ),
+            Self::CursorExpired { resume_after } => (
+                StatusCode::GONE,
+                codes::CURSOR_EXPIRED,
+                format!("events after this cursor were deleted by retention; resume with after={resume_after}"),
+                Some(resume_after),
+            ),
+            Self::CursorAhead { resume_after } => (
+                StatusCode::GONE,
+                codes::CURSOR_AHEAD,
+                format!("this cursor is past every stored event (was the store replaced?); resume with after={resume_after}"),
+                Some(resume_after),
+            ),
+            Self::PayloadTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than the server's limit of {limit} bytes"),
+                None,
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                codes::UNSUPPORTED_MEDIA_TYPE,
+                "send the event as JSON with `Content-Type: application/json`".to_owned(),
+                None,
+            ),
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::UNAVAILABLE,
+                "the event store is unavailable; retry later".to_owned(),
+                None,
+            ),
+        };
+        let body = ErrorBody {
+            error,
+            code: code.into(),
+            resume_after,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+pub(crate) fn router(server: EventBusServer) -> Router {
+    let max_body = server.inner.limits.max_body_bytes;
+    Router::new()
+        .route("/events", get(get_events).post(post_event))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(server)
+}
+
+/// A CORS layer for browser clients on `origins` (`*` allows any origin).
+pub fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([CONTENT_TYPE, axum::http::header::AUTHORIZATION])
+        .expose_headers([
+            HeaderName::from_static(CURSOR_HEADER),
+            HeaderName::from_static(REPLAYED_HEADER),
+            axum::http::header::RETRY_AFTER,
+        ])
+}
+
+/// The authenticated caller of a request.
+struct Caller(Principal);
+
+impl FromRequestParts<EventBusServer> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, server: &EventBusServer) -> Result<Self, AppError> {
+        let Some(authenticator) = &server.inner.authenticator else {
+            return Ok(Self(Principal::default()));
+        };
+        authenticator
+            .authenticate(parts)
+            .await
+            .map(Self)
+            .map_err(|rejection| AppError::Unauthorized {
+                challenge: rejection.challenge,
+                message: rejection.message,
+            })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    after: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+    wait: Option<String>,
+}
+
+async fn get_events(
+    State(server): State<EventBusServer>,
+    Caller(principal): Caller,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(query) = query.map_err(|rejection| AppError::BadRequest(rejection.body_text()))?;
+    let limits = &server.inner.limits;
+    let limit = parse_limit(query.limit.as_deref(), limits.max_page)?;
+    match (query.after.as_deref(), query.since.as_deref()) {
+        (Some(_), Some(_)) => Err(AppError::BadRequest(
+            "pass either `after` (a position) or `since` (a time), not both".into(),
+        )),
+        (None, None) => Err(AppError::BadRequest(
+            "`since` is missing: pass `after=<position>` (0 for the start) or `since=<RFC 3339 time>`".into(),
+        )),
+        (None, Some(since)) => read_since(&server, &principal, since, limit).await,
+        (Some(after), None) => {
+            let after = after.parse::<u64>().map_err(|_| {
+                AppError::BadRequest(format!("`after` must be a whole number of 0 or more, got {after:?}"))
+            })?;
+            let wait = parse_wait(query.wait.as_deref(), limits.max_wait)?;
+            read_after(&server, &principal, after, limit, wait).await
+        }
+    }
+}
+
+fn parse_limit(limit: Option<&str>, max: usize) -> Result<usize, AppError> {
+    let Some(limit) = limit else { return Ok(max) };
+    match limit.parse::<u64>() {
+        Ok(0) | Err(_) => Err(AppError::BadRequest(format!(
+            "`limit` must be a whole number from 1 to {max}, got {limit:?}"
+        ))),
+        Ok(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX).min(max)),
+    }
+}
+
+fn parse_wait(wait: Option<&str>, max: Duration) -> Result<Duration, AppError> {
+    let Some(wait) = wait else { return Ok(Duration::ZERO) };
+    match wait.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Ok(Duration::from_secs_f64(seconds.min(max.as_secs_f64()))),
+        _ => Err(AppError::BadRequest(format!(
+            "`wait` must be a number of seconds from 0 to {}, got {wait:?}",
+            max.as_secs_f64()
+        ))),
+    }
+}
+
+/// Cursor mode, with the long-poll: read; if nothing is visible, wait for the next
+/// commit (not for a timer) and read again, until `wait` runs out or shutdown begins.
+async fn read_after(
+    server: &EventBusServer,
+    principal: &Principal,
+    after: u64,
+    limit: usize,
+    wait: Duration,
+) -> Result<Response, AppError> {
+    let store = &server.inner.store;
+    let pruned_through = store.pruned_through().await.map_err(AppError::store)?;
+    if after < pruned_through {
+        return Err(AppError::CursorExpired {
+            resume_after: pruned_through,
+        });
+    }
+    let filter = server.inner.filter.as_deref();
+    let visible = |event: &StoredEvent| is_visible(filter, event, principal);
+    // Subscribe before the first read so that no commit between read and wait is missed.
+    let mut head = store.watch_head();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut cursor = after;
+    let mut checked_ahead = false;
+    loop {
+        let page = store.read_after(cursor, limit, &visible).await.map_err(AppError::store)?;
+        cursor = page.cursor;
+        if page.events.is_empty() && !checked_ahead && cursor > *head.borrow() {
+            // This process has not seen that position; ask the store whether anyone has.
+            let stored_head = store.head().await.map_err(AppError::store)?;
+            if cursor > stored_head {
+                return Err(AppError::CursorAhead {
+                    resume_after: stored_head,
+                });
+            }
+            checked_ahead = true;
+        }
+        if !page.events.is_empty() || tokio::time::Instant::now() >= deadline || server.inner.shutdown.is_cancelled() {
+            return Ok(events_response(&page.events, cursor));
+        }
+        tokio::select! {
+            changed = head.wait_for(|&known| known > cursor) => {
+                if changed.is_err() {
+                    return Ok(events_response(&[], cursor));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {}
+            () = server.inner.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Timestamp mode (the seed's API).
+async fn read_since(server: &EventBusServer, principal: &Principal, since: &str, limit: usize) -> Result<Response, AppError> {
+    let since = DateTime::parse_from_rfc3339(since)
+        .map_err(|error| {
+            AppError::BadRequest(format!(
+                "`since` must be an RFC 3339 time such as 2024-12-04T10:00:00Z, got {since:?} ({error})"
+            ))
+        })?
+        .with_timezone(&Utc);
+    let filter = server.inner.filter.as_deref();
+    let events: Vec<StoredEvent> = server
+        .inner
+        .store
+        .read_since(since, limit)
+        .await
+        .map_err(AppError::store)?
+        .into_iter()
+        .filter(|event| is_visible(filter, event, principal))
+        .collect();
+    let cursor = events.iter().filter_map(|event| event.position).max().unwrap_or(0);
+    Ok(events_response(&events, cursor))
+}
+
+fn events_response(events: &[StoredEvent], cursor: u64) -> Response {
+    ([(HeaderName::from_static(CURSOR_HEADER), HeaderValue::from(cursor))], Json(events)).into_response()
+}
+
+async fn post_event(
+    State(server): State<EventBusServer>,
+    Caller(principal): Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    if !is_json(&headers) {
+        return Err(AppError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(server.inner.limits.max_body_bytes),
+        _ => AppError::BadRequest(rejection.body_text()),
+    })?;
+    let event: StoredEvent =
+        serde_json::from_slice(&body).map_err(|error| AppError::BadRequest(format!("invalid event: {error}")))?;
+    let (receipt, replayed) = server.accept(event, &principal).await?;
+    let mut response = (StatusCode::CREATED, Json(receipt)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(REPLAYED_HEADER), HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `application/json` or any `application/*+json`, with or without parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn healthz(State(server): State<EventBusServer>) -> Result<Response, AppError> {
+    let head = server.inner.store.head().await.map_err(AppError::store)?;
+    Ok(Json(serde_json::json!({ "status": "ok", "head": head })).into_response())
+}

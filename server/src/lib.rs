@@ -1,0 +1,381 @@
+//! The native server of distributed-events: an [`EventBusServer`] that persists every
+//! event published on its local bus, and an axum [`Router`](axum::Router) that serves
+//! those events to polling clients and takes theirs.
+//!
+//! # Quick start
+//! ```no_run
+//! use distributed_events_server::{store, DomainEvent, Event, EventBusServer};
+//! use futures::StreamExt;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, Debug, Serialize, Deserialize, Event)]
+//! struct UserCreatedEvent { email: String, name: String }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = EventBusServer::builder(store::open("sqlite://events.db").await?)
+//!     .retention(std::time::Duration::from_secs(24 * 3600))
+//!     .build();
+//!
+//! // Local subscribers see events published here and events posted by clients.
+//! let mut created = server.on::<UserCreatedEvent>();
+//! tokio::spawn(async move {
+//!     while let Some(event) = created.next().await {
+//!         println!("user created: {}", event.payload.email);
+//!     }
+//! });
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let app = server.router(); // nest or merge it into your own Router
+//! tokio::spawn(async move { axum::serve(listener, app).await });
+//!
+//! // Returns once the event is durable.
+//! let receipt = server
+//!     .publish(DomainEvent::new("user-1", UserCreatedEvent { email: "a@example.com".into(), name: "A".into() }))
+//!     .await?;
+//! println!("stored at position {}", receipt.position);
+//! # Ok(()) }
+//! ```
+//!
+//! # Storage
+//! | `--database` / [`store::open`] | backend |
+//! |---|---|
+//! | `sqlite://PATH` (default) | [`store::SqliteStore`]: one durable file, group commit |
+//! | `memory` | [`store::MemoryStore`]: for tests; nothing survives a restart |
+#![deny(missing_docs)]
+
+mod auth;
+mod http;
+pub mod store;
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use auth::{AuthRejection, Authenticator, FilterOutcome, Principal};
+pub use distributed_events_shared::*;
+pub use http::{cors_layer, Limits};
+
+use auth::AuthorizationFilter;
+use store::{Appended, SharedStore, StoreError};
+
+/// Why publishing an event failed. Nothing was published locally when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The store did not take the event.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The payload did not serialize.
+    #[error("the event payload does not serialize: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The id was used before for a different event.
+    #[error("event id {0} was already used for a different event; give the event a new id")]
+    IdConflict(Uuid),
+}
+
+/// A server-side event bus whose every event is persisted and served to clients.
+///
+/// Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct EventBusServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: SharedStore,
+    bus: EventBus,
+    registry: RwLock<EventRegistry>,
+    retention: Option<Duration>,
+    limits: Limits,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    filter: Option<Arc<AuthorizationFilter>>,
+    shutdown: CancellationToken,
+    cleanup_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Configures an [`EventBusServer`].
+#[must_use]
+pub struct EventBusServerBuilder {
+    store: SharedStore,
+    bus: EventBus,
+    registry: EventRegistry,
+    retention: Option<Duration>,
+    cleanup_interval: Option<Duration>,
+    limits: Limits,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    filter: Option<Arc<AuthorizationFilter>>,
+}
+
+impl EventBusServerBuilder {
+    /// Uses `bus` as the local bus (default: a new one), so that code holding it sees the
+    /// server's events.
+    pub fn event_bus(mut self, bus: EventBus) -> Self {
+        self.bus = bus;
+        self
+    }
+
+    /// The app's event types. A posted event of a registered type must decode as that
+    /// type (else `400`) and is published on the local bus; types not registered are
+    /// stored and relayed to clients only. [`EventBusServer::on`] registers its type too.
+    pub fn registry(mut self, registry: EventRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Keep events this long; [`EventBusServer::cleanup`] deletes older ones. Default:
+    /// keep everything.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    /// Run cleanup every `interval` in the background (needs a retention).
+    pub fn cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = Some(interval);
+        self
+    }
+
+    /// Request limits of the HTTP endpoints.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Checks every request's credentials; a refusal answers `401`.
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
+    /// Decides which events a caller may read (the seed's authorizationFilter). It runs
+    /// before the page limit, so pages stay full. Returning an error or panicking hides
+    /// the event; it never fails the request.
+    pub fn authorization_filter<F, R>(mut self, filter: F) -> Self
+    where
+        F: Fn(&StoredEvent, &Principal) -> R + Send + Sync + 'static,
+        R: FilterOutcome,
+    {
+        self.filter = Some(Arc::new(move |event: &StoredEvent, principal: &Principal| {
+            filter(event, principal).into_decision()
+        }));
+        self
+    }
+
+    /// The server. Starts the periodic cleanup when configured, so it must be called
+    /// inside a tokio runtime.
+    pub fn build(self) -> EventBusServer {
+        let server = EventBusServer {
+            inner: Arc::new(Inner {
+                store: self.store,
+                bus: self.bus,
+                registry: RwLock::new(self.registry),
+                retention: self.retention,
+                limits: self.limits,
+                authenticator: self.authenticator,
+                filter: self.filter,
+                shutdown: CancellationToken::new(),
+                cleanup_task: Mutex::new(None),
+            }),
+        };
+        if let (Some(_), Some(interval)) = (self.retention, self.cleanup_interval) {
+            let task = tokio::spawn(run_cleanup(server.clone(), interval));
+            *server.inner.cleanup_task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+        }
+        server
+    }
+}
+
+async fn run_cleanup(server: EventBusServer, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = server.inner.shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match server.cleanup().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "retention cleanup"),
+            Err(error) => tracing::warn!(%error, "retention cleanup failed; retrying next interval"),
+        }
+    }
+}
+
+impl EventBusServer {
+    /// Starts configuring a server over `store`.
+    pub fn builder(store: SharedStore) -> EventBusServerBuilder {
+        EventBusServerBuilder {
+            store,
+            bus: EventBus::new(),
+            registry: EventRegistry::new(),
+            retention: None,
+            cleanup_interval: None,
+            limits: Limits::default(),
+            authenticator: None,
+            filter: None,
+        }
+    }
+
+    /// Persists `event`, then publishes it on the local bus. Returns once it is durable;
+    /// on error nothing was published. Publishing the same event (same id) again is a
+    /// no-op that returns the original receipt.
+    pub async fn publish<T: Event>(&self, event: DomainEvent<T>) -> Result<Receipt, PublishError> {
+        let mut stored = event.to_stored()?;
+        stored.created_at = normalize_time(stored.created_at);
+        match self.inner.store.append(stored.clone()).await? {
+            Appended::New(saved) => {
+                let receipt = receipt(&saved);
+                self.inner.bus.publish(DomainEvent {
+                    position: saved.position,
+                    occurred_at: saved.created_at,
+                    ..event
+                });
+                Ok(receipt)
+            }
+            Appended::Existing(existing) if same_event(&existing, &stored) => Ok(receipt(&existing)),
+            Appended::Existing(_) => Err(PublishError::IdConflict(stored.id)),
+        }
+    }
+
+    /// The events of type `T` published here or posted by clients, from now on.
+    /// Registers `T`, so posts of it are checked and decoded.
+    pub fn on<T: Event>(&self) -> EventStream<T> {
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register::<T>();
+        self.inner.bus.on::<T>()
+    }
+
+    /// The local bus, for `subscribe_all` or code that takes an [`EventBus`].
+    pub fn event_bus(&self) -> &EventBus {
+        &self.inner.bus
+    }
+
+    /// The store behind this server.
+    pub fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
+    /// Deletes events older than the retention duration; returns how many. Without a
+    /// retention it deletes nothing. Safe to call at any time.
+    pub async fn cleanup(&self) -> Result<u64, StoreError> {
+        let Some(retention) = self.inner.retention else { return Ok(0) };
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = chrono::Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        self.inner.store.delete_older_than(cutoff).await
+    }
+
+    /// The HTTP endpoints: `GET`/`POST /events` and `GET /healthz`.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// Answers waiting long-polls at once and stops the periodic cleanup. Publishing
+    /// still works; call it when a graceful shutdown begins, before in-flight requests
+    /// are drained.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Shuts down: [`begin_shutdown`](Self::begin_shutdown), waits for the cleanup task,
+    /// and closes the store after flushing what it acknowledged.
+    pub async fn close(&self) {
+        self.begin_shutdown();
+        let task = self.inner.cleanup_task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.inner.store.close().await;
+    }
+
+    /// Validates, stamps and stores a posted event, then publishes it locally.
+    /// Returns the receipt and whether it replays an earlier post.
+    async fn accept(&self, mut event: StoredEvent, principal: &Principal) -> Result<(Receipt, bool), http::AppError> {
+        use http::AppError;
+        if event.event_type.trim().is_empty() {
+            return Err(AppError::BadRequest("`eventType` must not be empty".into()));
+        }
+        if event.aggregate_id.is_empty() {
+            return Err(AppError::BadRequest("`aggregateId` must not be empty".into()));
+        }
+        if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&event.event_json) {
+            return Err(AppError::BadRequest(format!("`eventJson` must be a string of JSON: {error}")));
+        }
+        // Identity comes from authentication, never from the body.
+        if principal.tenant_id.is_some() {
+            event.tenant_id.clone_from(&principal.tenant_id);
+        }
+        if principal.user_id.is_some() {
+            event.user_id.clone_from(&principal.user_id);
+        }
+        event.position = None;
+        event.created_at = normalize_time(event.created_at);
+        let known_type = {
+            let registry = self.inner.registry.read().unwrap_or_else(PoisonError::into_inner);
+            match registry.decode(&event) {
+                Ok(_) => true,
+                Err(DecodeError::UnknownType { .. }) => false,
+                Err(error) => return Err(AppError::BadRequest(error.to_string())),
+            }
+        };
+        match self.inner.store.append(event.clone()).await.map_err(AppError::store)? {
+            Appended::New(saved) => {
+                if known_type {
+                    let decoded = self.inner.registry.read().unwrap_or_else(PoisonError::into_inner).decode(&saved);
+                    if let Ok(decoded) = decoded {
+                        self.inner.bus.publish_any(decoded);
+                    }
+                }
+                Ok((receipt(&saved), false))
+            }
+            Appended::Existing(existing) if same_event(&existing, &event) => Ok((receipt(&existing), true)),
+            Appended::Existing(_) => Err(AppError::IdConflict(event.id)),
+        }
+    }
+}
+
+impl std::fmt::Debug for EventBusServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBusServer")
+            .field("retention", &self.inner.retention)
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for EventBusServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBusServerBuilder")
+            .field("retention", &self.retention)
+            .field("cleanup_interval", &self.cleanup_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a stored event and a re-post of its id carry the same event.
+fn same_event(stored: &StoredEvent, posted: &StoredEvent) -> bool {
+    stored.aggregate_id == posted.aggregate_id
+        && stored.event_type == posted.event_type
+        && stored.event_json == posted.event_json
+        && stored.tenant_id == posted.tenant_id
+}
+
+fn receipt(event: &StoredEvent) -> Receipt {
+    Receipt {
+        id: event.id,
+        created_at: event.created_at,
+        position: event.position.unwrap_or_default(),
+    }
+}
+
+/// Stores keep microseconds; truncate so that what is acknowledged reads back equal.
+fn normalize_time(time: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    time.trunc_subsecs(6)
+}

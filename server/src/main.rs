@@ -1,0 +1,139 @@
+//! `distributed-events-server`: the event server on its own, with the demo page.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use distributed_events_server::{cors_layer, store, EventBusServer, Limits};
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+/// Persists domain events and serves them to clients over HTTP.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "DISTRIBUTED_EVENTS_BIND", default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+
+    /// Where events are kept: `sqlite://PATH`, or `memory` (lost on exit).
+    #[arg(long, env = "DISTRIBUTED_EVENTS_DATABASE", default_value = "sqlite://distributed-events.db")]
+    database: String,
+
+    /// How long events are kept, such as `24h`, `7days` or `90s`.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    retention: Duration,
+
+    /// How often expired events are deleted.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_CLEANUP_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    cleanup_interval: Duration,
+
+    /// An origin browsers may call the API from, such as `https://app.example.com`
+    /// (repeatable; `*` allows any). Without one, only same-origin pages can.
+    #[arg(long = "cors-origin", env = "DISTRIBUTED_EVENTS_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+
+    /// Folder of static files served at `/` (the built demo page), when it exists.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_STATIC_DIR", default_value = "www/dist")]
+    static_dir: PathBuf,
+
+    /// Largest accepted `POST /events` body, in bytes.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: usize,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.retention.is_zero() || args.cleanup_interval.is_zero() {
+        return Err("--retention and --cleanup-interval must be longer than zero".into());
+    }
+    let store = store::open(&args.database)
+        .await
+        .map_err(|error| format!("cannot open the database {}: {error}", args.database))?;
+    let server = EventBusServer::builder(store)
+        .retention(args.retention)
+        .cleanup_interval(args.cleanup_interval)
+        .limits(Limits {
+            max_body_bytes: args.max_body_bytes,
+            ..Limits::default()
+        })
+        .build();
+
+    let mut app = server.router();
+    if args.static_dir.is_dir() {
+        tracing::info!(dir = %args.static_dir.display(), "serving static files at /");
+        app = app.fallback_service(ServeDir::new(&args.static_dir));
+    } else {
+        tracing::info!(dir = %args.static_dir.display(), "no static files to serve (build the demo page first)");
+    }
+    if !args.cors_origins.is_empty() {
+        app = app.layer(cors_layer(&args.cors_origins));
+    }
+    let app = app.layer(TraceLayer::new_for_http());
+
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", args.bind))?;
+    let address = listener.local_addr()?;
+    // Tests and scripts wait for this exact line.
+    eprintln!("listening on http://{address}");
+    tracing::info!(database = %args.database, retention = ?args.retention, "ready");
+
+    let draining = server.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: answering waiting polls, finishing requests");
+            draining.begin_shutdown();
+        })
+        .await?;
+    server.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,188 @@
+//! Where events are kept: the [`EventStore`] trait and its backends.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use distributed_events_shared::StoredEvent;
+use tokio::sync::watch;
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// A failure of the store itself (as opposed to bad input).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or refused the operation; retrying later may work.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// The store has been closed.
+    #[error("event store is closed")]
+    Closed,
+    /// Stored data could not be read back.
+    #[error("event store holds data that does not decode: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
+/// What an append did with one event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Appended {
+    /// Stored now, at the position it carries.
+    New(StoredEvent),
+    /// An event with this id was stored before; this is that event, unchanged.
+    Existing(StoredEvent),
+}
+
+impl Appended {
+    /// The stored event, whichever way.
+    pub fn event(&self) -> &StoredEvent {
+        match self {
+            Self::New(event) | Self::Existing(event) => event,
+        }
+    }
+}
+
+/// One answer to a cursor read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Page {
+    /// The events, in position order.
+    pub events: Vec<StoredEvent>,
+    /// The `after` to read from next. At least the last event's position; more when the
+    /// read skipped events the predicate refused.
+    pub cursor: u64,
+}
+
+/// How many events [`EventStore::read_after`] may examine per event it returns before it
+/// stops and answers with what it has (and a cursor past what it examined).
+const SCAN_FACTOR: usize = 16;
+
+/// Durable, ordered storage of events (the seed's `EventRepository`).
+///
+/// Positions are assigned by the store, strictly increasing in commit order, and never
+/// reused, even after events are deleted. Appends are idempotent by event id.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Stores `events` in order, each at a new position, or reports the event stored
+    /// before under the same id. Returns once the new events are durable.
+    async fn append_batch(&self, events: Vec<StoredEvent>) -> Result<Vec<Appended>, StoreError>;
+
+    /// Up to `limit` events with `position > after`, in position order.
+    async fn read_range(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Up to `limit` events with `createdAt >= since`, in position order.
+    async fn read_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The event with this id.
+    async fn get(&self, id: uuid::Uuid) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// Deletes every event stored before `cutoff` (by the store's clock), as a prefix of
+    /// positions, and returns how many it deleted.
+    async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// The highest position retention has deleted (0 if none): a cursor below it has
+    /// missed events.
+    async fn pruned_through(&self) -> Result<u64, StoreError>;
+
+    /// The highest position ever assigned (0 if none), read from the store itself.
+    async fn head(&self) -> Result<u64, StoreError>;
+
+    /// The highest committed position this process knows of, updated as commits happen
+    /// (here or, for shared stores, on other instances). Long-polls wait on it.
+    fn watch_head(&self) -> watch::Receiver<u64>;
+
+    /// Flushes and releases the store. Later calls fail with [`StoreError::Closed`].
+    async fn close(&self);
+
+    /// Stores one event; see [`EventStore::append_batch`].
+    async fn append(&self, event: StoredEvent) -> Result<Appended, StoreError> {
+        let mut appended = self.append_batch(vec![event]).await?;
+        appended.pop().ok_or_else(|| StoreError::Corrupt("append returned no result".into()))
+    }
+
+    /// Up to `limit` events after `after` for which `visible` holds, in position order.
+    /// The predicate runs before the limit, so a page is full whenever enough visible
+    /// events exist; the scan stops after examining `limit * 16` events, and the cursor
+    /// then lies past what was examined so that the next read goes on from there.
+    async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+        visible: &Visibility<'_>,
+    ) -> Result<Page, StoreError> {
+        let limit = limit.max(1);
+        let mut page = Page { events: Vec::new(), cursor: after };
+        let mut budget = limit.saturating_mul(SCAN_FACTOR);
+        while page.events.len() < limit && budget > 0 {
+            let batch = self.read_range(page.cursor, limit.min(budget)).await?;
+            let exhausted = batch.len() < limit.min(budget);
+            budget = budget.saturating_sub(batch.len());
+            for event in batch {
+                page.cursor = event.position.unwrap_or(page.cursor);
+                if visible(&event) {
+                    page.events.push(event);
+                    if page.events.len() == limit {
+                        return Ok(page);
+                    }
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// Whether the reader may see an event (see [`EventStore::read_after`]).
+pub type Visibility<'a> = dyn Fn(&StoredEvent) -> bool + Send + Sync + 'a;
+
+/// A shared handle to any store.
+pub type SharedStore = Arc<dyn EventStore>;
+
+/// Opens the store a `--database` value names: `memory`, or `sqlite://PATH`.
+pub async fn open(database: &str) -> Result<SharedStore, OpenError> {
+    if database == "memory" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    if let Some(path) = database.strip_prefix("sqlite://") {
+        return Ok(Arc::new(SqliteStore::open(path).await?));
+    }
+    Err(OpenError::UnknownScheme(database.to_owned()))
+}
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The `--database` value names no backend.
+    #[error("unsupported database `{0}`: use `memory` or `sqlite://PATH`")]
+    UnknownScheme(String),
+    /// The backend failed to open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Microseconds since the Unix epoch: how the SQL backends keep time.
+pub(crate) fn to_micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+/// The inverse of [`to_micros`].
+pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros} out of range")))
+}
+
+impl fmt::Debug for dyn EventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EventStore")
+    }
+}

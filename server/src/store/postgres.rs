@@ -1,0 +1,661 @@
+//! The shared store: one PostgreSQL database behind any number of stateless server
+//! instances (`--database postgres://...`).
+//!
+//! # What each guarantee rests on
+//!
+//! - **Positions in commit order, across processes.** Every append transaction first locks
+//!   the one row of `events_head` (`SELECT ... FOR UPDATE`), takes its positions from it,
+//!   and writes the new head back before it commits. The row lock is held until commit, so
+//!   appends from all instances are serialized: a transaction can only assign positions
+//!   once the previous one is committed *and visible* (PostgreSQL releases row locks after
+//!   the commit is visible to new snapshots). A reader that sees position `p` therefore
+//!   sees every position below `p` as well, and polling `after=<position>` never skips an
+//!   event that committed late. A plain sequence would not give this: `nextval` hands out
+//!   numbers at insert time, so 7 can commit after 8 has been read.
+//! - **Group commit.** Within one instance a single writer task takes every append that
+//!   is waiting and commits them in one transaction (as `sqlite.rs` does), so the lock is
+//!   taken once per group, not once per event. Throughput is bounded by one WAL flush per
+//!   group, whatever the number of instances.
+//! - **Idempotency by id.** The `id` column is `UNIQUE`; because every writer holds the
+//!   head lock while it checks which ids exist and inserts the rest, two instances that
+//!   receive the same id concurrently store it once (the second one finds the first's
+//!   committed row). The unique index is the backstop if that ever were not so.
+//! - **Wake-up across instances.** The append transaction calls `pg_notify` with the new
+//!   head; PostgreSQL delivers it only on commit and only once the commit is visible. A
+//!   listener task per instance advances [`EventStore::watch_head`] from it. After the
+//!   listener (re)connects it re-reads the head, so a notification lost while disconnected
+//!   is made up for; nothing polls the store in a loop.
+//! - **Retention with several instances.** Cleanup locks the one row of
+//!   `events_retention` for its transaction, so concurrent cleanups run one after the
+//!   other; each deletes a prefix of committed positions (`<= MAX(position) WHERE stored_at
+//!   < cutoff`), which cannot reach an uncommitted append because that one holds positions
+//!   above every committed one. `stored_at` comes from the database clock, one clock for
+//!   all instances.
+//! - **Connection loss.** Reads use a pool that drops broken connections and connects
+//!   again; the writer holds one connection and replaces it after any error. While the
+//!   database is down every call fails with [`StoreError::Unavailable`] (HTTP 503), and an
+//!   append is acknowledged only after its `COMMIT` succeeded, so nothing acknowledged is
+//!   lost; an append whose answer was lost is retried by the client under the same id.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use distributed_events_shared::StoredEvent;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::{from_micros, to_micros, Appended, EventStore, StoreError};
+
+/// Most events one transaction takes, so that one huge burst does not delay the
+/// acknowledgement of everything behind it for long.
+const MAX_GROUP: usize = 4096;
+
+/// How long a request waits for a pooled connection before it fails with 503. Short, so
+/// that clients hear about an outage and back off instead of piling up.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Session settings of the writer connection. `lock_timeout`: an append that cannot get
+/// the head lock in time fails (503) instead of hanging behind a stuck instance.
+/// `idle_in_transaction_session_timeout`: an instance that freezes inside its append
+/// transaction (SIGSTOP, a VM pause) is disconnected by the server, releasing the lock for
+/// the others; its unacknowledged appends roll back.
+/// Longest an append group may take, connecting included, before it fails with 503.
+const GROUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+const WRITER_SETTINGS: [(&str, &str); 2] = [("lock_timeout", "5s"), ("idle_in_transaction_session_timeout", "10s")];
+
+/// Key of the advisory lock that serializes schema migrations of concurrently starting
+/// instances (`CREATE TABLE IF NOT EXISTS` is not safe against itself).
+const MIGRATION_LOCK: i64 = 0x6469_7374_6576_7473; // "distevts"
+
+const SCHEMA_VERSION: i32 = 1;
+/// Created in the connection's current schema (the first existing one on `search_path`).
+/// Times are microseconds since the Unix epoch, so events read back exactly.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    position     BIGINT PRIMARY KEY,      -- from events_head: commit order, never reused
+    id           UUID   NOT NULL UNIQUE,
+    created_at   BIGINT NOT NULL,         -- microseconds since the epoch
+    stored_at    BIGINT NOT NULL,         -- the database's clock, for retention
+    aggregate_id TEXT   NOT NULL,
+    event_type   TEXT   NOT NULL,
+    event_json   TEXT   NOT NULL,         -- kept as text: reads back byte for byte
+    user_id      TEXT,
+    tenant_id    TEXT,
+    session_id   TEXT,
+    context      TEXT                     -- JSON object, NULL when empty
+);
+CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
+CREATE INDEX IF NOT EXISTS events_stored_at ON events (stored_at);
+CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant_id, position);
+-- One row; locked by every append transaction until it commits (see the module docs).
+CREATE TABLE IF NOT EXISTS events_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    head BIGINT  NOT NULL
+);
+INSERT INTO events_head (id, head) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+-- One row; locked by every retention cleanup until it commits.
+CREATE TABLE IF NOT EXISTS events_retention (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    pruned_through BIGINT  NOT NULL
+);
+INSERT INTO events_retention (id, pruned_through) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+";
+
+const COLUMNS: &str = "position, id::text AS id, created_at, aggregate_id, event_type, event_json, \
+                       user_id, tenant_id, session_id, context";
+
+/// The PostgreSQL store. Any number of server processes may open the same database.
+#[derive(Debug)]
+pub struct PostgresStore {
+    commands: mpsc::Sender<Command>,
+    /// Reads, retention, and the head; connects again by itself after a connection loss.
+    pool: PgPool,
+    /// The one connection of the listener task, kept apart so that it never waits for
+    /// (or starves) request traffic.
+    listen_pool: PgPool,
+    head: watch::Sender<u64>,
+    tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Append(Vec<StoredEvent>, Reply<Vec<Appended>>),
+    /// Ends the writer once the commands queued before it are done.
+    Close,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user@host:port/database`, with any
+    /// parameter that sqlx understands, e.g. `?options[search_path]=events`), creates or
+    /// migrates the schema, and starts the writer and listener tasks.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|error| StoreError::Unavailable(format!("invalid PostgreSQL URL: {error}")))?
+            .application_name("distributed-events");
+        let unreachable = |error: sqlx::Error| {
+            StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {}:{}: {error}",
+                options.get_host(),
+                options.get_port()
+            ))
+        };
+
+        let mut setup = options.connect().await.map_err(unreachable)?;
+        let channel = migrate(&mut setup).await?;
+        let head = read_head(&mut setup).await?;
+        setup.close().await.ok();
+
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(unreachable)?;
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
+
+        let head = watch::Sender::new(head);
+        let (commands, receiver) = mpsc::channel(MAX_GROUP);
+        let writer = tokio::spawn(run_writer(options, channel.clone(), receiver, head.clone()));
+        let listener = tokio::spawn(run_listener(listen_pool.clone(), channel, head.clone()));
+        Ok(Self {
+            commands,
+            pool,
+            listen_pool,
+            head,
+            tasks: Mutex::new(Some((writer, listener))),
+        })
+    }
+
+    /// The pool, unless the store was closed.
+    fn pool(&self) -> Result<&PgPool, StoreError> {
+        if self.pool.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        Ok(&self.pool)
+    }
+}
+
+/// Creates or migrates the schema; returns the notification channel of this schema.
+///
+/// Several instances may start at once: the advisory lock makes them migrate one after the
+/// other, and each finds the work done by the one before.
+async fn migrate(connection: &mut PgConnection) -> Result<String, StoreError> {
+    let mut tx = connection.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    // The channel is per schema, so that several stores in one database (tests, or
+    // separate deployments) do not wake each other. md5 keeps it under the 63-byte limit
+    // of identifiers whatever the schema's name.
+    let (schema, channel): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT current_schema()::text, 'distributed_events_' || left(md5(current_schema()), 16)")
+            .fetch_one(&mut *tx)
+            .await?;
+    let (Some(schema), Some(channel)) = (schema, channel) else {
+        return Err(StoreError::Unavailable(
+            "no schema of the connection's search_path exists: create it (CREATE SCHEMA ...) or fix \
+             `options[search_path]` in the database URL"
+                .into(),
+        ));
+    };
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS events_schema (
+             id      INTEGER PRIMARY KEY CHECK (id = 1),
+             version INTEGER NOT NULL
+         )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let version: Option<i32> = sqlx::query_scalar("SELECT version FROM events_schema WHERE id = 1")
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(version) = version.filter(|&version| version > SCHEMA_VERSION) {
+        return Err(StoreError::Unavailable(format!(
+            "schema `{schema}` has version {version}, newer than this server's {SCHEMA_VERSION}; upgrade the server"
+        )));
+    }
+    // Version 1 is the whole schema; a later version adds its steps here, each guarded by
+    // `version < N`.
+    sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+    sqlx::query(
+        "INSERT INTO events_schema (id, version) VALUES (1, $1) \
+         ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
+    )
+    .bind(SCHEMA_VERSION)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(%schema, version = SCHEMA_VERSION, "PostgreSQL schema ready");
+    Ok(channel)
+}
+
+async fn read_head<'c>(executor: impl sqlx::PgExecutor<'c>) -> Result<u64, StoreError> {
+    let head: i64 = sqlx::query_scalar("SELECT head FROM events_head WHERE id = 1")
+        .fetch_one(executor)
+        .await?;
+    to_position(head)
+}
+
+/// Raises the known head to `position` (never lowers it: notifications may arrive out of
+/// order with the writer's own updates).
+fn advance(head: &watch::Sender<u64>, position: u64) {
+    head.send_if_modified(|known| {
+        let changed = position > *known;
+        *known = (*known).max(position);
+        changed
+    });
+}
+
+async fn run_writer(
+    options: PgConnectOptions,
+    channel: String,
+    mut commands: mpsc::Receiver<Command>,
+    head: watch::Sender<u64>,
+) {
+    let options = options.options(WRITER_SETTINGS);
+    let mut connection: Option<PgConnection> = None;
+    let mut closing = false;
+    while !closing {
+        let Some(Command::Append(events, reply)) = commands.recv().await else { break };
+        // Group commit: take every append already waiting into this transaction.
+        let mut group = vec![(events, reply)];
+        let mut size = group[0].0.len();
+        while size < MAX_GROUP {
+            match commands.try_recv() {
+                Ok(Command::Append(events, reply)) => {
+                    size += events.len();
+                    group.push((events, reply));
+                }
+                Ok(Command::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+
+        // Batches PostgreSQL cannot store fail alone instead of failing the whole group.
+        let (group, unstorable): (Vec<_>, Vec<_>) = group.into_iter().partition(|(events, _)| unstorable(events).is_none());
+        for (events, reply) in unstorable {
+            let _ = reply.send(Err(self::unstorable(&events).unwrap_or(StoreError::Closed)));
+        }
+        if group.is_empty() {
+            continue;
+        }
+
+        // A timeout on top of `lock_timeout`: a connection that went silent (a network
+        // partition) must not hold up every append forever. If it fires during COMMIT the
+        // outcome is unknown; the client retries under the same id, which is idempotent.
+        let result = tokio::time::timeout(GROUP_TIMEOUT, async {
+            let connection = match connection.as_mut() {
+                Some(connection) => connection,
+                None => connection.insert(options.connect().await?),
+            };
+            append_group(connection, &channel, &group).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("PostgreSQL did not answer within {GROUP_TIMEOUT:?}"))));
+        match result {
+            Ok((results, last)) => {
+                advance(&head, last);
+                for ((_, reply), result) in group.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "append to PostgreSQL failed");
+                // The connection may be broken or mid-transaction: start over with a new one.
+                connection = None;
+                for (_, reply) in group {
+                    let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
+                }
+            }
+        }
+    }
+    if let Some(connection) = connection {
+        connection.close().await.ok();
+    }
+}
+
+/// Why PostgreSQL cannot store these events, if it cannot: its `text` type refuses U+0000,
+/// which a Rust string (and SQLite) accepts.
+fn unstorable(events: &[StoredEvent]) -> Option<StoreError> {
+    events.iter().find_map(|event| {
+        let fields = [
+            ("aggregateId", Some(&event.aggregate_id)),
+            ("eventType", Some(&event.event_type)),
+            ("eventJson", Some(&event.event_json)),
+            ("userId", event.user_id.as_ref()),
+            ("tenantId", event.tenant_id.as_ref()),
+            ("sessionId", event.session_id.as_ref()),
+        ];
+        let (name, _) = fields.iter().find(|(_, value)| value.is_some_and(|value| value.contains('\0')))?;
+        Some(StoreError::Corrupt(format!(
+            "event {}: `{name}` contains U+0000, which PostgreSQL cannot store",
+            event.id
+        )))
+    })
+}
+
+/// The columns of a group's new events, one array per column, for one `INSERT ... SELECT
+/// FROM UNNEST(...)`: one round trip whatever the group's size.
+#[derive(Default)]
+struct Columns {
+    position: Vec<i64>,
+    id: Vec<String>,
+    created_at: Vec<i64>,
+    aggregate_id: Vec<String>,
+    event_type: Vec<String>,
+    event_json: Vec<String>,
+    user_id: Vec<Option<String>>,
+    tenant_id: Vec<Option<String>>,
+    session_id: Vec<Option<String>>,
+    context: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn push(&mut self, event: &StoredEvent, position: i64) -> Result<(), StoreError> {
+        let context = if event.context.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&event.context).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        };
+        self.position.push(position);
+        self.id.push(event.id.to_string());
+        self.created_at.push(to_micros(event.created_at));
+        self.aggregate_id.push(event.aggregate_id.clone());
+        self.event_type.push(event.event_type.clone());
+        self.event_json.push(event.event_json.clone());
+        self.user_id.push(event.user_id.clone());
+        self.tenant_id.push(event.tenant_id.clone());
+        self.session_id.push(event.session_id.clone());
+        self.context.push(context);
+        Ok(())
+    }
+}
+
+/// Appends every batch of the group in one transaction; returns the per-batch results and
+/// the new head.
+async fn append_group(
+    connection: &mut PgConnection,
+    channel: &str,
+    group: &[(Vec<StoredEvent>, Reply<Vec<Appended>>)],
+) -> Result<(Vec<Vec<Appended>>, u64), StoreError> {
+    let mut tx = connection.begin().await?;
+    // The lock that orders all appends of all instances; held until COMMIT.
+    let start: i64 = sqlx::query_scalar("SELECT head FROM events_head WHERE id = 1 FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
+
+    // With the lock held no other writer can insert, so what exists now is final for this
+    // transaction. (READ COMMITTED: this statement sees everything committed before it.)
+    let ids: Vec<String> = group.iter().flat_map(|(events, _)| events.iter().map(|e| e.id.to_string())).collect();
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE id = ANY($1::uuid[])"))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut known: HashMap<Uuid, StoredEvent> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let event = decode(row)?;
+        known.insert(event.id, event);
+    }
+
+    let mut head = start;
+    let mut columns = Columns::default();
+    let mut results = Vec::with_capacity(group.len());
+    for (events, _) in group {
+        let mut batch = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some(existing) = known.get(&event.id) {
+                // Stored before, or earlier in this very group (as SQLite would report it).
+                batch.push(Appended::Existing(existing.clone()));
+                continue;
+            }
+            head += 1;
+            columns.push(event, head)?;
+            let stored = StoredEvent {
+                position: Some(to_position(head)?),
+                ..event.clone()
+            };
+            known.insert(event.id, stored.clone());
+            batch.push(Appended::New(stored));
+        }
+        results.push(batch);
+    }
+
+    if head > start {
+        sqlx::query(
+            "INSERT INTO events (position, id, created_at, stored_at, aggregate_id, event_type, event_json, \
+                                 user_id, tenant_id, session_id, context) \
+             SELECT position, id::uuid, created_at, \
+                    (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint, \
+                    aggregate_id, event_type, event_json, user_id, tenant_id, session_id, context \
+             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+                         $7::text[], $8::text[], $9::text[], $10::text[]) \
+                  AS t(position, id, created_at, aggregate_id, event_type, event_json, \
+                       user_id, tenant_id, session_id, context)",
+        )
+        .bind(&columns.position)
+        .bind(&columns.id)
+        .bind(&columns.created_at)
+        .bind(&columns.aggregate_id)
+        .bind(&columns.event_type)
+        .bind(&columns.event_json)
+        .bind(&columns.user_id)
+        .bind(&columns.tenant_id)
+        .bind(&columns.session_id)
+        .bind(&columns.context)
+        .execute(&mut *tx)
+        .await?;
+        // The notification is queued now and delivered when (and only if) this commits.
+        sqlx::query(
+            "WITH moved AS (UPDATE events_head SET head = $1 WHERE id = 1 RETURNING head) \
+             SELECT pg_notify($2, head::text) FROM moved",
+        )
+        .bind(head)
+        .bind(channel)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok((results, to_position(head)?))
+}
+
+/// First wait of the listener before it connects again; doubles up to 2 s.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Keeps `head` up to date with commits of every instance, by LISTEN/NOTIFY; reconnects by
+/// itself, with backoff, for as long as the store is open.
+async fn run_listener(pool: PgPool, channel: String, head: watch::Sender<u64>) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let error = listen(&pool, &channel, &head, &mut backoff).await;
+        if pool.is_closed() {
+            return;
+        }
+        tracing::warn!(%error, retry_in = ?backoff, "PostgreSQL listener lost its connection");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Listens until the connection fails; returns why. Resets `backoff` once connected.
+async fn listen(pool: &PgPool, channel: &str, head: &watch::Sender<u64>, backoff: &mut Duration) -> StoreError {
+    let mut listener = match PgListener::connect_with(pool).await {
+        Ok(listener) => listener,
+        Err(error) => return error.into(),
+    };
+    if let Err(error) = listener.listen(channel).await {
+        return error.into();
+    }
+    // LISTEN is active; anything that committed before it is in the head we read now.
+    match read_head(&mut listener).await {
+        Ok(position) => advance(head, position),
+        Err(error) => return error,
+    }
+    tracing::debug!(%channel, "listening for commits of other instances");
+    *backoff = FIRST_BACKOFF;
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => match notification.payload().parse::<u64>() {
+                Ok(position) => advance(head, position),
+                Err(_) => tracing::warn!(payload = notification.payload(), "ignoring a malformed notification"),
+            },
+            // The connection dropped and the listener connected again (eagerly, LISTEN
+            // included): catch up on what was notified in between.
+            Ok(None) => match read_head(&mut listener).await {
+                Ok(position) => advance(head, position),
+                Err(error) => return error,
+            },
+            Err(error) => return error.into(),
+        }
+    }
+}
+
+fn to_position(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative position {value}")))
+}
+
+/// A position as PostgreSQL's `bigint`; positions stay below 2^53.
+fn sql_position(position: u64) -> i64 {
+    i64::try_from(position).unwrap_or(i64::MAX)
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn decode(row: &PgRow) -> Result<StoredEvent, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+    let id: String = row.try_get("id")?;
+    let context: Option<String> = row.try_get("context")?;
+    Ok(StoredEvent {
+        position: Some(to_position(row.try_get("position")?)?),
+        id: Uuid::parse_str(&id).map_err(|e| corrupt(&e))?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        event_type: row.try_get("event_type")?,
+        event_json: row.try_get("event_json")?,
+        user_id: row.try_get("user_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        session_id: row.try_get("session_id")?,
+        context: match context {
+            Some(json) => serde_json::from_str(&json).map_err(|e| corrupt(&e))?,
+            None => Default::default(),
+        },
+    })
+}
+
+fn decode_all(rows: Vec<PgRow>) -> Result<Vec<StoredEvent>, StoreError> {
+    rows.iter().map(decode).collect()
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append_batch(&self, events: Vec<StoredEvent>) -> Result<Vec<Appended>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Append(events, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_range(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(sql_position(after))
+        .bind(sql_limit(limit))
+        .fetch_all(self.pool()?)
+        .await?;
+        decode_all(rows)
+    }
+
+    async fn read_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE created_at >= $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(to_micros(since))
+        .bind(sql_limit(limit))
+        .fetch_all(self.pool()?)
+        .await?;
+        decode_all(rows)
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE id = $1::uuid"))
+            .bind(id.to_string())
+            .fetch_optional(self.pool()?)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.pool()?.begin().await?;
+        // Concurrent cleanups of several instances queue here, one after the other; each
+        // statement after the lock sees what the previous cleanup deleted.
+        sqlx::query("SELECT pruned_through FROM events_retention WHERE id = 1 FOR UPDATE")
+            .execute(&mut *tx)
+            .await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events WHERE stored_at < $1")
+            .bind(to_micros(cutoff))
+            .fetch_one(&mut *tx)
+            .await?;
+        let Some(last) = last else { return Ok(0) };
+        let deleted = sqlx::query("DELETE FROM events WHERE position <= $1")
+            .bind(last)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE events_retention SET pruned_through = GREATEST(pruned_through, $1) WHERE id = 1")
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn pruned_through(&self) -> Result<u64, StoreError> {
+        // Read each time: another instance may have pruned.
+        let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM events_retention WHERE id = 1")
+            .fetch_one(self.pool()?)
+            .await?;
+        to_position(pruned)
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        read_head(self.pool()?).await
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    async fn close(&self) {
+        let tasks = self.tasks.lock().await.take();
+        if let Some((writer, listener)) = tasks {
+            let _ = self.commands.send(Command::Close).await;
+            let _ = writer.await;
+            listener.abort();
+            let _ = listener.await;
+        }
+        self.listen_pool.close().await;
+        self.pool.close().await;
+    }
+}

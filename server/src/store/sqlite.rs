@@ -1,0 +1,369 @@
+//! The embedded default store: one SQLite file in WAL mode with `synchronous = FULL`, so
+//! an acknowledged event survives `kill -9` and power loss.
+//!
+//! All writes go through one writer task. It takes every append that is waiting when it
+//! starts a transaction and commits them together (group commit), so many concurrent
+//! producers share one fsync. Reads use a separate pool and never wait for the writer.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use distributed_events_shared::StoredEvent;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::{from_micros, to_micros, Appended, EventStore, StoreError};
+
+/// Most events one transaction takes, so that one huge burst does not starve readers of
+/// its acknowledgements.
+const MAX_GROUP: usize = 4096;
+
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    position     INTEGER PRIMARY KEY AUTOINCREMENT, -- AUTOINCREMENT: never reused after deletes
+    id           TEXT    NOT NULL UNIQUE,
+    created_at   INTEGER NOT NULL,                   -- microseconds since the epoch
+    stored_at    INTEGER NOT NULL,                   -- the server's clock, for retention
+    aggregate_id TEXT    NOT NULL,
+    event_type   TEXT    NOT NULL,
+    event_json   TEXT    NOT NULL,
+    user_id      TEXT,
+    tenant_id    TEXT,
+    session_id   TEXT,
+    context      TEXT                                -- JSON object, NULL when empty
+);
+CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
+CREATE INDEX IF NOT EXISTS events_stored_at ON events (stored_at);
+CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant_id, position);
+CREATE TABLE IF NOT EXISTS retention (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    pruned_through INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO retention (id, pruned_through) VALUES (1, 0);
+";
+
+const COLUMNS: &str =
+    "position, id, created_at, aggregate_id, event_type, event_json, user_id, tenant_id, session_id, context";
+
+/// The SQLite store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    commands: mpsc::Sender<Command>,
+    readers: SqlitePool,
+    head: watch::Sender<u64>,
+    pruned_through: Arc<AtomicU64>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Append(Vec<StoredEvent>, Reply<Vec<Appended>>),
+    Prune(DateTime<Utc>, Reply<u64>),
+    /// Ends the writer once the commands queued before it are done.
+    Close,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub async fn open(path: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let mut writer = SqliteConnection::connect_with(&options).await?;
+        migrate(&mut writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)")
+            .fetch_one(&mut writer)
+            .await?;
+        let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM retention WHERE id = 1")
+            .fetch_one(&mut writer)
+            .await?;
+        let head = watch::Sender::new(to_position(head)?);
+        let pruned_through = Arc::new(AtomicU64::new(to_position(pruned)?));
+
+        let (commands, receiver) = mpsc::channel(MAX_GROUP);
+        let task = tokio::spawn(run_writer(writer, receiver, head.clone(), pruned_through.clone()));
+        Ok(Self {
+            commands,
+            readers,
+            head,
+            pruned_through,
+            writer: Mutex::new(Some(task)),
+        })
+    }
+
+    async fn send<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(command(reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn migrate(connection: &mut SqliteConnection) -> Result<(), StoreError> {
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *connection).await?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the database has schema version {version}, newer than this server's {SCHEMA_VERSION}; upgrade the server"
+        )));
+    }
+    let mut tx = connection.begin().await?;
+    sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+    sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn run_writer(
+    mut connection: SqliteConnection,
+    mut commands: mpsc::Receiver<Command>,
+    head: watch::Sender<u64>,
+    pruned_through: Arc<AtomicU64>,
+) {
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Append(events, reply) => {
+                // Group commit: take every append already waiting into this transaction.
+                let mut group = vec![(events, reply)];
+                let mut size = group[0].0.len();
+                let mut next = None;
+                while size < MAX_GROUP {
+                    match commands.try_recv() {
+                        Ok(Command::Append(events, reply)) => {
+                            size += events.len();
+                            group.push((events, reply));
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                match append_group(&mut connection, &group).await {
+                    Ok((results, last)) => {
+                        head.send_if_modified(|known| {
+                            let changed = last > *known;
+                            *known = (*known).max(last);
+                            changed
+                        });
+                        for ((_, reply), result) in group.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "append to SQLite failed");
+                        for (_, reply) in group {
+                            let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
+                        }
+                    }
+                }
+                match next {
+                    Some(Command::Prune(cutoff, reply)) => {
+                        let _ = reply.send(prune(&mut connection, cutoff, &pruned_through).await);
+                    }
+                    Some(Command::Close) => break,
+                    _ => {}
+                }
+            }
+            Command::Prune(cutoff, reply) => {
+                let _ = reply.send(prune(&mut connection, cutoff, &pruned_through).await);
+            }
+            Command::Close => break,
+        }
+    }
+    if let Err(error) = connection.close().await {
+        tracing::warn!(%error, "closing the SQLite writer failed");
+    }
+}
+
+/// Appends every batch of the group in one transaction; returns the per-batch results
+/// and the highest position assigned.
+async fn append_group(
+    connection: &mut SqliteConnection,
+    group: &[(Vec<StoredEvent>, Reply<Vec<Appended>>)],
+) -> Result<(Vec<Vec<Appended>>, u64), StoreError> {
+    let stored_at = to_micros(distributed_events_shared::now());
+    let mut tx = connection.begin().await?;
+    let mut results = Vec::with_capacity(group.len());
+    let mut last = 0;
+    for (events, _) in group {
+        let mut batch = Vec::with_capacity(events.len());
+        for event in events {
+            let context = if event.context.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_string(&event.context).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            };
+            // The writer is alone, so looking first is race-free; and unlike
+            // `ON CONFLICT DO NOTHING` it spends no position on a replay.
+            let existing = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE id = ?"))
+                .bind(event.id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = existing {
+                batch.push(Appended::Existing(decode(&row)?));
+                continue;
+            }
+            let position: i64 = sqlx::query_scalar(
+                "INSERT INTO events (id, created_at, stored_at, aggregate_id, event_type, event_json, \
+                 user_id, tenant_id, session_id, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position",
+            )
+            .bind(event.id.to_string())
+            .bind(to_micros(event.created_at))
+            .bind(stored_at)
+            .bind(&event.aggregate_id)
+            .bind(&event.event_type)
+            .bind(&event.event_json)
+            .bind(&event.user_id)
+            .bind(&event.tenant_id)
+            .bind(&event.session_id)
+            .bind(context)
+            .fetch_one(&mut *tx)
+            .await?;
+            let position = to_position(position)?;
+            last = last.max(position);
+            batch.push(Appended::New(StoredEvent {
+                position: Some(position),
+                ..event.clone()
+            }));
+        }
+        results.push(batch);
+    }
+    tx.commit().await?;
+    Ok((results, last))
+}
+
+async fn prune(connection: &mut SqliteConnection, cutoff: DateTime<Utc>, pruned_through: &AtomicU64) -> Result<u64, StoreError> {
+    let mut tx = connection.begin().await?;
+    let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events WHERE stored_at < ?")
+        .bind(to_micros(cutoff))
+        .fetch_one(&mut *tx)
+        .await?;
+    let Some(last) = last else { return Ok(0) };
+    let deleted = sqlx::query("DELETE FROM events WHERE position <= ?")
+        .bind(last)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query("UPDATE retention SET pruned_through = MAX(pruned_through, ?) WHERE id = 1")
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    pruned_through.fetch_max(to_position(last)?, Ordering::SeqCst);
+    Ok(deleted)
+}
+
+fn to_position(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative position {value}")))
+}
+
+fn decode(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+    let id: String = row.try_get("id")?;
+    let context: Option<String> = row.try_get("context")?;
+    Ok(StoredEvent {
+        position: Some(to_position(row.try_get("position")?)?),
+        id: Uuid::parse_str(&id).map_err(|e| corrupt(&e))?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        event_type: row.try_get("event_type")?,
+        event_json: row.try_get("event_json")?,
+        user_id: row.try_get("user_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        session_id: row.try_get("session_id")?,
+        context: match context {
+            Some(json) => serde_json::from_str(&json).map_err(|e| corrupt(&e))?,
+            None => Default::default(),
+        },
+    })
+}
+
+fn decode_all(rows: Vec<SqliteRow>) -> Result<Vec<StoredEvent>, StoreError> {
+    rows.iter().map(decode).collect()
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append_batch(&self, events: Vec<StoredEvent>) -> Result<Vec<Appended>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.send(|reply| Command::Append(events, reply)).await
+    }
+
+    async fn read_range(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"))
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(sql_limit(limit))
+            .fetch_all(&self.readers)
+            .await?;
+        decode_all(rows)
+    }
+
+    async fn read_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE created_at >= ? ORDER BY position LIMIT ?"
+        ))
+        .bind(to_micros(since))
+        .bind(sql_limit(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        decode_all(rows)
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.readers)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.send(|reply| Command::Prune(cutoff, reply)).await
+    }
+
+    async fn pruned_through(&self) -> Result<u64, StoreError> {
+        Ok(self.pruned_through.load(Ordering::SeqCst))
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)")
+            .fetch_one(&self.readers)
+            .await?;
+        to_position(head)
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    async fn close(&self) {
+        let task = self.writer.lock().await.take();
+        if let Some(task) = task {
+            let _ = self.commands.send(Command::Close).await;
+            let _ = task.await;
+        }
+        self.readers.close().await;
+    }
+}

@@ -1,0 +1,256 @@
+//! The store conformance suite: what every `EventStore` backend must do. Each function
+//! takes a fresh, empty store. `conformance_suite!` turns them into one test each.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use distributed_events_server::store::{Appended, SharedStore};
+use distributed_events_server::StoredEvent;
+use uuid::Uuid;
+
+/// An event with a fresh id, `n` in its payload and the given tenant.
+pub fn event(n: usize, tenant: Option<&str>) -> StoredEvent {
+    StoredEvent {
+        id: Uuid::now_v7(),
+        created_at: Utc.timestamp_micros(1_700_000_000_000_000 + n as i64).unwrap(),
+        aggregate_id: format!("aggregate-{}", n % 7),
+        event_type: "Numbered".into(),
+        event_json: format!("{{\"n\":{n}}}"),
+        user_id: Some(format!("user-{n}")),
+        tenant_id: tenant.map(str::to_owned),
+        session_id: None,
+        context: Default::default(),
+        position: None,
+    }
+}
+
+fn n_of(event: &StoredEvent) -> usize {
+    let value: serde_json::Value = serde_json::from_str(&event.event_json).unwrap();
+    value["n"].as_u64().unwrap() as usize
+}
+
+fn new_position(appended: &Appended) -> u64 {
+    match appended {
+        Appended::New(event) => event.position.expect("a new event has a position"),
+        Appended::Existing(event) => panic!("expected a new event, got existing {}", event.id),
+    }
+}
+
+async fn read_all(store: &SharedStore) -> Vec<StoredEvent> {
+    store.read_range(0, usize::MAX >> 1).await.unwrap()
+}
+
+pub async fn appends_get_increasing_positions_and_read_back_equal(store: SharedStore) {
+    let mut written = Vec::new();
+    for n in 0..10 {
+        let mut e = event(n, Some("t1"));
+        if n % 2 == 0 {
+            e.context.insert("roles".into(), serde_json::json!(["admin", n]));
+            e.session_id = Some(format!("s{n}"));
+        }
+        let appended = store.append(e.clone()).await.unwrap();
+        e.position = Some(new_position(&appended));
+        written.push(e);
+    }
+    let positions: Vec<u64> = written.iter().map(|e| e.position.unwrap()).collect();
+    assert!(positions[0] > 0, "positions start above 0 so that after=0 reads everything");
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions strictly increase: {positions:?}");
+    assert_eq!(read_all(&store).await, written, "events read back field for field");
+    assert_eq!(store.head().await.unwrap(), *positions.last().unwrap());
+    assert_eq!(store.get(written[3].id).await.unwrap().as_ref(), Some(&written[3]));
+    assert_eq!(store.get(Uuid::now_v7()).await.unwrap(), None);
+}
+
+pub async fn read_range_pages_without_gaps_or_repeats(store: SharedStore) {
+    let batch: Vec<_> = (0..25).map(|n| event(n, None)).collect();
+    store.append_batch(batch).await.unwrap();
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.read_range(after, 7).await.unwrap();
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after = last.position.unwrap();
+        seen.extend(page.iter().map(n_of));
+    }
+    assert_eq!(seen, (0..25).collect::<Vec<_>>());
+}
+
+pub async fn append_is_idempotent_by_id(store: SharedStore) {
+    let original = event(1, Some("t1"));
+    let first = new_position(&store.append(original.clone()).await.unwrap());
+    let mut changed = original.clone();
+    changed.event_json = "{\"n\":999}".into();
+    match store.append(changed).await.unwrap() {
+        Appended::Existing(existing) => {
+            assert_eq!(existing.position, Some(first));
+            assert_eq!(existing.event_json, original.event_json, "an existing event is never overwritten");
+        }
+        Appended::New(_) => panic!("the same id was stored twice"),
+    }
+    // The same id twice inside one batch: one event.
+    let twice = event(2, None);
+    let results = store.append_batch(vec![twice.clone(), twice]).await.unwrap();
+    assert!(matches!(results[0], Appended::New(_)));
+    assert!(matches!(results[1], Appended::Existing(_)));
+    assert_eq!(read_all(&store).await.len(), 2);
+}
+
+pub async fn concurrent_appends_lose_and_repeat_nothing(store: SharedStore) {
+    const WRITERS: usize = 16;
+    const EACH: usize = 40;
+    let shared_id_event = event(100_000, None);
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        let duplicate = shared_id_event.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut positions = Vec::new();
+            for i in 0..EACH {
+                let appended = store.append(event(w * EACH + i, None)).await.unwrap();
+                positions.push(new_position(&appended));
+                if i == EACH / 2 {
+                    // Every writer also posts one shared id: it must be stored once.
+                    store.append(duplicate.clone()).await.unwrap();
+                }
+            }
+            positions
+        }));
+    }
+    let mut acknowledged = HashSet::new();
+    for task in tasks {
+        for position in task.await.unwrap() {
+            assert!(acknowledged.insert(position), "position {position} given twice");
+        }
+    }
+    let all = read_all(&store).await;
+    assert_eq!(all.len(), WRITERS * EACH + 1, "every acknowledged event, and the shared id once");
+    let positions: Vec<u64> = all.iter().map(|e| e.position.unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    assert!(acknowledged.iter().all(|p| positions.contains(p)));
+    let ids: HashSet<Uuid> = all.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), all.len());
+}
+
+pub async fn read_after_filters_before_the_limit(store: SharedStore) {
+    // Tenants alternate a, b, b, a, b, b, ...: a third of the events are tenant a's.
+    let events: Vec<_> = (0..60).map(|n| event(n, Some(if n % 3 == 0 { "a" } else { "b" }))).collect();
+    store.append_batch(events).await.unwrap();
+    let only_a = |e: &StoredEvent| e.tenant_id.as_deref() == Some("a");
+    let page = store.read_after(0, 5, &only_a).await.unwrap();
+    assert_eq!(page.events.iter().map(n_of).collect::<Vec<_>>(), [0, 3, 6, 9, 12], "a full page of visible events");
+    assert_eq!(page.cursor, page.events.last().unwrap().position.unwrap());
+
+    // Continuing from the cursor gives the rest, and the last page's cursor lies past
+    // the trailing invisible events, so a poller does not re-scan them.
+    let rest = store.read_after(page.cursor, 100, &only_a).await.unwrap();
+    assert_eq!(rest.events.len(), 15);
+    assert_eq!(rest.cursor, store.head().await.unwrap());
+
+    let nobody = |_: &StoredEvent| false;
+    let empty = store.read_after(0, 2, &nobody).await.unwrap();
+    assert!(empty.events.is_empty());
+    assert!(empty.cursor > 0, "the cursor moves past what was examined");
+}
+
+pub async fn read_since_uses_created_at_in_position_order(store: SharedStore) {
+    // Out-of-order creation times: position order is what counts.
+    let times = [50, 10, 40, 20, 30];
+    let events: Vec<_> = times
+        .iter()
+        .enumerate()
+        .map(|(n, &t)| StoredEvent {
+            created_at: Utc.timestamp_opt(1_700_000_000 + t, 0).unwrap(),
+            ..event(n, None)
+        })
+        .collect();
+    store.append_batch(events).await.unwrap();
+    let since = Utc.timestamp_opt(1_700_000_030, 0).unwrap();
+    let found = store.read_since(since, 100).await.unwrap();
+    assert_eq!(found.iter().map(n_of).collect::<Vec<_>>(), [0, 2, 4], "createdAt >= since, in position order");
+    assert_eq!(store.read_since(since, 2).await.unwrap().len(), 2);
+}
+
+pub async fn deleting_old_events_removes_a_prefix_and_never_reuses_positions(store: SharedStore) {
+    let early: Vec<_> = (0..5).map(|n| event(n, None)).collect();
+    store.append_batch(early).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff: DateTime<Utc> = Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = store.append(event(5, None)).await.unwrap();
+    let head_before = store.head().await.unwrap();
+
+    assert_eq!(store.pruned_through().await.unwrap(), 0);
+    assert_eq!(store.delete_older_than(cutoff).await.unwrap(), 5);
+    let left = read_all(&store).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, late.event().id);
+    let pruned = store.pruned_through().await.unwrap();
+    assert_eq!(pruned, late.event().position.unwrap() - 1, "pruned through the last deleted position");
+    assert_eq!(store.delete_older_than(cutoff).await.unwrap(), 0, "cleanup is idempotent");
+
+    // Delete everything, then append: the new position continues, never reused.
+    store.delete_older_than(Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+    assert!(read_all(&store).await.is_empty());
+    let next = new_position(&store.append(event(6, None)).await.unwrap());
+    assert!(next > head_before, "position {next} reused (head was {head_before})");
+    assert!(store.pruned_through().await.unwrap() >= head_before);
+}
+
+pub async fn watch_head_follows_commits(store: SharedStore) {
+    let mut head = store.watch_head();
+    let start = *head.borrow_and_update();
+    let store2 = store.clone();
+    let waiter = tokio::spawn(async move {
+        let mut head = store2.watch_head();
+        let seen = *head.wait_for(|&h| h > start).await.unwrap();
+        seen
+    });
+    tokio::task::yield_now().await;
+    let position = new_position(&store.append(event(1, None)).await.unwrap());
+    let seen = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("a waiter on watch_head wakes after a commit")
+        .unwrap();
+    assert!(seen >= position);
+    assert!(*head.borrow_and_update() >= position);
+}
+
+pub async fn closed_store_refuses_work(store: SharedStore) {
+    store.append(event(1, None)).await.unwrap();
+    store.close().await;
+    assert!(store.append(event(2, None)).await.is_err());
+}
+
+/// One `#[tokio::test]` per property, for a backend made by `$make` (an async
+/// expression giving `Option<SharedStore>`; `None` skips, after the maker said why).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            $crate::conformance_suite!(@tests $make;
+                appends_get_increasing_positions_and_read_back_equal,
+                read_range_pages_without_gaps_or_repeats,
+                append_is_idempotent_by_id,
+                concurrent_appends_lose_and_repeat_nothing,
+                read_after_filters_before_the_limit,
+                read_since_uses_created_at_in_position_order,
+                deleting_old_events_removes_a_prefix_and_never_reuses_positions,
+                watch_head_follows_commits,
+                closed_store_refuses_work,
+            );
+        }
+    };
+    (@tests $make:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                if let Some(store) = $make {
+                    common::conformance::$test(store).await;
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,132 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{de::DeserializeOwned, Serialize};
+use uuid::Uuid;
+
+use crate::registry::DecodeError;
+use crate::wire::StoredEvent;
+
+/// Context entries of an event: who caused it and in which tenant, plus anything an app
+/// wants its authorization filter to see.
+pub type Context = BTreeMap<String, serde_json::Value>;
+
+/// Context key whose string value becomes [`StoredEvent::user_id`].
+pub const CONTEXT_USER_ID: &str = "userId";
+/// Context key whose string value becomes [`StoredEvent::tenant_id`].
+pub const CONTEXT_TENANT_ID: &str = "tenantId";
+/// Context key whose string value becomes [`StoredEvent::session_id`].
+pub const CONTEXT_SESSION_ID: &str = "sessionId";
+
+/// A payload type that travels as a domain event. Implement it with `#[derive(Event)]`.
+pub trait Event: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// The type's name on the wire (`eventType`).
+    const EVENT_TYPE: &'static str;
+}
+
+/// A domain event: the envelope (id, time, aggregate, context) around a typed payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DomainEvent<T> {
+    /// Unique id; also the idempotency key when the event is posted to a server.
+    pub id: Uuid,
+    /// When the event happened, in UTC, at microsecond precision.
+    pub occurred_at: DateTime<Utc>,
+    /// The aggregate the event belongs to.
+    pub aggregate_id: String,
+    /// Who caused it, in which tenant, and anything else authorization needs.
+    pub context: Context,
+    /// Where the server stored it; `None` until it has been stored.
+    pub position: Option<u64>,
+    /// The event's own data.
+    pub payload: T,
+}
+
+impl<T: Event> DomainEvent<T> {
+    /// A new event with a fresh time-ordered id, happening now.
+    pub fn new(aggregate_id: impl Into<String>, payload: T) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            occurred_at: now(),
+            aggregate_id: aggregate_id.into(),
+            context: Context::new(),
+            position: None,
+            payload,
+        }
+    }
+
+    /// Adds a context entry, such as `("tenantId", "tenant-1")`.
+    #[must_use]
+    pub fn with_context(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.context.insert(key.into(), value.into());
+        self
+    }
+
+    /// The wire record of this event. `userId`, `tenantId` and `sessionId` are taken from
+    /// the context; the other context entries travel in [`StoredEvent::context`].
+    pub fn to_stored(&self) -> Result<StoredEvent, serde_json::Error> {
+        let mut context = self.context.clone();
+        let mut take = |key: &str| match context.remove(key) {
+            Some(serde_json::Value::String(value)) => Some(value),
+            Some(other) => {
+                // Not a string: keep it as an ordinary context entry rather than lose it.
+                context.insert(key.to_owned(), other);
+                None
+            }
+            None => None,
+        };
+        let user_id = take(CONTEXT_USER_ID);
+        let tenant_id = take(CONTEXT_TENANT_ID);
+        let session_id = take(CONTEXT_SESSION_ID);
+        Ok(StoredEvent {
+            id: self.id,
+            created_at: self.occurred_at,
+            aggregate_id: self.aggregate_id.clone(),
+            event_type: T::EVENT_TYPE.to_owned(),
+            event_json: serde_json::to_string(&self.payload)?,
+            user_id,
+            tenant_id,
+            session_id,
+            context,
+            position: self.position,
+        })
+    }
+
+    /// Decodes a wire record of this type; the inverse of [`DomainEvent::to_stored`].
+    pub fn from_stored(stored: &StoredEvent) -> Result<Self, DecodeError> {
+        if stored.event_type != T::EVENT_TYPE {
+            return Err(DecodeError::WrongType {
+                expected: T::EVENT_TYPE,
+                found: stored.event_type.clone(),
+            });
+        }
+        let payload = serde_json::from_str(&stored.event_json).map_err(|source| DecodeError::Payload {
+            event_type: stored.event_type.clone(),
+            id: stored.id,
+            message: source.to_string(),
+        })?;
+        let mut context = stored.context.clone();
+        for (key, value) in [
+            (CONTEXT_USER_ID, &stored.user_id),
+            (CONTEXT_TENANT_ID, &stored.tenant_id),
+            (CONTEXT_SESSION_ID, &stored.session_id),
+        ] {
+            if let Some(value) = value {
+                context.insert(key.to_owned(), serde_json::Value::String(value.clone()));
+            }
+        }
+        Ok(Self {
+            id: stored.id,
+            occurred_at: stored.created_at,
+            aggregate_id: stored.aggregate_id.clone(),
+            context,
+            position: stored.position,
+            payload,
+        })
+    }
+}
+
+/// The current time at the precision every store keeps (microseconds), so that a
+/// stored event reads back equal to what was written.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}

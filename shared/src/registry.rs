@@ -1,0 +1,186 @@
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::event::{DomainEvent, Event};
+use crate::wire::StoredEvent;
+
+/// Why a wire record could not be turned into a typed event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// No type of that name is registered. Add the type to the app's `event_registry!`.
+    #[error("unknown event type `{event_type}` (event {id}); add it to the event registry")]
+    UnknownType {
+        /// The wire name that was not found.
+        event_type: String,
+        /// The event's id.
+        id: Uuid,
+    },
+    /// The payload does not match the registered type.
+    #[error("event {id} of type `{event_type}` has a payload that does not decode: {message}")]
+    Payload {
+        /// The event's wire name.
+        event_type: String,
+        /// The event's id.
+        id: Uuid,
+        /// What serde said.
+        message: String,
+    },
+    /// The record is of another type than the one asked for.
+    #[error("expected an event of type `{expected}`, found `{found}`")]
+    WrongType {
+        /// The type asked for.
+        expected: &'static str,
+        /// The record's type.
+        found: String,
+    },
+}
+
+/// A typed event with its type erased, as the bus carries it: any `DomainEvent<T>`.
+#[derive(Clone)]
+pub struct AnyEvent(Arc<dyn ErasedEvent>);
+
+trait ErasedEvent: Send + Sync {
+    fn event_type(&self) -> &'static str;
+    fn id(&self) -> Uuid;
+    fn to_stored(&self) -> Result<StoredEvent, serde_json::Error>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Event> ErasedEvent for DomainEvent<T> {
+    fn event_type(&self) -> &'static str {
+        T::EVENT_TYPE
+    }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+    fn to_stored(&self) -> Result<StoredEvent, serde_json::Error> {
+        DomainEvent::to_stored(self)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl AnyEvent {
+    /// Erases the type of `event`.
+    pub fn new<T: Event>(event: DomainEvent<T>) -> Self {
+        Self(Arc::new(event))
+    }
+
+    /// The event type's wire name.
+    pub fn event_type(&self) -> &'static str {
+        self.0.event_type()
+    }
+
+    /// The event's id.
+    pub fn id(&self) -> Uuid {
+        self.0.id()
+    }
+
+    /// The typed event, when it is a `DomainEvent<T>`.
+    pub fn downcast_ref<T: Event>(&self) -> Option<&DomainEvent<T>> {
+        self.0.as_any().downcast_ref()
+    }
+
+    /// The wire record of the event.
+    pub fn to_stored(&self) -> Result<StoredEvent, serde_json::Error> {
+        self.0.to_stored()
+    }
+
+    pub(crate) fn type_id(&self) -> TypeId {
+        self.0.as_any().type_id()
+    }
+}
+
+impl fmt::Debug for AnyEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnyEvent")
+            .field("event_type", &self.event_type())
+            .field("id", &self.id())
+            .finish()
+    }
+}
+
+type Decoder = fn(&StoredEvent) -> Result<AnyEvent, DecodeError>;
+
+/// Maps wire names to decoders, built from one list of the app's event types:
+/// `event_registry![UserCreatedEvent, OrderPurchasedEvent]`.
+#[derive(Clone, Default)]
+pub struct EventRegistry {
+    decoders: HashMap<&'static str, (TypeId, Decoder)>,
+}
+
+impl EventRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `T`. Two types with one wire name are a programming error, reported at once.
+    ///
+    /// # Panics
+    /// When another type with the same wire name is already registered.
+    #[must_use]
+    pub fn with<T: Event>(mut self) -> Self {
+        self.register::<T>();
+        self
+    }
+
+    /// Adds `T`; see [`EventRegistry::with`].
+    ///
+    /// # Panics
+    /// When another type with the same wire name is already registered.
+    pub fn register<T: Event>(&mut self) {
+        let decoder: Decoder = |stored| DomainEvent::<T>::from_stored(stored).map(AnyEvent::new);
+        let type_id = TypeId::of::<T>();
+        if let Some((existing, _)) = self.decoders.insert(T::EVENT_TYPE, (type_id, decoder)) {
+            assert!(
+                existing == type_id,
+                "two event types share the wire name `{}`; give one #[event(name = \"...\")]",
+                T::EVENT_TYPE
+            );
+        }
+    }
+
+    /// Whether a type of this wire name is registered.
+    pub fn contains(&self, event_type: &str) -> bool {
+        self.decoders.contains_key(event_type)
+    }
+
+    /// The registered wire names.
+    pub fn event_types(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.decoders.keys().copied()
+    }
+
+    /// Decodes a wire record into its registered type.
+    pub fn decode(&self, stored: &StoredEvent) -> Result<AnyEvent, DecodeError> {
+        let (_, decoder) = self
+            .decoders
+            .get(stored.event_type.as_str())
+            .ok_or_else(|| DecodeError::UnknownType {
+                event_type: stored.event_type.clone(),
+                id: stored.id,
+            })?;
+        decoder(stored)
+    }
+}
+
+impl fmt::Debug for EventRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.event_types().collect();
+        names.sort_unstable();
+        f.debug_struct("EventRegistry").field("event_types", &names).finish()
+    }
+}
+
+/// Builds an [`EventRegistry`] from a list of event types.
+#[macro_export]
+macro_rules! event_registry {
+    ($($event:ty),* $(,)?) => {
+        $crate::EventRegistry::new()$(.with::<$event>())*
+    };
+}

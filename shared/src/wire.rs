@@ -1,0 +1,97 @@
+//! The JSON wire format, shared by the server, the clients and `docs/PROTOCOL.md`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::event::Context;
+
+/// Header on every `GET /events` answer: the `after` to poll with next. It can lie past
+/// the last event returned when the server skipped events this caller may not see.
+pub const CURSOR_HEADER: &str = "x-events-cursor";
+/// Header on a `POST /events` answer that replays the result of an earlier post of the
+/// same event id.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// An event as stored and sent over HTTP (the seed's `StoredEvent`, plus `position`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredEvent {
+    /// Unique event id, chosen by whoever created the event; the idempotency key.
+    pub id: Uuid,
+    /// When the event happened (RFC 3339, UTC).
+    pub created_at: DateTime<Utc>,
+    /// The aggregate the event belongs to.
+    pub aggregate_id: String,
+    /// The event type's wire name, such as `UserCreatedEvent`.
+    pub event_type: String,
+    /// The payload, as a string of JSON.
+    pub event_json: String,
+    /// The `userId` of the event's context.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The `tenantId` of the event's context.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// The `sessionId` of the event's context.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// The rest of the event's context: an app's own authorization fields, such as roles
+    /// or an organisation id.
+    #[serde(default, skip_serializing_if = "Context::is_empty")]
+    pub context: Context,
+    /// Where the server stored the event: strictly increasing in commit order. Absent in
+    /// a post; the server assigns it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+/// The answer to a successful `POST /events`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    /// The event's id.
+    pub id: Uuid,
+    /// The event's `createdAt`, as stored.
+    pub created_at: DateTime<Utc>,
+    /// The position the server assigned.
+    pub position: u64,
+}
+
+/// The body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// What went wrong and what to do, for people.
+    pub error: String,
+    /// A stable code to branch on, such as `cursor_expired`.
+    pub code: String,
+    /// With `cursor_expired` and `cursor_ahead`: poll again with `after` set to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_after: Option<u64>,
+}
+
+/// Error codes carried in [`ErrorBody::code`].
+pub mod codes {
+    /// The request was malformed (400).
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// No or invalid credentials (401).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The event id was already used for a different event (409).
+    pub const ID_CONFLICT: &str = "id_conflict";
+    /// Events after the cursor were deleted by retention (410); resume from `resumeAfter`.
+    pub const CURSOR_EXPIRED: &str = "cursor_expired";
+    /// The cursor is past every event the server ever stored (410), as after the store
+    /// was replaced; resume from `resumeAfter`.
+    pub const CURSOR_AHEAD: &str = "cursor_ahead";
+    /// The body is larger than the server accepts (413).
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// The body is not `application/json` (415).
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    /// The server cannot reach its store now; retry later (503).
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// The server is shutting down or at a limit; retry later (503).
+    pub const OVERLOADED: &str = "overloaded";
+    /// A server fault; the detail is in the server's log (500).
+    pub const INTERNAL: &str = "internal";
+}
