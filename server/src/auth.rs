@@ -82,12 +82,17 @@ impl<E: fmt::Display> FilterOutcome for Result<bool, E> {
 }
 
 /// The type-erased authorization filter the server keeps.
-pub(crate) type AuthorizationFilter = dyn Fn(&StoredEvent, &Principal) -> Result<bool, String> + Send + Sync;
+pub(crate) type AuthorizationFilter =
+    dyn Fn(&StoredEvent, &Principal) -> Result<bool, String> + Send + Sync;
 
 /// Whether `principal` may see `event`: its own tenant only (when it has one), then the
 /// app's filter. A filter that errors or panics hides the event and is logged; it never
 /// fails the request.
-pub(crate) fn is_visible(filter: Option<&AuthorizationFilter>, event: &StoredEvent, principal: &Principal) -> bool {
+pub(crate) fn is_visible(
+    filter: Option<&AuthorizationFilter>,
+    event: &StoredEvent,
+    principal: &Principal,
+) -> bool {
     if principal.tenant_id.is_some() && event.tenant_id != principal.tenant_id {
         return false;
     }

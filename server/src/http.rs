@@ -136,7 +136,11 @@ pub fn cors_layer(origins: &[String]) -> CorsLayer {
     let allow_origin = if origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
@@ -155,7 +159,10 @@ struct Caller(Principal);
 impl FromRequestParts<EventBusServer> for Caller {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, server: &EventBusServer) -> Result<Self, AppError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        server: &EventBusServer,
+    ) -> Result<Self, AppError> {
         let Some(authenticator) = &server.inner.authenticator else {
             return Ok(Self(Principal::default()));
         };
@@ -215,9 +222,13 @@ fn parse_limit(limit: Option<&str>, max: usize) -> Result<usize, AppError> {
 }
 
 fn parse_wait(wait: Option<&str>, max: Duration) -> Result<Duration, AppError> {
-    let Some(wait) = wait else { return Ok(Duration::ZERO) };
+    let Some(wait) = wait else {
+        return Ok(Duration::ZERO);
+    };
     match wait.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Ok(Duration::from_secs_f64(seconds.min(max.as_secs_f64()))),
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+            Ok(Duration::from_secs_f64(seconds.min(max.as_secs_f64())))
+        }
         _ => Err(AppError::BadRequest(format!(
             "`wait` must be a number of seconds from 0 to {}, got {wait:?}",
             max.as_secs_f64()
@@ -249,7 +260,10 @@ async fn read_after(
     let mut cursor = after;
     let mut checked_ahead = false;
     loop {
-        let page = store.read_after(cursor, limit, &visible).await.map_err(AppError::store)?;
+        let page = store
+            .read_after(cursor, limit, &visible)
+            .await
+            .map_err(AppError::store)?;
         cursor = page.cursor;
         if page.events.is_empty() && !checked_ahead && cursor > *head.borrow() {
             // This process has not seen that position; ask the store whether anyone has.
@@ -261,7 +275,10 @@ async fn read_after(
             }
             checked_ahead = true;
         }
-        if !page.events.is_empty() || tokio::time::Instant::now() >= deadline || server.inner.shutdown.is_cancelled() {
+        if !page.events.is_empty()
+            || tokio::time::Instant::now() >= deadline
+            || server.inner.shutdown.is_cancelled()
+        {
             return Ok(events_response(&page.events, cursor));
         }
         tokio::select! {
@@ -277,7 +294,12 @@ async fn read_after(
 }
 
 /// Timestamp mode (the seed's API).
-async fn read_since(server: &EventBusServer, principal: &Principal, since: &str, limit: usize) -> Result<Response, AppError> {
+async fn read_since(
+    server: &EventBusServer,
+    principal: &Principal,
+    since: &str,
+    limit: usize,
+) -> Result<Response, AppError> {
     let since = DateTime::parse_from_rfc3339(since)
         .map_err(|error| {
             AppError::BadRequest(format!(
@@ -295,12 +317,23 @@ async fn read_since(server: &EventBusServer, principal: &Principal, since: &str,
         .into_iter()
         .filter(|event| is_visible(filter, event, principal))
         .collect();
-    let cursor = events.iter().filter_map(|event| event.position).max().unwrap_or(0);
+    let cursor = events
+        .iter()
+        .filter_map(|event| event.position)
+        .max()
+        .unwrap_or(0);
     Ok(events_response(&events, cursor))
 }
 
 fn events_response(events: &[StoredEvent], cursor: u64) -> Response {
-    ([(HeaderName::from_static(CURSOR_HEADER), HeaderValue::from(cursor))], Json(events)).into_response()
+    (
+        [(
+            HeaderName::from_static(CURSOR_HEADER),
+            HeaderValue::from(cursor),
+        )],
+        Json(events),
+    )
+        .into_response()
 }
 
 async fn post_event(
@@ -313,28 +346,40 @@ async fn post_event(
         return Err(AppError::UnsupportedMediaType);
     }
     let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(server.inner.limits.max_body_bytes),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            AppError::PayloadTooLarge(server.inner.limits.max_body_bytes)
+        }
         _ => AppError::BadRequest(rejection.body_text()),
     })?;
-    let event: StoredEvent =
-        serde_json::from_slice(&body).map_err(|error| AppError::BadRequest(format!("invalid event: {error}")))?;
+    let event: StoredEvent = serde_json::from_slice(&body)
+        .map_err(|error| AppError::BadRequest(format!("invalid event: {error}")))?;
     let (receipt, replayed) = server.accept(event, &principal).await?;
     let mut response = (StatusCode::CREATED, Json(receipt)).into_response();
     if replayed {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(REPLAYED_HEADER), HeaderValue::from_static("true"));
+        response.headers_mut().insert(
+            HeaderName::from_static(REPLAYED_HEADER),
+            HeaderValue::from_static("true"),
+        );
     }
     Ok(response)
 }
 
 /// `application/json` or any `application/*+json`, with or without parameters.
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(content_type) = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()) else {
+    let Some(content_type) = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
         return false;
     };
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 async fn healthz(State(server): State<EventBusServer>) -> Result<Response, AppError> {

@@ -42,6 +42,7 @@
 //! | `sqlite://PATH` (default) | [`store::SqliteStore`]: one durable file, group commit |
 //! | `memory` | [`store::MemoryStore`]: for tests; nothing survives a restart |
 #![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
 
 mod auth;
 mod http;
@@ -157,9 +158,11 @@ impl EventBusServerBuilder {
         F: Fn(&StoredEvent, &Principal) -> R + Send + Sync + 'static,
         R: FilterOutcome,
     {
-        self.filter = Some(Arc::new(move |event: &StoredEvent, principal: &Principal| {
-            filter(event, principal).into_decision()
-        }));
+        self.filter = Some(Arc::new(
+            move |event: &StoredEvent, principal: &Principal| {
+                filter(event, principal).into_decision()
+            },
+        ));
         self
     }
 
@@ -181,7 +184,11 @@ impl EventBusServerBuilder {
         };
         if let (Some(_), Some(interval)) = (self.retention, self.cleanup_interval) {
             let task = tokio::spawn(run_cleanup(server.clone(), interval));
-            *server.inner.cleanup_task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+            *server
+                .inner
+                .cleanup_task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(task);
         }
         server
     }
@@ -198,7 +205,9 @@ async fn run_cleanup(server: EventBusServer, interval: Duration) {
         match server.cleanup().await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retention cleanup"),
-            Err(error) => tracing::warn!(%error, "retention cleanup failed; retrying next interval"),
+            Err(error) => {
+                tracing::warn!(%error, "retention cleanup failed; retrying next interval")
+            }
         }
     }
 }
@@ -234,7 +243,9 @@ impl EventBusServer {
                 });
                 Ok(receipt)
             }
-            Appended::Existing(existing) if same_event(&existing, &stored) => Ok(receipt(&existing)),
+            Appended::Existing(existing) if same_event(&existing, &stored) => {
+                Ok(receipt(&existing))
+            }
             Appended::Existing(_) => Err(PublishError::IdConflict(stored.id)),
         }
     }
@@ -263,7 +274,9 @@ impl EventBusServer {
     /// Deletes events older than the retention duration; returns how many. Without a
     /// retention it deletes nothing. Safe to call at any time.
     pub async fn cleanup(&self) -> Result<u64, StoreError> {
-        let Some(retention) = self.inner.retention else { return Ok(0) };
+        let Some(retention) = self.inner.retention else {
+            return Ok(0);
+        };
         let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let cutoff = chrono::Utc::now()
             .checked_sub_signed(retention)
@@ -287,7 +300,12 @@ impl EventBusServer {
     /// and closes the store after flushing what it acknowledged.
     pub async fn close(&self) {
         self.begin_shutdown();
-        let task = self.inner.cleanup_task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let task = self
+            .inner
+            .cleanup_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -296,16 +314,24 @@ impl EventBusServer {
 
     /// Validates, stamps and stores a posted event, then publishes it locally.
     /// Returns the receipt and whether it replays an earlier post.
-    async fn accept(&self, mut event: StoredEvent, principal: &Principal) -> Result<(Receipt, bool), http::AppError> {
+    async fn accept(
+        &self,
+        mut event: StoredEvent,
+        principal: &Principal,
+    ) -> Result<(Receipt, bool), http::AppError> {
         use http::AppError;
         if event.event_type.trim().is_empty() {
             return Err(AppError::BadRequest("`eventType` must not be empty".into()));
         }
         if event.aggregate_id.is_empty() {
-            return Err(AppError::BadRequest("`aggregateId` must not be empty".into()));
+            return Err(AppError::BadRequest(
+                "`aggregateId` must not be empty".into(),
+            ));
         }
         if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&event.event_json) {
-            return Err(AppError::BadRequest(format!("`eventJson` must be a string of JSON: {error}")));
+            return Err(AppError::BadRequest(format!(
+                "`eventJson` must be a string of JSON: {error}"
+            )));
         }
         // Identity comes from authentication, never from the body.
         if principal.tenant_id.is_some() {
@@ -317,24 +343,41 @@ impl EventBusServer {
         event.position = None;
         event.created_at = normalize_time(event.created_at);
         let known_type = {
-            let registry = self.inner.registry.read().unwrap_or_else(PoisonError::into_inner);
+            let registry = self
+                .inner
+                .registry
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
             match registry.decode(&event) {
                 Ok(_) => true,
                 Err(DecodeError::UnknownType { .. }) => false,
                 Err(error) => return Err(AppError::BadRequest(error.to_string())),
             }
         };
-        match self.inner.store.append(event.clone()).await.map_err(AppError::store)? {
+        match self
+            .inner
+            .store
+            .append(event.clone())
+            .await
+            .map_err(AppError::store)?
+        {
             Appended::New(saved) => {
                 if known_type {
-                    let decoded = self.inner.registry.read().unwrap_or_else(PoisonError::into_inner).decode(&saved);
+                    let decoded = self
+                        .inner
+                        .registry
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .decode(&saved);
                     if let Ok(decoded) = decoded {
                         self.inner.bus.publish_any(decoded);
                     }
                 }
                 Ok((receipt(&saved), false))
             }
-            Appended::Existing(existing) if same_event(&existing, &event) => Ok((receipt(&existing), true)),
+            Appended::Existing(existing) if same_event(&existing, &event) => {
+                Ok((receipt(&existing), true))
+            }
             Appended::Existing(_) => Err(AppError::IdConflict(event.id)),
         }
     }

@@ -15,11 +15,19 @@ use tower_http::trace::TraceLayer;
 #[command(version, about)]
 struct Args {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "DISTRIBUTED_EVENTS_BIND", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "DISTRIBUTED_EVENTS_BIND",
+        default_value = "127.0.0.1:8080"
+    )]
     bind: SocketAddr,
 
     /// Where events are kept: `sqlite://PATH`, or `memory` (lost on exit).
-    #[arg(long, env = "DISTRIBUTED_EVENTS_DATABASE", default_value = "sqlite://distributed-events.db")]
+    #[arg(
+        long,
+        env = "DISTRIBUTED_EVENTS_DATABASE",
+        default_value = "sqlite://distributed-events.db"
+    )]
     database: String,
 
     /// How long events are kept, such as `24h`, `7days` or `90s`.
@@ -32,11 +40,19 @@ struct Args {
 
     /// An origin browsers may call the API from, such as `https://app.example.com`
     /// (repeatable; `*` allows any). Without one, only same-origin pages can.
-    #[arg(long = "cors-origin", env = "DISTRIBUTED_EVENTS_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "DISTRIBUTED_EVENTS_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     cors_origins: Vec<String>,
 
     /// Folder of static files served at `/` (the built demo page), when it exists.
-    #[arg(long, env = "DISTRIBUTED_EVENTS_STATIC_DIR", default_value = "www/dist")]
+    #[arg(
+        long,
+        env = "DISTRIBUTED_EVENTS_STATIC_DIR",
+        default_value = "www/dist"
+    )]
     static_dir: PathBuf,
 
     /// Largest accepted `POST /events` body, in bytes.

@@ -56,7 +56,11 @@ impl<T: Event> DomainEvent<T> {
 
     /// Adds a context entry, such as `("tenantId", "tenant-1")`.
     #[must_use]
-    pub fn with_context(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+    pub fn with_context(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
         self.context.insert(key.into(), value.into());
         self
     }
@@ -64,31 +68,20 @@ impl<T: Event> DomainEvent<T> {
     /// The wire record of this event. `userId`, `tenantId` and `sessionId` are taken from
     /// the context; the other context entries travel in [`StoredEvent::context`].
     pub fn to_stored(&self) -> Result<StoredEvent, serde_json::Error> {
-        let mut context = self.context.clone();
-        let mut take = |key: &str| match context.remove(key) {
-            Some(serde_json::Value::String(value)) => Some(value),
-            Some(other) => {
-                // Not a string: keep it as an ordinary context entry rather than lose it.
-                context.insert(key.to_owned(), other);
-                None
-            }
-            None => None,
-        };
-        let user_id = take(CONTEXT_USER_ID);
-        let tenant_id = take(CONTEXT_TENANT_ID);
-        let session_id = take(CONTEXT_SESSION_ID);
-        Ok(StoredEvent {
+        let mut stored = StoredEvent {
             id: self.id,
             created_at: self.occurred_at,
             aggregate_id: self.aggregate_id.clone(),
             event_type: T::EVENT_TYPE.to_owned(),
             event_json: serde_json::to_string(&self.payload)?,
-            user_id,
-            tenant_id,
-            session_id,
-            context,
+            user_id: None,
+            tenant_id: None,
+            session_id: None,
+            context: Context::new(),
             position: self.position,
-        })
+        };
+        stored.set_full_context(self.context.clone());
+        Ok(stored)
     }
 
     /// Decodes a wire record of this type; the inverse of [`DomainEvent::to_stored`].
@@ -99,26 +92,17 @@ impl<T: Event> DomainEvent<T> {
                 found: stored.event_type.clone(),
             });
         }
-        let payload = serde_json::from_str(&stored.event_json).map_err(|source| DecodeError::Payload {
-            event_type: stored.event_type.clone(),
-            id: stored.id,
-            message: source.to_string(),
-        })?;
-        let mut context = stored.context.clone();
-        for (key, value) in [
-            (CONTEXT_USER_ID, &stored.user_id),
-            (CONTEXT_TENANT_ID, &stored.tenant_id),
-            (CONTEXT_SESSION_ID, &stored.session_id),
-        ] {
-            if let Some(value) = value {
-                context.insert(key.to_owned(), serde_json::Value::String(value.clone()));
-            }
-        }
+        let payload =
+            serde_json::from_str(&stored.event_json).map_err(|source| DecodeError::Payload {
+                event_type: stored.event_type.clone(),
+                id: stored.id,
+                message: source.to_string(),
+            })?;
         Ok(Self {
             id: stored.id,
             occurred_at: stored.created_at,
             aggregate_id: stored.aggregate_id.clone(),
-            context,
+            context: stored.full_context(),
             position: stored.position,
             payload,
         })

@@ -31,6 +31,10 @@
 //! assert_eq!(decoded.downcast_ref::<UserCreatedEvent>().unwrap().payload.email, "alice@example.com");
 //! ```
 #![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
+// Lets `#[derive(Event)]` name this crate the same way inside it as outside.
+extern crate self as distributed_events_shared;
 
 mod bus;
 mod event;
@@ -38,7 +42,9 @@ mod registry;
 pub mod wire;
 
 pub use bus::{AnyEventStream, EventBus, EventStream};
-pub use event::{now, Context, DomainEvent, Event, CONTEXT_SESSION_ID, CONTEXT_TENANT_ID, CONTEXT_USER_ID};
+pub use event::{
+    now, Context, DomainEvent, Event, CONTEXT_SESSION_ID, CONTEXT_TENANT_ID, CONTEXT_USER_ID,
+};
 pub use registry::{AnyEvent, DecodeError, EventRegistry};
 pub use wire::{ErrorBody, Receipt, StoredEvent};
 

@@ -173,7 +173,9 @@ impl fmt::Debug for EventRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<_> = self.event_types().collect();
         names.sort_unstable();
-        f.debug_struct("EventRegistry").field("event_types", &names).finish()
+        f.debug_struct("EventRegistry")
+            .field("event_types", &names)
+            .finish()
     }
 }
 
@@ -183,4 +185,72 @@ macro_rules! event_registry {
     ($($event:ty),* $(,)?) => {
         $crate::EventRegistry::new()$(.with::<$event>())*
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::Event)]
+    struct Created {
+        name: String,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::Event)]
+    #[event(name = "orders.purchased")]
+    struct Purchased {
+        amount: f64,
+    }
+
+    #[test]
+    fn registry_round_trips_and_reports_unknown_types() {
+        let registry = event_registry![Created, Purchased];
+        let event = DomainEvent::new("agg", Purchased { amount: 9.5 })
+            .with_context("tenantId", "t1")
+            .with_context("roles", serde_json::json!(["admin"]));
+        let stored = event.to_stored().unwrap();
+        assert_eq!(stored.tenant_id.as_deref(), Some("t1"));
+        assert_eq!(
+            stored.context.get("roles"),
+            Some(&serde_json::json!(["admin"]))
+        );
+        let decoded = registry.decode(&stored).unwrap();
+        assert_eq!(decoded.downcast_ref::<Purchased>(), Some(&event));
+
+        let mut unknown = stored.clone();
+        unknown.event_type = "Nope".into();
+        assert!(matches!(
+            registry.decode(&unknown),
+            Err(DecodeError::UnknownType { .. })
+        ));
+        let mut broken = stored;
+        broken.event_json = "{\"amount\":\"lots\"}".into();
+        assert!(matches!(
+            registry.decode(&broken),
+            Err(DecodeError::Payload { .. })
+        ));
+    }
+
+    #[test]
+    fn stored_event_uses_the_seed_field_names() {
+        let event =
+            DomainEvent::new("user-1", Created { name: "A".into() }).with_context("userId", "u1");
+        let json = serde_json::to_value(event.to_stored().unwrap()).unwrap();
+        for key in [
+            "id",
+            "createdAt",
+            "aggregateId",
+            "eventType",
+            "eventJson",
+            "userId",
+            "tenantId",
+            "sessionId",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key} in {json}");
+        }
+        assert_eq!(json["eventType"], "Created");
+        assert!(json.get("position").is_none());
+    }
 }

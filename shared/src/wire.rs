@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::event::Context;
+use crate::event::{Context, CONTEXT_SESSION_ID, CONTEXT_TENANT_ID, CONTEXT_USER_ID};
 
 /// Header on every `GET /events` answer: the `after` to poll with next. It can lie past
 /// the last event returned when the server skipped events this caller may not see.
@@ -44,6 +44,43 @@ pub struct StoredEvent {
     /// a post; the server assigns it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+}
+
+impl StoredEvent {
+    /// The event's whole context as a [`DomainEvent`](crate::DomainEvent) sees it:
+    /// [`StoredEvent::context`] plus `userId`, `tenantId` and `sessionId` when set.
+    pub fn full_context(&self) -> Context {
+        let mut context = self.context.clone();
+        for (key, value) in [
+            (CONTEXT_USER_ID, &self.user_id),
+            (CONTEXT_TENANT_ID, &self.tenant_id),
+            (CONTEXT_SESSION_ID, &self.session_id),
+        ] {
+            if let Some(value) = value {
+                context.insert(key.to_owned(), serde_json::Value::String(value.clone()));
+            }
+        }
+        context
+    }
+
+    /// Sets the context from a whole one, the inverse of [`StoredEvent::full_context`]:
+    /// string values of `userId`, `tenantId` and `sessionId` go to their own fields,
+    /// everything else to [`StoredEvent::context`].
+    pub fn set_full_context(&mut self, mut context: Context) {
+        let mut take = |key: &str| match context.remove(key) {
+            Some(serde_json::Value::String(value)) => Some(value),
+            Some(other) => {
+                // Not a string: keep it as an ordinary context entry rather than lose it.
+                context.insert(key.to_owned(), other);
+                None
+            }
+            None => None,
+        };
+        self.user_id = take(CONTEXT_USER_ID);
+        self.tenant_id = take(CONTEXT_TENANT_ID);
+        self.session_id = take(CONTEXT_SESSION_ID);
+        self.context = context;
+    }
 }
 
 /// The answer to a successful `POST /events`.

@@ -86,10 +86,19 @@ impl EventStore for MemoryStore {
     async fn read_range(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         let state = self.state()?;
         let start = state.index_of(after);
-        Ok(state.events.range(start..).take(limit).map(|(event, _)| event.clone()).collect())
+        Ok(state
+            .events
+            .range(start..)
+            .take(limit)
+            .map(|(event, _)| event.clone())
+            .collect())
     }
 
-    async fn read_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let state = self.state()?;
         Ok(state
             .events
@@ -102,7 +111,9 @@ impl EventStore for MemoryStore {
 
     async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
         let state = self.state()?;
-        let Some(&position) = state.by_id.get(&id) else { return Ok(None) };
+        let Some(&position) = state.by_id.get(&id) else {
+            return Ok(None);
+        };
         Ok(Some(state.events[state.index_of(position - 1)].0.clone()))
     }
 
@@ -138,6 +149,9 @@ impl EventStore for MemoryStore {
     }
 
     async fn close(&self) {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
     }
 }

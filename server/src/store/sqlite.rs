@@ -13,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use distributed_events_shared::StoredEvent;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
@@ -87,9 +89,11 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
 
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)")
-            .fetch_one(&mut writer)
-            .await?;
+        let head: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        )
+        .fetch_one(&mut writer)
+        .await?;
         let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM retention WHERE id = 1")
             .fetch_one(&mut writer)
             .await?;
@@ -97,7 +101,12 @@ impl SqliteStore {
         let pruned_through = Arc::new(AtomicU64::new(to_position(pruned)?));
 
         let (commands, receiver) = mpsc::channel(MAX_GROUP);
-        let task = tokio::spawn(run_writer(writer, receiver, head.clone(), pruned_through.clone()));
+        let task = tokio::spawn(run_writer(
+            writer,
+            receiver,
+            head.clone(),
+            pruned_through.clone(),
+        ));
         Ok(Self {
             commands,
             readers,
@@ -109,13 +118,18 @@ impl SqliteStore {
 
     async fn send<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(command(reply)).await.map_err(|_| StoreError::Closed)?;
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
 async fn migrate(connection: &mut SqliteConnection) -> Result<(), StoreError> {
-    let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *connection).await?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *connection)
+        .await?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Unavailable(format!(
             "the database has schema version {version}, newer than this server's {SCHEMA_VERSION}; upgrade the server"
@@ -123,7 +137,9 @@ async fn migrate(connection: &mut SqliteConnection) -> Result<(), StoreError> {
     }
     let mut tx = connection.begin().await?;
     sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
-    sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).execute(&mut *tx).await?;
+    sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -207,7 +223,10 @@ async fn append_group(
             let context = if event.context.is_empty() {
                 None
             } else {
-                Some(serde_json::to_string(&event.context).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                Some(
+                    serde_json::to_string(&event.context)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                )
             };
             // The writer is alone, so looking first is race-free; and unlike
             // `ON CONFLICT DO NOTHING` it spends no position on a replay.
@@ -248,12 +267,17 @@ async fn append_group(
     Ok((results, last))
 }
 
-async fn prune(connection: &mut SqliteConnection, cutoff: DateTime<Utc>, pruned_through: &AtomicU64) -> Result<u64, StoreError> {
+async fn prune(
+    connection: &mut SqliteConnection,
+    cutoff: DateTime<Utc>,
+    pruned_through: &AtomicU64,
+) -> Result<u64, StoreError> {
     let mut tx = connection.begin().await?;
-    let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events WHERE stored_at < ?")
-        .bind(to_micros(cutoff))
-        .fetch_one(&mut *tx)
-        .await?;
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(position) FROM events WHERE stored_at < ?")
+            .bind(to_micros(cutoff))
+            .fetch_one(&mut *tx)
+            .await?;
     let Some(last) = last else { return Ok(0) };
     let deleted = sqlx::query("DELETE FROM events WHERE position <= ?")
         .bind(last)
@@ -312,15 +336,21 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_range(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"))
-            .bind(i64::try_from(after).unwrap_or(i64::MAX))
-            .bind(sql_limit(limit))
-            .fetch_all(&self.readers)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        ))
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(sql_limit(limit))
+        .fetch_all(&self.readers)
+        .await?;
         decode_all(rows)
     }
 
-    async fn read_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM events WHERE created_at >= ? ORDER BY position LIMIT ?"
         ))
@@ -348,9 +378,11 @@ impl EventStore for SqliteStore {
     }
 
     async fn head(&self) -> Result<u64, StoreError> {
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)")
-            .fetch_one(&self.readers)
-            .await?;
+        let head: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        )
+        .fetch_one(&self.readers)
+        .await?;
         to_position(head)
     }
 

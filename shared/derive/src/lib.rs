@@ -48,27 +48,19 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
 /// The path under which the app sees the shared crate: directly, or re-exported by the
 /// client or server crate, whichever the app depends on.
 fn shared_crate_path() -> proc_macro2::TokenStream {
-    // Inside a crate's own library `crate` is the path; its tests and examples see it
-    // by name like any other dependent.
-    let compiling = std::env::var("CARGO_CRATE_NAME").unwrap_or_default();
+    // A crate that derives `Event` for itself names itself with `extern crate self as ...`.
     for candidate in [
         "distributed-events-shared",
         "distributed-events-client",
         "distributed-events-server",
     ] {
-        let lib_name = candidate.replace('-', "_");
-        match crate_name(candidate) {
-            Ok(FoundCrate::Itself) if compiling == lib_name => return quote!(crate),
-            Ok(FoundCrate::Itself) => {
-                let ident = Ident::new(&lib_name, Span::call_site());
-                return quote!(::#ident);
-            }
-            Ok(FoundCrate::Name(found)) => {
-                let ident = Ident::new(&found, Span::call_site());
-                return quote!(::#ident);
-            }
+        let name = match crate_name(candidate) {
+            Ok(FoundCrate::Itself) => candidate.replace('-', "_"),
+            Ok(FoundCrate::Name(found)) => found,
             Err(_) => continue,
-        }
+        };
+        let ident = Ident::new(&name, Span::call_site());
+        return quote!(::#ident);
     }
     quote!(::distributed_events_shared)
 }

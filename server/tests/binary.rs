@@ -1,0 +1,172 @@
+//! The real binary over real sockets: durability across `kill -9`, graceful shutdown.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::ServerProcess;
+use distributed_events_server::StoredEvent;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn event(n: usize) -> Value {
+    json!({
+        "id": Uuid::now_v7(),
+        "createdAt": "2024-12-04T10:00:15Z",
+        "aggregateId": format!("order-{}", n % 5),
+        "eventType": "OrderPurchasedEvent",
+        "eventJson": format!("{{\"n\":{n}}}"),
+    })
+}
+
+async fn read_all(client: &reqwest::Client, base: &str) -> Vec<StoredEvent> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let response = client
+            .get(format!("{base}/events?after={after}&limit=500"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let cursor: u64 = response.headers()["x-events-cursor"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let page: Vec<StoredEvent> = response.json().await.unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+        after = cursor;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let server = ServerProcess::sqlite(&db, &[]);
+    let client = reqwest::Client::new();
+
+    // Producers post until the server dies under them; keep what was acknowledged.
+    let mut producers = Vec::new();
+    for p in 0..8 {
+        let client = client.clone();
+        let base = server.base.clone();
+        producers.push(tokio::spawn(async move {
+            let mut acknowledged = BTreeMap::new();
+            for i in 0.. {
+                let body = event(p * 1_000_000 + i);
+                match client
+                    .post(format!("{base}/events"))
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(response) if response.status() == 201 => {
+                        let receipt: Value = response.json().await.unwrap();
+                        acknowledged.insert(
+                            receipt["position"].as_u64().unwrap(),
+                            body["id"].as_str().unwrap().to_owned(),
+                        );
+                    }
+                    Ok(response) => panic!("unexpected status {}", response.status()),
+                    Err(_) => return acknowledged, // the server is gone
+                }
+            }
+            unreachable!()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill_hard();
+    let mut acknowledged = BTreeMap::new();
+    for producer in producers {
+        acknowledged.extend(producer.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 50,
+        "too few posts before the kill to prove anything: {}",
+        acknowledged.len()
+    );
+
+    let restarted = ServerProcess::sqlite(&db, &[]);
+    let stored = read_all(&client, &restarted.base).await;
+    let by_position: BTreeMap<u64, String> = stored
+        .iter()
+        .map(|e| (e.position.unwrap(), e.id.to_string()))
+        .collect();
+    assert_eq!(by_position.len(), stored.len(), "no position twice");
+    for (position, id) in &acknowledged {
+        assert_eq!(
+            by_position.get(position),
+            Some(id),
+            "acknowledged event at {position} lost by kill -9"
+        );
+    }
+    println!(
+        "{} acknowledged before kill -9, {} stored after restart",
+        acknowledged.len(),
+        stored.len()
+    );
+
+    // Positions go on after the restart: nothing reused.
+    let last = *by_position.keys().last().unwrap();
+    let response = client
+        .post(format!("{}/events", restarted.base))
+        .json(&event(0))
+        .send()
+        .await
+        .unwrap();
+    let receipt: Value = response.json().await.unwrap();
+    assert!(receipt["position"].as_u64().unwrap() > last);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_waiting_polls_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let server = ServerProcess::sqlite(&db, &[]);
+    let client = reqwest::Client::new();
+    for n in 0..20 {
+        let response = client
+            .post(format!("{}/events", server.base))
+            .json(&event(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let waiting = tokio::spawn({
+        let url = format!("{}/events?after=20&wait=30", server.base);
+        let client = client.clone();
+        async move { client.get(url).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let base = server.base.clone();
+    assert!(
+        tokio::task::spawn_blocking(move || server.terminate())
+            .await
+            .unwrap(),
+        "clean exit on SIGTERM"
+    );
+    let answer = waiting
+        .await
+        .unwrap()
+        .expect("the waiting poll got an answer, not a reset connection");
+    assert_eq!(answer.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "shutdown waited out the long-poll"
+    );
+    assert!(
+        client.get(format!("{base}/healthz")).send().await.is_err(),
+        "the server is gone"
+    );
+
+    let restarted = ServerProcess::sqlite(&db, &[]);
+    assert_eq!(read_all(&client, &restarted.base).await.len(), 20);
+}

@@ -1,0 +1,618 @@
+//! The HTTP endpoints, one behaviour at a time: every status code of docs/PROTOCOL.md,
+//! long-poll wake-up, idempotent posts under concurrency, authorization and retention.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use distributed_events_server::store::{MemoryStore, SharedStore};
+use distributed_events_server::{
+    AuthRejection, DomainEvent, Event, EventBusServer, Limits, Principal, StoredEvent,
+};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Event)]
+struct OrderPurchasedEvent {
+    amount: f64,
+    product_id: String,
+}
+
+fn server() -> EventBusServer {
+    EventBusServer::builder(Arc::new(MemoryStore::new())).build()
+}
+
+fn post_body(id: Uuid, event_type: &str, event_json: &str) -> Value {
+    json!({
+        "id": id,
+        "createdAt": "2024-12-04T10:00:15.000Z",
+        "aggregateId": "order-1",
+        "eventType": event_type,
+        "eventJson": event_json,
+        "userId": "user-1",
+    })
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+async fn call(server: &EventBusServer, request: Request<Body>) -> Answer {
+    let response = server.router().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(server: &EventBusServer, uri: &str) -> Answer {
+    call(server, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+async fn post(server: &EventBusServer, body: &Value) -> Answer {
+    let request = Request::post("/events")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    call(server, request).await
+}
+
+fn assert_error(answer: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(answer.status, status, "body: {}", answer.body);
+    assert_eq!(answer.body["code"], code, "body: {}", answer.body);
+    assert!(answer.body["error"].as_str().is_some_and(|e| !e.is_empty()));
+}
+
+#[tokio::test]
+async fn post_then_get_in_both_modes() {
+    let server = server();
+    let id = Uuid::now_v7();
+    let created = post(
+        &server,
+        &post_body(
+            id,
+            "OrderPurchasedEvent",
+            r#"{"amount":9.5,"product_id":"p1"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(
+        created.body,
+        json!({"id": id, "createdAt": "2024-12-04T10:00:15Z", "position": 1})
+    );
+
+    let polled = get(&server, "/events?after=0").await;
+    assert_eq!(polled.status, StatusCode::OK);
+    assert_eq!(polled.headers["x-events-cursor"], "1");
+    let events: Vec<StoredEvent> = serde_json::from_value(polled.body).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].id, events[0].position), (id, Some(1)));
+    assert_eq!(events[0].user_id.as_deref(), Some("user-1"));
+
+    let since = get(&server, "/events?since=2024-12-04T10:00:00Z").await;
+    assert_eq!(since.status, StatusCode::OK);
+    assert_eq!(since.body.as_array().unwrap().len(), 1);
+    let later = get(&server, "/events?since=2024-12-04T11:00:00%2B01:00").await;
+    assert_eq!(
+        later.body.as_array().unwrap().len(),
+        1,
+        "offsets are honoured: 11:00+01:00 is 10:00Z"
+    );
+    let after = get(&server, "/events?since=2024-12-04T10:00:16Z").await;
+    assert_eq!(after.body, json!([]));
+}
+
+#[tokio::test]
+async fn bad_queries_answer_400() {
+    let server = server();
+    for uri in [
+        "/events",
+        "/events?since=yesterday",
+        "/events?since=2024-12-04",
+        "/events?after=-1",
+        "/events?after=abc",
+        "/events?after=18446744073709551616",
+        "/events?after=0&since=2024-12-04T10:00:00Z",
+        "/events?after=0&limit=0",
+        "/events?after=0&limit=-5",
+        "/events?after=0&wait=-1",
+        "/events?after=0&wait=NaN",
+        "/events?after=0&wait=inf",
+    ] {
+        assert_error(
+            &get(&server, uri).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        );
+    }
+    // Oversized limit and wait are lowered to the caps, not refused.
+    let capped = get(&server, "/events?after=0&limit=1000000&wait=0").await;
+    assert_eq!(capped.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_posts_answer_400_413_415() {
+    let server = EventBusServer::builder(Arc::new(MemoryStore::new()))
+        .limits(Limits {
+            max_body_bytes: 2048,
+            ..Limits::default()
+        })
+        .build();
+    let _ = server.on::<OrderPurchasedEvent>();
+    let id = Uuid::now_v7();
+    let valid = post_body(
+        id,
+        "OrderPurchasedEvent",
+        r#"{"amount":1,"product_id":"p"}"#,
+    );
+    let mut cases = vec![];
+    for field in ["id", "createdAt", "aggregateId", "eventType", "eventJson"] {
+        let mut missing = valid.clone();
+        missing.as_object_mut().unwrap().remove(field);
+        cases.push(missing);
+    }
+    for (field, wrong) in [
+        ("id", json!("not-a-uuid")),
+        ("createdAt", json!("yesterday")),
+        ("eventJson", json!({"amount": 1})),
+        ("eventJson", json!("{not json")),
+        ("eventType", json!("")),
+        ("aggregateId", json!("")),
+        ("userId", json!(5)),
+        // A registered type whose payload does not decode as that type.
+        ("eventJson", json!(r#"{"amount":"lots"}"#)),
+    ] {
+        let mut case = valid.clone();
+        case[field] = wrong;
+        cases.push(case);
+    }
+    cases.push(json!([1, 2]));
+    for case in &cases {
+        assert_error(
+            &post(&server, case).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        );
+    }
+    let not_json = Request::post("/events")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{\"id\": "))
+        .unwrap();
+    assert_error(
+        &call(&server, not_json).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+
+    let mut huge = valid.clone();
+    huge["eventJson"] = json!(format!("\"{}\"", "x".repeat(4096)));
+    assert_error(
+        &post(&server, &huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut request = Request::post("/events");
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let answer = call(
+            &server,
+            request.body(Body::from(valid.to_string())).unwrap(),
+        )
+        .await;
+        assert_error(
+            &answer,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        );
+    }
+    let charset = Request::post("/events")
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(Body::from(valid.to_string()))
+        .unwrap();
+    assert_eq!(call(&server, charset).await.status, StatusCode::CREATED);
+
+    // None of the refused posts stored anything.
+    let all = get(&server, "/events?after=0").await;
+    assert_eq!(all.body.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn reposting_an_id_replays_and_a_different_event_conflicts() {
+    let server = server();
+    let id = Uuid::now_v7();
+    let body = post_body(id, "Thing", "{}");
+    let first = post(&server, &body).await;
+    let again = post(&server, &body).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert!(first.headers.get("idempotent-replayed").is_none());
+
+    let mut different = body.clone();
+    different["eventJson"] = json!(r#"{"other":true}"#);
+    assert_error(
+        &post(&server, &different).await,
+        StatusCode::CONFLICT,
+        "id_conflict",
+    );
+    let all = get(&server, "/events?after=0").await;
+    assert_eq!(all.body.as_array().unwrap().len(), 1);
+    assert_eq!(all.body[0]["eventJson"], "{}", "never overwritten");
+}
+
+#[tokio::test]
+async fn posted_events_reach_server_handlers_exactly_once() {
+    let server = server();
+    let mut purchases = server.on::<OrderPurchasedEvent>();
+    let id = Uuid::now_v7();
+    let body = post_body(
+        id,
+        "OrderPurchasedEvent",
+        r#"{"amount":42.0,"product_id":"p-9"}"#,
+    );
+    post(&server, &body).await;
+    post(&server, &body).await; // a retry: stored and published once
+    let event = purchases.next().await.unwrap();
+    assert_eq!(event.id, id);
+    assert_eq!(event.position, Some(1));
+    assert_eq!(event.payload.product_id, "p-9");
+    assert_eq!(event.context["userId"], "user-1");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), purchases.next())
+            .await
+            .is_err(),
+        "the replay was published again"
+    );
+}
+
+#[tokio::test]
+async fn server_publish_is_persisted_then_delivered() {
+    let server = server();
+    let mut local = server.on::<OrderPurchasedEvent>();
+    let event = DomainEvent::new(
+        "order-7",
+        OrderPurchasedEvent {
+            amount: 99.99,
+            product_id: "product-123".into(),
+        },
+    )
+    .with_context("tenantId", "tenant-1");
+    let receipt = server.publish(event.clone()).await.unwrap();
+    assert_eq!(receipt.position, 1);
+    let again = server.publish(event.clone()).await.unwrap();
+    assert_eq!(
+        again, receipt,
+        "publishing the same event twice stores it once"
+    );
+    let seen = local.next().await.unwrap();
+    assert_eq!(seen.position, Some(1));
+    assert_eq!(seen.payload, event.payload);
+
+    let polled = get(&server, "/events?after=0").await;
+    assert_eq!(polled.body[0]["eventType"], "OrderPurchasedEvent");
+    assert_eq!(polled.body[0]["tenantId"], "tenant-1");
+    assert_eq!(polled.body.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn authentication_refuses_with_401_and_stamps_identity() {
+    let server = EventBusServer::builder(Arc::new(MemoryStore::new()))
+        .authenticator(|headers: axum::http::HeaderMap| async move {
+            match headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some("Bearer alice") => Ok(Principal {
+                    user_id: Some("alice".into()),
+                    tenant_id: Some("tenant-a".into()),
+                    ..Principal::default()
+                }),
+                Some("Bearer bob") => Ok(Principal {
+                    user_id: Some("bob".into()),
+                    tenant_id: Some("tenant-b".into()),
+                    ..Principal::default()
+                }),
+                _ => Err(AuthRejection::bearer("a valid bearer token is required")),
+            }
+        })
+        .build();
+    let anonymous = get(&server, "/events?after=0").await;
+    assert_error(&anonymous, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(anonymous.headers[header::WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+
+    let as_user = |token: &str, body: Option<Value>| {
+        let builder = match &body {
+            Some(_) => Request::post("/events").header(header::CONTENT_TYPE, "application/json"),
+            None => Request::get("/events?after=0"),
+        };
+        builder
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+            .unwrap()
+    };
+    // Alice claims to be bob in tenant-b: the server stamps her verified identity.
+    let mut spoofed = post_body(Uuid::now_v7(), "Thing", "{}");
+    spoofed["userId"] = json!("bob");
+    spoofed["tenantId"] = json!("tenant-b");
+    assert_eq!(
+        call(&server, as_user("alice", Some(spoofed))).await.status,
+        StatusCode::CREATED
+    );
+    call(
+        &server,
+        as_user("bob", Some(post_body(Uuid::now_v7(), "Thing", "{}"))),
+    )
+    .await;
+
+    let alice_sees = call(&server, as_user("alice", None)).await.body;
+    let bob_sees = call(&server, as_user("bob", None)).await.body;
+    assert_eq!(alice_sees.as_array().unwrap().len(), 1);
+    assert_eq!(alice_sees[0]["tenantId"], "tenant-a");
+    assert_eq!(alice_sees[0]["userId"], "alice");
+    assert_eq!(bob_sees.as_array().unwrap().len(), 1);
+    assert_eq!(bob_sees[0]["tenantId"], "tenant-b");
+}
+
+#[tokio::test]
+async fn authorization_filter_keeps_pages_full_and_survives_failures() {
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let server = EventBusServer::builder(store)
+        .authorization_filter(
+            |event: &StoredEvent, _: &Principal| -> Result<bool, String> {
+                match event.aggregate_id.as_str() {
+                    "panics" => panic!("filter bug"),
+                    "errors" => Err("lookup failed".into()),
+                    "hidden" => Ok(false),
+                    _ => Ok(true),
+                }
+            },
+        )
+        .build();
+    let kinds = ["visible", "panics", "errors", "hidden"];
+    for n in 0..20 {
+        let mut body = post_body(Uuid::now_v7(), "Thing", &format!("{{\"n\":{n}}}"));
+        body["aggregateId"] = json!(kinds[n % 4]);
+        assert_eq!(post(&server, &body).await.status, StatusCode::CREATED);
+    }
+    let page = get(&server, "/events?after=0&limit=3").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let ns: Vec<_> = page
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventJson"].clone())
+        .collect();
+    assert_eq!(
+        ns,
+        [json!("{\"n\":0}"), json!("{\"n\":4}"), json!("{\"n\":8}")],
+        "a full page of visible events"
+    );
+    let rest = get(
+        &server,
+        &format!(
+            "/events?after={}",
+            page.headers["x-events-cursor"].to_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(rest.body.as_array().unwrap().len(), 2);
+    assert_eq!(
+        rest.headers["x-events-cursor"], "20",
+        "the cursor passes the hidden tail"
+    );
+}
+
+#[tokio::test]
+async fn expired_and_ahead_cursors_answer_410_with_where_to_resume() {
+    let server = EventBusServer::builder(Arc::new(MemoryStore::new()))
+        .retention(Duration::from_millis(50))
+        .build();
+    for _ in 0..3 {
+        post(&server, &post_body(Uuid::now_v7(), "Thing", "{}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    post(&server, &post_body(Uuid::now_v7(), "Thing", "{}")).await;
+    assert_eq!(server.cleanup().await.unwrap(), 3);
+
+    let expired = get(&server, "/events?after=1").await;
+    assert_error(&expired, StatusCode::GONE, "cursor_expired");
+    assert_eq!(expired.body["resumeAfter"], 3);
+    let resumed = get(&server, "/events?after=3").await;
+    assert_eq!(resumed.body.as_array().unwrap().len(), 1);
+
+    let ahead = get(&server, "/events?after=50").await;
+    assert_error(&ahead, StatusCode::GONE, "cursor_ahead");
+    assert_eq!(ahead.body["resumeAfter"], 4);
+    assert_eq!(
+        get(&server, "/events?after=4").await.status,
+        StatusCode::OK,
+        "the head itself is a valid cursor"
+    );
+}
+
+#[tokio::test]
+async fn periodic_cleanup_runs_by_itself() {
+    let server = EventBusServer::builder(Arc::new(MemoryStore::new()))
+        .retention(Duration::from_millis(20))
+        .cleanup_interval(Duration::from_millis(20))
+        .build();
+    post(&server, &post_body(Uuid::now_v7(), "Thing", "{}")).await;
+    let start = Instant::now();
+    while server.store().pruned_through().await.unwrap() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "cleanup never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(get(&server, "/events?after=1").await.body, json!([]));
+    server.close().await;
+}
+
+#[tokio::test]
+async fn healthz_reports_the_head_and_a_dead_store_answers_503() {
+    let server = server();
+    post(&server, &post_body(Uuid::now_v7(), "Thing", "{}")).await;
+    let health = get(&server, "/healthz").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.body, json!({"status": "ok", "head": 1}));
+
+    server.store().close().await;
+    let health = get(&server, "/healthz").await;
+    assert_error(&health, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let polled = get(&server, "/events?after=0").await;
+    assert_error(&polled, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(
+        !polled.body["error"].as_str().unwrap().contains("closed"),
+        "no store detail in the body"
+    );
+    let posted = post(&server, &post_body(Uuid::now_v7(), "Thing", "{}")).await;
+    assert_error(&posted, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+}
+
+/// Over a real socket: a waiting long-poll wakes on the commit, not on its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_on_commit() {
+    let server = server();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = server.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{base}/events?after=0&wait=20");
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Vec<StoredEvent>>()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the poll answered before any event");
+    let id = Uuid::now_v7();
+    let posted = client
+        .post(format!("{base}/events"))
+        .json(&post_body(id, "Thing", "{}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::CREATED);
+    let events = waiting.await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].id, id);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woke by timeout ({waited:?}), not by the commit"
+    );
+
+    // Begin shutdown: a waiting poll is answered at once, empty.
+    let waiting = tokio::spawn({
+        let url = format!("{base}/events?after=1&wait=25");
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Vec<StoredEvent>>()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.begin_shutdown();
+    let answered = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered on shutdown");
+    assert!(answered.unwrap().is_empty());
+}
+
+/// Over a real socket: many concurrent posts of one id store exactly one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicate_posts_store_one_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = distributed_events_server::store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("e.db").display()
+    ))
+    .await
+    .unwrap();
+    let server = EventBusServer::builder(store).build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = server.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    let mut posts = Vec::new();
+    for round in 0..20 {
+        for id in &ids {
+            let client = client.clone();
+            let request = client
+                .post(format!("{base}/events"))
+                .json(&post_body(*id, "Thing", "{}"));
+            posts.push(tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), StatusCode::CREATED, "round {round}");
+                response.json::<Value>().await.unwrap()
+            }));
+        }
+    }
+    let mut receipts = std::collections::HashMap::new();
+    for post in posts {
+        let receipt = post.await.unwrap();
+        let previous = receipts.insert(receipt["id"].as_str().unwrap().to_owned(), receipt.clone());
+        if let Some(previous) = previous {
+            assert_eq!(
+                previous, receipt,
+                "every post of one id gets the same receipt"
+            );
+        }
+    }
+    let all: Vec<StoredEvent> = client
+        .get(format!("{base}/events?after=0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), ids.len(), "100 posts of 5 ids stored 5 events");
+    server.close().await;
+}
