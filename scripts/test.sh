@@ -22,3 +22,28 @@ cargo check -p distributed-events-shared --target wasm32-unknown-unknown
 
 step "Rust tests (unit, store conformance, HTTP, binary, cross-crate)"
 cargo test --workspace
+
+# --- client-wasm: the Rust client on wasm32, in headless Chromium ----------------------
+# (Its native unit tests and tests/tests/client.rs ran with `cargo test --workspace`.)
+step "client-wasm: lints for wasm32, without and with the JS binding"
+cargo clippy -p distributed-events-client --target wasm32-unknown-unknown -- -D warnings
+cargo clippy -p distributed-events-client --target wasm32-unknown-unknown --features js --all-targets -- -D warnings
+
+step "client-wasm: browser tests in headless Chromium, against the server binary"
+./scripts/test-wasm.sh
+# --- end client-wasm --------------------------------------------------------------------
+
+# --- web: the npm package (js/) and the demo page (www/) ------------------------------
+step "web: build the npm package and the demo page"
+./scripts/build-web.sh
+# The package's tests and the browser test run the real server binary; the debug build
+# serves them as well as the release one and `cargo test` above has built most of it.
+cargo build -p distributed-events-server
+export DISTRIBUTED_EVENTS_SERVER="${CARGO_TARGET_DIR:-$PWD/target}/debug/distributed-events-server"
+
+step "web: the npm package in Node, against the server binary"
+(cd js && npm test)
+
+step "web: the demo page in headless Chromium, against the server binary"
+(cd www && npm test)
+# --- end web ---------------------------------------------------------------------------

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
-use axum::http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -30,6 +31,12 @@ pub struct Limits {
     pub max_page: usize,
     /// Longest long-poll; larger `wait`s are lowered to it (default 30 s).
     pub max_wait: Duration,
+    /// Most long-polls waiting at once; past it a poll that would wait answers `503`
+    /// with `Retry-After` (default 10,000).
+    pub max_long_polls: usize,
+    /// Longest time a request may take beyond its own `wait` before it is answered
+    /// `503` (default 30 s).
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -38,6 +45,8 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_page: 1000,
             max_wait: Duration::from_secs(30),
+            max_long_polls: 10_000,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -46,13 +55,24 @@ impl Default for Limits {
 #[derive(Debug)]
 pub(crate) enum AppError {
     BadRequest(String),
-    Unauthorized { challenge: String, message: String },
+    Unauthorized {
+        challenge: String,
+        message: String,
+    },
     IdConflict(Uuid),
-    CursorExpired { resume_after: u64 },
-    CursorAhead { resume_after: u64 },
+    CursorExpired {
+        resume_after: u64,
+    },
+    CursorAhead {
+        resume_after: u64,
+    },
     PayloadTooLarge(usize),
     UnsupportedMediaType,
     Unavailable,
+    Overloaded {
+        retry_after: Duration,
+        reason: &'static str,
+    },
 }
 
 impl AppError {
@@ -112,6 +132,15 @@ impl IntoResponse for AppError {
                 "the event store is unavailable; retry later".to_owned(),
                 None,
             ),
+            Self::Overloaded { retry_after, reason } => {
+                let body = ErrorBody {
+                    error: format!("{reason}; retry after {} s", retry_after.as_secs()),
+                    code: codes::OVERLOADED.into(),
+                    resume_after: None,
+                };
+                let seconds = HeaderValue::from(retry_after.as_secs());
+                return (StatusCode::SERVICE_UNAVAILABLE, [(RETRY_AFTER, seconds)], Json(body)).into_response();
+            }
         };
         let body = ErrorBody {
             error,
@@ -128,7 +157,25 @@ pub(crate) fn router(server: EventBusServer) -> Router {
         .route("/events", get(get_events).post(post_event))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(server.clone(), deadline))
         .with_state(server)
+}
+
+/// Answers `503` when a request outlives its `wait` by more than the request timeout,
+/// as when the store hangs.
+async fn deadline(State(server): State<EventBusServer>, request: Request, next: Next) -> Response {
+    let limits = &server.inner.limits;
+    match tokio::time::timeout(limits.max_wait + limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("request timed out");
+            AppError::Overloaded {
+                retry_after: Duration::from_secs(1),
+                reason: "the request timed out",
+            }
+            .into_response()
+        }
+    }
 }
 
 /// A CORS layer for browser clients on `origins` (`*` allows any origin).
@@ -246,12 +293,6 @@ async fn read_after(
     wait: Duration,
 ) -> Result<Response, AppError> {
     let store = &server.inner.store;
-    let pruned_through = store.pruned_through().await.map_err(AppError::store)?;
-    if after < pruned_through {
-        return Err(AppError::CursorExpired {
-            resume_after: pruned_through,
-        });
-    }
     let filter = server.inner.filter.as_deref();
     let visible = |event: &StoredEvent| is_visible(filter, event, principal);
     // Subscribe before the first read so that no commit between read and wait is missed.
@@ -259,11 +300,21 @@ async fn read_after(
     let deadline = tokio::time::Instant::now() + wait;
     let mut cursor = after;
     let mut checked_ahead = false;
+    // Held while this request waits; released with the answer.
+    let mut permit = None;
     loop {
         let page = store
             .read_after(cursor, limit, &visible)
             .await
             .map_err(AppError::store)?;
+        // Checked after the read: a cleanup that ran before it (on any instance) shows
+        // here, so a read that missed deleted events is never answered as complete.
+        let pruned_through = store.pruned_through().await.map_err(AppError::store)?;
+        if cursor < pruned_through {
+            return Err(AppError::CursorExpired {
+                resume_after: pruned_through,
+            });
+        }
         cursor = page.cursor;
         if page.events.is_empty() && !checked_ahead && cursor > *head.borrow() {
             // This process has not seen that position; ask the store whether anyone has.
@@ -280,6 +331,19 @@ async fn read_after(
             || server.inner.shutdown.is_cancelled()
         {
             return Ok(events_response(&page.events, cursor));
+        }
+        if permit.is_none() {
+            permit = Some(
+                server
+                    .inner
+                    .long_polls
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| AppError::Overloaded {
+                        retry_after: Duration::from_secs(1),
+                        reason: "too many long-polls are waiting on this server",
+                    })?,
+            );
         }
         tokio::select! {
             changed = head.wait_for(|&known| known > cursor) => {

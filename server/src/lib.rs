@@ -40,12 +40,14 @@
 //! | `--database` / [`store::open`] | backend |
 //! |---|---|
 //! | `sqlite://PATH` (default) | [`store::SqliteStore`]: one durable file, group commit |
+//! | `postgres://…` | [`store::PostgresStore`]: several server instances share one database |
 //! | `memory` | [`store::MemoryStore`]: for tests; nothing survives a restart |
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
 mod auth;
 mod http;
+mod jwt;
 pub mod store;
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -58,6 +60,7 @@ use uuid::Uuid;
 pub use auth::{AuthRejection, Authenticator, FilterOutcome, Principal};
 pub use distributed_events_shared::*;
 pub use http::{cors_layer, Limits};
+pub use jwt::{JwtAuthenticator, JwtKey, JwtKeyError};
 
 use auth::AuthorizationFilter;
 use store::{Appended, SharedStore, StoreError};
@@ -93,6 +96,8 @@ struct Inner {
     authenticator: Option<Arc<dyn Authenticator>>,
     filter: Option<Arc<AuthorizationFilter>>,
     shutdown: CancellationToken,
+    /// One permit per long-poll allowed to wait at once.
+    long_polls: Arc<tokio::sync::Semaphore>,
     cleanup_task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -169,6 +174,7 @@ impl EventBusServerBuilder {
     /// The server. Starts the periodic cleanup when configured, so it must be called
     /// inside a tokio runtime.
     pub fn build(self) -> EventBusServer {
+        let long_polls = Arc::new(tokio::sync::Semaphore::new(self.limits.max_long_polls));
         let server = EventBusServer {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -179,6 +185,7 @@ impl EventBusServerBuilder {
                 authenticator: self.authenticator,
                 filter: self.filter,
                 shutdown: CancellationToken::new(),
+                long_polls,
                 cleanup_task: Mutex::new(None),
             }),
         };
@@ -333,6 +340,16 @@ impl EventBusServer {
                 "`eventJson` must be a string of JSON: {error}"
             )));
         }
+        if has_nul(&event) {
+            return Err(AppError::BadRequest(
+                "strings in an event must not contain U+0000 (NUL)".into(),
+            ));
+        }
+        if nesting_depth(&event.event_json) > MAX_PAYLOAD_DEPTH {
+            return Err(AppError::BadRequest(format!(
+                "`eventJson` nests deeper than {MAX_PAYLOAD_DEPTH} levels; clients could not decode it"
+            )));
+        }
         // Identity comes from authentication, never from the body.
         if principal.tenant_id.is_some() {
             event.tenant_id.clone_from(&principal.tenant_id);
@@ -401,6 +418,67 @@ impl std::fmt::Debug for EventBusServerBuilder {
     }
 }
 
+/// Whether any string of the event holds U+0000, which PostgreSQL cannot store: such an
+/// event is refused up front on every backend rather than failing at the store.
+fn has_nul(event: &StoredEvent) -> bool {
+    let strings = [
+        Some(&event.aggregate_id),
+        Some(&event.event_type),
+        Some(&event.event_json),
+        event.user_id.as_ref(),
+        event.tenant_id.as_ref(),
+        event.session_id.as_ref(),
+    ];
+    strings.into_iter().flatten().any(|s| s.contains('\0'))
+        || event
+            .context
+            .iter()
+            .any(|(key, value)| key.contains('\0') || value_has_nul(value))
+}
+
+fn value_has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(value_has_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| k.contains('\0') || value_has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Deepest nesting accepted in a payload: what serde_json, and so every Rust client,
+/// can decode.
+const MAX_PAYLOAD_DEPTH: usize = 128;
+
+/// How deeply arrays and objects nest in a (syntactically valid) JSON text, found
+/// without recursion or allocation.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Whether a stored event and a re-post of its id carry the same event.
 fn same_event(stored: &StoredEvent, posted: &StoredEvent) -> bool {
     stored.aggregate_id == posted.aggregate_id
@@ -421,4 +499,20 @@ fn receipt(event: &StoredEvent) -> Receipt {
 fn normalize_time(time: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;
     time.trunc_subsecs(6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nesting_depth;
+
+    #[test]
+    fn nesting_depth_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth("1"), 0);
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(nesting_depth(r#"{"a":"[[[{{{\"]]]"}"#), 1);
+        assert_eq!(
+            nesting_depth(&format!("{}{}", "[".repeat(500), "]".repeat(500))),
+            500
+        );
+    }
 }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use distributed_events_server::{cors_layer, store, EventBusServer, Limits};
+use distributed_events_server::{
+    cors_layer, store, EventBusServer, JwtAuthenticator, JwtKey, Limits,
+};
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
@@ -22,7 +24,8 @@ struct Args {
     )]
     bind: SocketAddr,
 
-    /// Where events are kept: `sqlite://PATH`, or `memory` (lost on exit).
+    /// Where events are kept: `sqlite://PATH`, `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
+    /// (several instances may share one), or `memory` (lost on exit).
     #[arg(
         long,
         env = "DISTRIBUTED_EVENTS_DATABASE",
@@ -55,9 +58,82 @@ struct Args {
     )]
     static_dir: PathBuf,
 
+    /// Require `Authorization: Bearer <JWT>` signed with this HS256 secret (32+ bytes).
+    #[arg(
+        long,
+        env = "DISTRIBUTED_EVENTS_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    jwt_secret: Option<String>,
+
+    /// Require `Authorization: Bearer <JWT>` verified with this PEM public key file.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+
+    /// The algorithm of `--jwt-public-key`.
+    #[arg(
+        long,
+        env = "DISTRIBUTED_EVENTS_JWT_ALGORITHM",
+        value_enum,
+        default_value = "rs256"
+    )]
+    jwt_algorithm: PublicKeyAlgorithm,
+
+    /// Accept only tokens with this `iss` claim.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+
+    /// Accept only tokens with this `aud` claim.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+
+    /// The token claim that names the caller's tenant (required in every token).
+    #[arg(
+        long,
+        env = "DISTRIBUTED_EVENTS_JWT_TENANT_CLAIM",
+        default_value = "tenant_id"
+    )]
+    jwt_tenant_claim: String,
+
+    /// Most long-polls waiting at once; past it polls are answered 503 with Retry-After.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_LONG_POLLS", default_value_t = Limits::default().max_long_polls)]
+    max_long_polls: usize,
+
     /// Largest accepted `POST /events` body, in bytes.
     #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PublicKeyAlgorithm {
+    Rs256,
+    Es256,
+}
+
+/// The authenticator the flags ask for, if any.
+fn jwt_authenticator(args: &Args) -> Result<Option<JwtAuthenticator>, Box<dyn std::error::Error>> {
+    let key = match (&args.jwt_secret, &args.jwt_public_key) {
+        (Some(secret), _) => JwtKey::Hs256(secret.as_bytes().to_vec()),
+        (None, Some(path)) => {
+            let pem = std::fs::read(path).map_err(|error| {
+                format!("cannot read --jwt-public-key {}: {error}", path.display())
+            })?;
+            match args.jwt_algorithm {
+                PublicKeyAlgorithm::Rs256 => JwtKey::Rs256Pem(pem),
+                PublicKeyAlgorithm::Es256 => JwtKey::Es256Pem(pem),
+            }
+        }
+        (None, None) => return Ok(None),
+    };
+    let mut authenticator = JwtAuthenticator::new(key)?.tenant_claim(&args.jwt_tenant_claim);
+    if let Some(issuer) = &args.jwt_issuer {
+        authenticator = authenticator.issuer(issuer);
+    }
+    if let Some(audience) = &args.jwt_audience {
+        authenticator = authenticator.audience(audience);
+    }
+    Ok(Some(authenticator))
 }
 
 #[tokio::main]
@@ -82,17 +158,30 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.retention.is_zero() || args.cleanup_interval.is_zero() {
         return Err("--retention and --cleanup-interval must be longer than zero".into());
     }
-    let store = store::open(&args.database)
-        .await
-        .map_err(|error| format!("cannot open the database {}: {error}", args.database))?;
-    let server = EventBusServer::builder(store)
+    let store = store::open(&args.database).await.map_err(|error| {
+        format!(
+            "cannot open the database {}: {error}",
+            redacted(&args.database)
+        )
+    })?;
+    let authenticator = jwt_authenticator(&args)?;
+    let mut builder = EventBusServer::builder(store)
         .retention(args.retention)
         .cleanup_interval(args.cleanup_interval)
         .limits(Limits {
             max_body_bytes: args.max_body_bytes,
+            max_long_polls: args.max_long_polls,
             ..Limits::default()
-        })
-        .build();
+        });
+    if let Some(authenticator) = authenticator {
+        tracing::info!(?authenticator, "requests need a bearer JWT");
+        builder = builder.authenticator(authenticator);
+    } else {
+        tracing::info!(
+            "no --jwt-secret or --jwt-public-key: every caller is anonymous and sees all events"
+        );
+    }
+    let server = builder.build();
 
     let mut app = server.router();
     if args.static_dir.is_dir() {
@@ -112,7 +201,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let address = listener.local_addr()?;
     // Tests and scripts wait for this exact line.
     eprintln!("listening on http://{address}");
-    tracing::info!(database = %args.database, retention = ?args.retention, "ready");
+    tracing::info!(database = %redacted(&args.database), retention = ?args.retention, "ready");
 
     let draining = server.clone();
     axum::serve(listener, app)
@@ -125,6 +214,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     server.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The database URL without its password, for logs.
+fn redacted(database: &str) -> String {
+    let Some((scheme, rest)) = database.split_once("://") else {
+        return database.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) if credentials.contains(':') => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => database.to_owned(),
+    }
 }
 
 async fn shutdown_signal() {
@@ -151,5 +254,27 @@ async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db:5432/events"),
+            "postgres://app:***@db:5432/events"
+        );
+        assert_eq!(
+            redacted("postgres://app@db/events"),
+            "postgres://app@db/events"
+        );
+        assert_eq!(
+            redacted("sqlite://distributed-events.db"),
+            "sqlite://distributed-events.db"
+        );
+        assert_eq!(redacted("memory"), "memory");
     }
 }

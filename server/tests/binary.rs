@@ -170,3 +170,69 @@ async fn sigterm_answers_waiting_polls_and_keeps_everything() {
     let restarted = ServerProcess::sqlite(&db, &[]);
     assert_eq!(read_all(&client, &restarted.base).await.len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_static_files_and_cors_for_configured_origins_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>demo</h1>").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "not for the web").unwrap();
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--static-dir",
+        site.to_str().unwrap(),
+        "--cors-origin",
+        "http://app.example",
+    ]);
+    let client = reqwest::Client::new();
+    let page = client
+        .get(format!("{}/", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.text().await.unwrap(), "<h1>demo</h1>");
+    for escape in ["/../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt"] {
+        let response = client
+            .get(format!("{}{escape}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(response.status(), 200, "{escape} escaped the static folder");
+    }
+
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, format!("{}/events", server.base))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("http://app.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+    let refused = preflight("http://evil.example").await.unwrap();
+    assert!(refused
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+
+    let polled = client
+        .get(format!("{}/events?after=0", server.base))
+        .header("Origin", "http://app.example")
+        .send()
+        .await
+        .unwrap();
+    let exposed = polled.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        exposed.contains("x-events-cursor"),
+        "scripts must be able to read the cursor: {exposed}"
+    );
+}

@@ -616,3 +616,65 @@ async fn concurrent_duplicate_posts_store_one_event() {
     assert_eq!(all.len(), ids.len(), "100 posts of 5 ids stored 5 events");
     server.close().await;
 }
+
+/// Past the cap on waiting long-polls, a poll that would wait answers 503 with
+/// `Retry-After`; polls that need not wait are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_past_the_cap_answer_503_with_retry_after() {
+    let server = EventBusServer::builder(Arc::new(MemoryStore::new()))
+        .limits(Limits {
+            max_long_polls: 1,
+            ..Limits::default()
+        })
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = server.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+
+    let first = tokio::spawn(client.get(format!("{base}/events?after=0&wait=20")).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = client
+        .get(format!("{base}/events?after=0&wait=20"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "overloaded");
+    let short = client
+        .get(format!("{base}/events?after=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        short.status(),
+        StatusCode::OK,
+        "a poll that need not wait is served"
+    );
+
+    post_via(&client, &base).await;
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    let again = client
+        .get(format!("{base}/events?after=1&wait=0.2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "the permit came back with the answer"
+    );
+}
+
+async fn post_via(client: &reqwest::Client, base: &str) {
+    let response = client
+        .post(format!("{base}/events"))
+        .json(&post_body(Uuid::now_v7(), "Thing", "{}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+}

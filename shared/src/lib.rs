@@ -34,6 +34,7 @@
 #![warn(clippy::unwrap_used)]
 
 // Lets `#[derive(Event)]` name this crate the same way inside it as outside.
+#[allow(unused_extern_crates)]
 extern crate self as distributed_events_shared;
 
 mod bus;

@@ -9,9 +9,11 @@ use distributed_events_shared::StoredEvent;
 use tokio::sync::watch;
 
 mod memory;
+mod postgres;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A failure of the store itself (as opposed to bad input).
@@ -80,7 +82,11 @@ pub trait EventStore: Send + Sync + 'static {
     async fn read_range(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Up to `limit` events with `createdAt >= since`, in position order.
-    async fn read_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    async fn read_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// The event with this id.
     async fn get(&self, id: uuid::Uuid) -> Result<Option<StoredEvent>, StoreError>;
@@ -106,7 +112,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stores one event; see [`EventStore::append_batch`].
     async fn append(&self, event: StoredEvent) -> Result<Appended, StoreError> {
         let mut appended = self.append_batch(vec![event]).await?;
-        appended.pop().ok_or_else(|| StoreError::Corrupt("append returned no result".into()))
+        appended
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("append returned no result".into()))
     }
 
     /// Up to `limit` events after `after` for which `visible` holds, in position order.
@@ -120,7 +128,10 @@ pub trait EventStore: Send + Sync + 'static {
         visible: &Visibility<'_>,
     ) -> Result<Page, StoreError> {
         let limit = limit.max(1);
-        let mut page = Page { events: Vec::new(), cursor: after };
+        let mut page = Page {
+            events: Vec::new(),
+            cursor: after,
+        };
         let mut budget = limit.saturating_mul(SCAN_FACTOR);
         while page.events.len() < limit && budget > 0 {
             let batch = self.read_range(page.cursor, limit.min(budget)).await?;
@@ -149,13 +160,17 @@ pub type Visibility<'a> = dyn Fn(&StoredEvent) -> bool + Send + Sync + 'a;
 /// A shared handle to any store.
 pub type SharedStore = Arc<dyn EventStore>;
 
-/// Opens the store a `--database` value names: `memory`, or `sqlite://PATH`.
+/// Opens the store a `--database` value names: `memory`, `sqlite://PATH`, or
+/// `postgres://...` (also `postgresql://...`).
 pub async fn open(database: &str) -> Result<SharedStore, OpenError> {
     if database == "memory" {
         return Ok(Arc::new(MemoryStore::new()));
     }
     if let Some(path) = database.strip_prefix("sqlite://") {
         return Ok(Arc::new(SqliteStore::open(path).await?));
+    }
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::open(database).await?));
     }
     Err(OpenError::UnknownScheme(database.to_owned()))
 }
@@ -164,7 +179,7 @@ pub async fn open(database: &str) -> Result<SharedStore, OpenError> {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The `--database` value names no backend.
-    #[error("unsupported database `{0}`: use `memory` or `sqlite://PATH`")]
+    #[error("unsupported database `{0}`: use `memory`, `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE`")]
     UnknownScheme(String),
     /// The backend failed to open.
     #[error(transparent)]
@@ -178,7 +193,8 @@ pub(crate) fn to_micros(time: DateTime<Utc>) -> i64 {
 
 /// The inverse of [`to_micros`].
 pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros} out of range")))
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros} out of range")))
 }
 
 impl fmt::Debug for dyn EventStore {

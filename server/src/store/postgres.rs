@@ -3,28 +3,31 @@
 //!
 //! # What each guarantee rests on
 //!
-//! - **Positions in commit order, across processes.** Every append transaction first locks
-//!   the one row of `events_head` (`SELECT ... FOR UPDATE`), takes its positions from it,
-//!   and writes the new head back before it commits. The row lock is held until commit, so
-//!   appends from all instances are serialized: a transaction can only assign positions
-//!   once the previous one is committed *and visible* (PostgreSQL releases row locks after
-//!   the commit is visible to new snapshots). A reader that sees position `p` therefore
-//!   sees every position below `p` as well, and polling `after=<position>` never skips an
-//!   event that committed late. A plain sequence would not give this: `nextval` hands out
-//!   numbers at insert time, so 7 can commit after 8 has been read.
+//! - **Positions in commit order, across processes.** Every append is one statement (see
+//!   [`APPEND`]) that starts with `UPDATE events_head SET head = head + n`. That row lock
+//!   is held until the statement's transaction commits, so appends of all instances are
+//!   serialized: the next append gets the lock, and its positions, only once the previous
+//!   one is committed *and visible* (PostgreSQL releases row locks after the commit is
+//!   visible to new snapshots). A reader that sees position `p` therefore sees every
+//!   position below `p` as well, and polling `after=<position>` never skips an event that
+//!   committed late. A plain sequence would not give this: `nextval` hands out numbers at
+//!   insert time, so 7 can commit after 8 has been read.
+//! - **A short critical section.** The statement runs as its own implicit transaction, so
+//!   the lock is held only while PostgreSQL executes it and flushes its commit, never
+//!   across a network round trip, and a client that freezes cannot keep holding it.
 //! - **Group commit.** Within one instance a single writer task takes every append that
-//!   is waiting and commits them in one transaction (as `sqlite.rs` does), so the lock is
-//!   taken once per group, not once per event. Throughput is bounded by one WAL flush per
-//!   group, whatever the number of instances.
-//! - **Idempotency by id.** The `id` column is `UNIQUE`; because every writer holds the
-//!   head lock while it checks which ids exist and inserts the rest, two instances that
-//!   receive the same id concurrently store it once (the second one finds the first's
-//!   committed row). The unique index is the backstop if that ever were not so.
-//! - **Wake-up across instances.** The append transaction calls `pg_notify` with the new
-//!   head; PostgreSQL delivers it only on commit and only once the commit is visible. A
-//!   listener task per instance advances [`EventStore::watch_head`] from it. After the
-//!   listener (re)connects it re-reads the head, so a notification lost while disconnected
-//!   is made up for; nothing polls the store in a loop.
+//!   is waiting and stores them with one statement (as `sqlite.rs` does with one
+//!   transaction), so the lock and the WAL flush are paid once per group.
+//! - **Idempotency by id.** The `id` column is `UNIQUE` and the insert says `ON CONFLICT
+//!   (id) DO NOTHING`, which holds across instances: two instances that insert the same id
+//!   at once store it once, and the loser reads the winner's event back. Ids are looked up
+//!   before the append too, so that the common case, a client retrying a post, takes no
+//!   lock and uses no position; only a true race leaves a position unused.
+//! - **Wake-up across instances.** The statement calls `pg_notify` with the new head;
+//!   PostgreSQL delivers it only on commit and only once the commit is visible. A listener
+//!   task per instance advances [`EventStore::watch_head`] from it. After the listener
+//!   (re)connects it re-reads the head, so a notification lost while disconnected is made
+//!   up for; nothing polls the store in a loop.
 //! - **Retention with several instances.** Cleanup locks the one row of
 //!   `events_retention` for its transaction, so concurrent cleanups run one after the
 //!   other; each deletes a prefix of committed positions (`<= MAX(position) WHERE stored_at
@@ -34,7 +37,7 @@
 //! - **Connection loss.** Reads use a pool that drops broken connections and connects
 //!   again; the writer holds one connection and replaces it after any error. While the
 //!   database is down every call fails with [`StoreError::Unavailable`] (HTTP 503), and an
-//!   append is acknowledged only after its `COMMIT` succeeded, so nothing acknowledged is
+//!   append is acknowledged only after its commit succeeded, so nothing acknowledged is
 //!   lost; an append whose answer was lost is retried by the client under the same id.
 
 use std::collections::HashMap;
@@ -52,23 +55,25 @@ use uuid::Uuid;
 
 use super::{from_micros, to_micros, Appended, EventStore, StoreError};
 
-/// Most events one transaction takes, so that one huge burst does not delay the
+/// Most events one append statement takes, so that one huge burst does not delay the
 /// acknowledgement of everything behind it for long.
 const MAX_GROUP: usize = 4096;
+
+/// Connections of the request pool (reads, retention, health); each instance also holds
+/// one for its writer and one for its listener.
+const POOL_SIZE: u32 = 8;
 
 /// How long a request waits for a pooled connection before it fails with 503. Short, so
 /// that clients hear about an outage and back off instead of piling up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Session settings of the writer connection. `lock_timeout`: an append that cannot get
-/// the head lock in time fails (503) instead of hanging behind a stuck instance.
-/// `idle_in_transaction_session_timeout`: an instance that freezes inside its append
-/// transaction (SIGSTOP, a VM pause) is disconnected by the server, releasing the lock for
-/// the others; its unacknowledged appends roll back.
 /// Longest an append group may take, connecting included, before it fails with 503.
 const GROUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-const WRITER_SETTINGS: [(&str, &str); 2] = [("lock_timeout", "5s"), ("idle_in_transaction_session_timeout", "10s")];
+/// Session settings of the writer connection: an append that cannot get the head lock
+/// within 5 s (the database is overloaded or something holds the row) fails with 503
+/// instead of hanging.
+const WRITER_SETTINGS: [(&str, &str); 1] = [("lock_timeout", "5s")];
 
 /// Key of the advisory lock that serializes schema migrations of concurrently starting
 /// instances (`CREATE TABLE IF NOT EXISTS` is not safe against itself).
@@ -94,7 +99,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
 CREATE INDEX IF NOT EXISTS events_stored_at ON events (stored_at);
 CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant_id, position);
--- One row; locked by every append transaction until it commits (see the module docs).
+-- One row; locked by every append statement until it commits (see the module docs).
 CREATE TABLE IF NOT EXISTS events_head (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     head BIGINT  NOT NULL
@@ -106,9 +111,14 @@ CREATE TABLE IF NOT EXISTS events_retention (
     pruned_through BIGINT  NOT NULL
 );
 INSERT INTO events_retention (id, pruned_through) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS events_schema (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
 ";
 
-const COLUMNS: &str = "position, id::text AS id, created_at, aggregate_id, event_type, event_json, \
+const COLUMNS: &str =
+    "position, id::text AS id, created_at, aggregate_id, event_type, event_json, \
                        user_id, tenant_id, session_id, context";
 
 /// The PostgreSQL store. Any number of server processes may open the same database.
@@ -154,7 +164,7 @@ impl PostgresStore {
         setup.close().await.ok();
 
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await
@@ -199,10 +209,11 @@ async fn migrate(connection: &mut PgConnection) -> Result<String, StoreError> {
     // The channel is per schema, so that several stores in one database (tests, or
     // separate deployments) do not wake each other. md5 keeps it under the 63-byte limit
     // of identifiers whatever the schema's name.
-    let (schema, channel): (Option<String>, Option<String>) =
-        sqlx::query_as("SELECT current_schema()::text, 'distributed_events_' || left(md5(current_schema()), 16)")
-            .fetch_one(&mut *tx)
-            .await?;
+    let (schema, channel): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT current_schema()::text, 'distributed_events_' || left(md5(current_schema()), 16)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let (Some(schema), Some(channel)) = (schema, channel) else {
         return Err(StoreError::Unavailable(
             "no schema of the connection's search_path exists: create it (CREATE SCHEMA ...) or fix \
@@ -210,32 +221,38 @@ async fn migrate(connection: &mut PgConnection) -> Result<String, StoreError> {
                 .into(),
         ));
     };
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS events_schema (
-             id      INTEGER PRIMARY KEY CHECK (id = 1),
-             version INTEGER NOT NULL
-         )",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let version: Option<i32> = sqlx::query_scalar("SELECT version FROM events_schema WHERE id = 1")
-        .fetch_optional(&mut *tx)
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('events_schema') IS NOT NULL")
+        .fetch_one(&mut *tx)
         .await?;
-    if let Some(version) = version.filter(|&version| version > SCHEMA_VERSION) {
-        return Err(StoreError::Unavailable(format!(
-            "schema `{schema}` has version {version}, newer than this server's {SCHEMA_VERSION}; upgrade the server"
-        )));
+    let version: Option<i32> = if exists {
+        sqlx::query_scalar("SELECT version FROM events_schema WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?
+    } else {
+        None
+    };
+    match version {
+        Some(version) if version > SCHEMA_VERSION => {
+            return Err(StoreError::Unavailable(format!(
+                "schema `{schema}` has version {version}, newer than this server's {SCHEMA_VERSION}; upgrade the server"
+            )));
+        }
+        // Up to date: no DDL, so that a database user without CREATE rights can run the
+        // server once the schema exists.
+        Some(SCHEMA_VERSION) => {}
+        // Version 1 is the whole schema; a later version adds its steps here, each
+        // guarded by `version < N`.
+        _ => {
+            sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO events_schema (id, version) VALUES (1, $1) \
+                 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
+            )
+            .bind(SCHEMA_VERSION)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
-    // Version 1 is the whole schema; a later version adds its steps here, each guarded by
-    // `version < N`.
-    sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
-    sqlx::query(
-        "INSERT INTO events_schema (id, version) VALUES (1, $1) \
-         ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
-    )
-    .bind(SCHEMA_VERSION)
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await?;
     tracing::info!(%schema, version = SCHEMA_VERSION, "PostgreSQL schema ready");
     Ok(channel)
@@ -268,8 +285,10 @@ async fn run_writer(
     let mut connection: Option<PgConnection> = None;
     let mut closing = false;
     while !closing {
-        let Some(Command::Append(events, reply)) = commands.recv().await else { break };
-        // Group commit: take every append already waiting into this transaction.
+        let Some(Command::Append(events, reply)) = commands.recv().await else {
+            break;
+        };
+        // Group commit: take every append already waiting into this one statement.
         let mut group = vec![(events, reply)];
         let mut size = group[0].0.len();
         while size < MAX_GROUP {
@@ -287,17 +306,23 @@ async fn run_writer(
         }
 
         // Batches PostgreSQL cannot store fail alone instead of failing the whole group.
-        let (group, unstorable): (Vec<_>, Vec<_>) = group.into_iter().partition(|(events, _)| unstorable(events).is_none());
-        for (events, reply) in unstorable {
-            let _ = reply.send(Err(self::unstorable(&events).unwrap_or(StoreError::Closed)));
+        let mut storable = Vec::with_capacity(group.len());
+        for (events, reply) in group {
+            match unstorable(&events) {
+                Some(problem) => {
+                    let _ = reply.send(Err(problem));
+                }
+                None => storable.push((events, reply)),
+            }
         }
+        let group = storable;
         if group.is_empty() {
             continue;
         }
 
         // A timeout on top of `lock_timeout`: a connection that went silent (a network
-        // partition) must not hold up every append forever. If it fires during COMMIT the
-        // outcome is unknown; the client retries under the same id, which is idempotent.
+        // partition) must not hold up every append forever. If it fires during the commit
+        // the outcome is unknown; the client retries under the same id, which is idempotent.
         let result = tokio::time::timeout(GROUP_TIMEOUT, async {
             let connection = match connection.as_mut() {
                 Some(connection) => connection,
@@ -306,7 +331,11 @@ async fn run_writer(
             append_group(connection, &channel, &group).await
         })
         .await
-        .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("PostgreSQL did not answer within {GROUP_TIMEOUT:?}"))));
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "PostgreSQL did not answer within {GROUP_TIMEOUT:?}"
+            )))
+        });
         match result {
             Ok((results, last)) => {
                 advance(&head, last);
@@ -316,16 +345,25 @@ async fn run_writer(
             }
             Err(error) => {
                 tracing::error!(%error, "append to PostgreSQL failed");
-                // The connection may be broken or mid-transaction: start over with a new one.
+                // The connection may be broken or mid-statement: start over with a new one.
                 connection = None;
                 for (_, reply) in group {
-                    let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
+                    let _ = reply.send(Err(same_error(&error)));
                 }
             }
         }
     }
     if let Some(connection) = connection {
         connection.close().await.ok();
+    }
+}
+
+/// A copy of `error`, for each caller of a failed group (`StoreError` is not `Clone`).
+fn same_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Unavailable(message) => StoreError::Unavailable(message.clone()),
+        StoreError::Closed => StoreError::Closed,
+        StoreError::Corrupt(message) => StoreError::Corrupt(message.clone()),
     }
 }
 
@@ -341,7 +379,9 @@ fn unstorable(events: &[StoredEvent]) -> Option<StoreError> {
             ("tenantId", event.tenant_id.as_ref()),
             ("sessionId", event.session_id.as_ref()),
         ];
-        let (name, _) = fields.iter().find(|(_, value)| value.is_some_and(|value| value.contains('\0')))?;
+        let (name, _) = fields
+            .iter()
+            .find(|(_, value)| value.is_some_and(|value| value.contains('\0')))?;
         Some(StoreError::Corrupt(format!(
             "event {}: `{name}` contains U+0000, which PostgreSQL cannot store",
             event.id
@@ -350,10 +390,9 @@ fn unstorable(events: &[StoredEvent]) -> Option<StoreError> {
 }
 
 /// The columns of a group's new events, one array per column, for one `INSERT ... SELECT
-/// FROM UNNEST(...)`: one round trip whatever the group's size.
+/// FROM UNNEST(...)`: one statement whatever the group's size.
 #[derive(Default)]
 struct Columns {
-    position: Vec<i64>,
     id: Vec<String>,
     created_at: Vec<i64>,
     aggregate_id: Vec<String>,
@@ -366,13 +405,15 @@ struct Columns {
 }
 
 impl Columns {
-    fn push(&mut self, event: &StoredEvent, position: i64) -> Result<(), StoreError> {
+    fn push(&mut self, event: &StoredEvent) -> Result<(), StoreError> {
         let context = if event.context.is_empty() {
             None
         } else {
-            Some(serde_json::to_string(&event.context).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            Some(
+                serde_json::to_string(&event.context)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )
         };
-        self.position.push(position);
         self.id.push(event.id.to_string());
         self.created_at.push(to_micros(event.created_at));
         self.aggregate_id.push(event.aggregate_id.clone());
@@ -386,91 +427,148 @@ impl Columns {
     }
 }
 
-/// Appends every batch of the group in one transaction; returns the per-batch results and
-/// the new head.
+/// The append itself: one statement, so one implicit transaction and one round trip. The
+/// `UPDATE` takes the row lock that orders all appends of all instances and, after
+/// waiting for it, adds to the head as the previous holder left it; the lock is held only
+/// while this statement runs and commits, with no network round trip in between. Positions
+/// are `old head + 1 ..= new head` in input order. `ON CONFLICT (id) DO NOTHING` is what
+/// makes an id stored once even when two instances race with it (the unique index sees
+/// rows of transactions committed after this statement's snapshot); such an id leaves its
+/// position unused. `pg_notify` is delivered when, and only if, this commits.
+const APPEND: &str = "
+WITH moved AS (
+    UPDATE events_head SET head = head + $1 WHERE id = 1 RETURNING head
+),
+inserted AS (
+    INSERT INTO events (position, id, created_at, stored_at, aggregate_id, event_type, event_json,
+                        user_id, tenant_id, session_id, context)
+    SELECT moved.head - $1 + t.ord, t.id::uuid, t.created_at,
+           (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint,
+           t.aggregate_id, t.event_type, t.event_json, t.user_id, t.tenant_id, t.session_id, t.context
+    FROM moved,
+         UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::text[], $10::text[])
+             WITH ORDINALITY AS t(id, created_at, aggregate_id, event_type, event_json, user_id,
+                                  tenant_id, session_id, context, ord)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, position
+),
+notified AS (
+    SELECT pg_notify($11, head::text) FROM moved
+)
+SELECT moved.head,
+       (SELECT count(*) FROM notified) AS notified,
+       COALESCE((SELECT array_agg(id::text ORDER BY position) FROM inserted), '{}') AS ids,
+       COALESCE((SELECT array_agg(position ORDER BY position) FROM inserted), '{}') AS positions
+FROM moved
+";
+
+/// Appends every batch of the group in one statement; returns the per-batch results and
+/// the head after it.
 async fn append_group(
     connection: &mut PgConnection,
     channel: &str,
     group: &[(Vec<StoredEvent>, Reply<Vec<Appended>>)],
 ) -> Result<(Vec<Vec<Appended>>, u64), StoreError> {
-    let mut tx = connection.begin().await?;
-    // The lock that orders all appends of all instances; held until COMMIT.
-    let start: i64 = sqlx::query_scalar("SELECT head FROM events_head WHERE id = 1 FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await?;
+    // Which ids are stored already (a client retrying a post whose answer it lost): looked
+    // up before taking the lock, so that it costs the other instances nothing and such a
+    // retry uses no position.
+    let ids: Vec<String> = group
+        .iter()
+        .flat_map(|(events, _)| events.iter().map(|e| e.id.to_string()))
+        .collect();
+    let mut known = fetch(connection, &ids).await?;
 
-    // With the lock held no other writer can insert, so what exists now is final for this
-    // transaction. (READ COMMITTED: this statement sees everything committed before it.)
-    let ids: Vec<String> = group.iter().flat_map(|(events, _)| events.iter().map(|e| e.id.to_string())).collect();
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE id = ANY($1::uuid[])"))
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut known: HashMap<Uuid, StoredEvent> = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let event = decode(row)?;
-        known.insert(event.id, event);
+    // The first occurrence of each new id is stored; later ones report it.
+    let mut fresh: Vec<&StoredEvent> = Vec::new();
+    let mut columns = Columns::default();
+    let mut taken = std::collections::HashSet::new();
+    for event in group.iter().flat_map(|(events, _)| events) {
+        if !known.contains_key(&event.id) && taken.insert(event.id) {
+            columns.push(event)?;
+            fresh.push(event);
+        }
     }
 
-    let mut head = start;
-    let mut columns = Columns::default();
+    let mut head = None;
+    let mut stored: HashMap<Uuid, u64> = HashMap::with_capacity(fresh.len());
+    if !fresh.is_empty() {
+        let count = i64::try_from(fresh.len()).unwrap_or(i64::MAX);
+        let row = sqlx::query(APPEND)
+            .bind(count)
+            .bind(&columns.id)
+            .bind(&columns.created_at)
+            .bind(&columns.aggregate_id)
+            .bind(&columns.event_type)
+            .bind(&columns.event_json)
+            .bind(&columns.user_id)
+            .bind(&columns.tenant_id)
+            .bind(&columns.session_id)
+            .bind(&columns.context)
+            .bind(channel)
+            .fetch_one(&mut *connection)
+            .await?;
+        head = Some(to_position(row.try_get("head")?)?);
+        let inserted_ids: Vec<String> = row.try_get("ids")?;
+        let positions: Vec<i64> = row.try_get("positions")?;
+        for (id, position) in inserted_ids.iter().zip(positions) {
+            let id = Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            stored.insert(id, to_position(position)?);
+        }
+        // Ids another instance stored between the look-up above and the append: theirs
+        // is the event (committed, since we waited for their lock).
+        let raced: Vec<String> = fresh
+            .iter()
+            .filter(|event| !stored.contains_key(&event.id))
+            .map(|event| event.id.to_string())
+            .collect();
+        if !raced.is_empty() {
+            known.extend(fetch(connection, &raced).await?);
+        }
+    }
+
     let mut results = Vec::with_capacity(group.len());
     for (events, _) in group {
         let mut batch = Vec::with_capacity(events.len());
         for event in events {
             if let Some(existing) = known.get(&event.id) {
-                // Stored before, or earlier in this very group (as SQLite would report it).
                 batch.push(Appended::Existing(existing.clone()));
-                continue;
+            } else if let Some(&position) = stored.get(&event.id) {
+                let new = StoredEvent {
+                    position: Some(position),
+                    ..event.clone()
+                };
+                // A repeat of the id later in this group reports this event.
+                known.insert(event.id, new.clone());
+                batch.push(Appended::New(new));
+            } else {
+                // Stored by another instance and deleted by retention within this
+                // append: vanishingly rare; the client's retry under the same id settles it.
+                return Err(StoreError::Unavailable(format!(
+                    "event {} was stored concurrently and is gone; retry",
+                    event.id
+                )));
             }
-            head += 1;
-            columns.push(event, head)?;
-            let stored = StoredEvent {
-                position: Some(to_position(head)?),
-                ..event.clone()
-            };
-            known.insert(event.id, stored.clone());
-            batch.push(Appended::New(stored));
         }
         results.push(batch);
     }
+    Ok((results, head.unwrap_or(0)))
+}
 
-    if head > start {
-        sqlx::query(
-            "INSERT INTO events (position, id, created_at, stored_at, aggregate_id, event_type, event_json, \
-                                 user_id, tenant_id, session_id, context) \
-             SELECT position, id::uuid, created_at, \
-                    (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint, \
-                    aggregate_id, event_type, event_json, user_id, tenant_id, session_id, context \
-             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
-                         $7::text[], $8::text[], $9::text[], $10::text[]) \
-                  AS t(position, id, created_at, aggregate_id, event_type, event_json, \
-                       user_id, tenant_id, session_id, context)",
-        )
-        .bind(&columns.position)
-        .bind(&columns.id)
-        .bind(&columns.created_at)
-        .bind(&columns.aggregate_id)
-        .bind(&columns.event_type)
-        .bind(&columns.event_json)
-        .bind(&columns.user_id)
-        .bind(&columns.tenant_id)
-        .bind(&columns.session_id)
-        .bind(&columns.context)
-        .execute(&mut *tx)
-        .await?;
-        // The notification is queued now and delivered when (and only if) this commits.
-        sqlx::query(
-            "WITH moved AS (UPDATE events_head SET head = $1 WHERE id = 1 RETURNING head) \
-             SELECT pg_notify($2, head::text) FROM moved",
-        )
-        .bind(head)
-        .bind(channel)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok((results, to_position(head)?))
+/// The stored events with these ids.
+async fn fetch(
+    connection: &mut PgConnection,
+    ids: &[String],
+) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM events WHERE id = ANY($1::uuid[])"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *connection)
+    .await?;
+    rows.iter()
+        .map(|row| decode(row).map(|event| (event.id, event)))
+        .collect()
 }
 
 /// First wait of the listener before it connects again; doubles up to 2 s.
@@ -492,7 +590,12 @@ async fn run_listener(pool: PgPool, channel: String, head: watch::Sender<u64>) {
 }
 
 /// Listens until the connection fails; returns why. Resets `backoff` once connected.
-async fn listen(pool: &PgPool, channel: &str, head: &watch::Sender<u64>, backoff: &mut Duration) -> StoreError {
+async fn listen(
+    pool: &PgPool,
+    channel: &str,
+    head: &watch::Sender<u64>,
+    backoff: &mut Duration,
+) -> StoreError {
     let mut listener = match PgListener::connect_with(pool).await {
         Ok(listener) => listener,
         Err(error) => return error.into(),
@@ -511,7 +614,10 @@ async fn listen(pool: &PgPool, channel: &str, head: &watch::Sender<u64>, backoff
         match listener.try_recv().await {
             Ok(Some(notification)) => match notification.payload().parse::<u64>() {
                 Ok(position) => advance(head, position),
-                Err(_) => tracing::warn!(payload = notification.payload(), "ignoring a malformed notification"),
+                Err(_) => tracing::warn!(
+                    payload = notification.payload(),
+                    "ignoring a malformed notification"
+                ),
             },
             // The connection dropped and the listener connected again (eagerly, LISTEN
             // included): catch up on what was notified in between.
@@ -587,7 +693,11 @@ impl EventStore for PostgresStore {
         decode_all(rows)
     }
 
-    async fn read_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM events WHERE created_at >= $1 ORDER BY position LIMIT $2"
         ))
@@ -613,10 +723,11 @@ impl EventStore for PostgresStore {
         sqlx::query("SELECT pruned_through FROM events_retention WHERE id = 1 FOR UPDATE")
             .execute(&mut *tx)
             .await?;
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events WHERE stored_at < $1")
-            .bind(to_micros(cutoff))
-            .fetch_one(&mut *tx)
-            .await?;
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(position) FROM events WHERE stored_at < $1")
+                .bind(to_micros(cutoff))
+                .fetch_one(&mut *tx)
+                .await?;
         let Some(last) = last else { return Ok(0) };
         let deleted = sqlx::query("DELETE FROM events WHERE position <= $1")
             .bind(last)
@@ -633,9 +744,10 @@ impl EventStore for PostgresStore {
 
     async fn pruned_through(&self) -> Result<u64, StoreError> {
         // Read each time: another instance may have pruned.
-        let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM events_retention WHERE id = 1")
-            .fetch_one(self.pool()?)
-            .await?;
+        let pruned: i64 =
+            sqlx::query_scalar("SELECT pruned_through FROM events_retention WHERE id = 1")
+                .fetch_one(self.pool()?)
+                .await?;
         to_position(pruned)
     }
 

@@ -288,8 +288,10 @@ async fn prune(
         .bind(last)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    // Raised before the commit, so that no reader can see the rows gone while the mark
+    // still says they are there; if the commit fails, the mark is merely too cautious.
     pruned_through.fetch_max(to_position(last)?, Ordering::SeqCst);
+    tx.commit().await?;
     Ok(deleted)
 }
 

@@ -13,7 +13,9 @@ use uuid::Uuid;
 pub fn event(n: usize, tenant: Option<&str>) -> StoredEvent {
     StoredEvent {
         id: Uuid::now_v7(),
-        created_at: Utc.timestamp_micros(1_700_000_000_000_000 + n as i64).unwrap(),
+        created_at: Utc
+            .timestamp_micros(1_700_000_000_000_000 + n as i64)
+            .unwrap(),
         aggregate_id: format!("aggregate-{}", n % 7),
         event_type: "Numbered".into(),
         event_json: format!("{{\"n\":{n}}}"),
@@ -46,7 +48,8 @@ pub async fn appends_get_increasing_positions_and_read_back_equal(store: SharedS
     for n in 0..10 {
         let mut e = event(n, Some("t1"));
         if n % 2 == 0 {
-            e.context.insert("roles".into(), serde_json::json!(["admin", n]));
+            e.context
+                .insert("roles".into(), serde_json::json!(["admin", n]));
             e.session_id = Some(format!("s{n}"));
         }
         let appended = store.append(e.clone()).await.unwrap();
@@ -54,11 +57,24 @@ pub async fn appends_get_increasing_positions_and_read_back_equal(store: SharedS
         written.push(e);
     }
     let positions: Vec<u64> = written.iter().map(|e| e.position.unwrap()).collect();
-    assert!(positions[0] > 0, "positions start above 0 so that after=0 reads everything");
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions strictly increase: {positions:?}");
-    assert_eq!(read_all(&store).await, written, "events read back field for field");
+    assert!(
+        positions[0] > 0,
+        "positions start above 0 so that after=0 reads everything"
+    );
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions strictly increase: {positions:?}"
+    );
+    assert_eq!(
+        read_all(&store).await,
+        written,
+        "events read back field for field"
+    );
     assert_eq!(store.head().await.unwrap(), *positions.last().unwrap());
-    assert_eq!(store.get(written[3].id).await.unwrap().as_ref(), Some(&written[3]));
+    assert_eq!(
+        store.get(written[3].id).await.unwrap().as_ref(),
+        Some(&written[3])
+    );
     assert_eq!(store.get(Uuid::now_v7()).await.unwrap(), None);
 }
 
@@ -85,13 +101,19 @@ pub async fn append_is_idempotent_by_id(store: SharedStore) {
     match store.append(changed).await.unwrap() {
         Appended::Existing(existing) => {
             assert_eq!(existing.position, Some(first));
-            assert_eq!(existing.event_json, original.event_json, "an existing event is never overwritten");
+            assert_eq!(
+                existing.event_json, original.event_json,
+                "an existing event is never overwritten"
+            );
         }
         Appended::New(_) => panic!("the same id was stored twice"),
     }
     // The same id twice inside one batch: one event.
     let twice = event(2, None);
-    let results = store.append_batch(vec![twice.clone(), twice]).await.unwrap();
+    let results = store
+        .append_batch(vec![twice.clone(), twice])
+        .await
+        .unwrap();
     assert!(matches!(results[0], Appended::New(_)));
     assert!(matches!(results[1], Appended::Existing(_)));
     assert_eq!(read_all(&store).await.len(), 2);
@@ -121,11 +143,18 @@ pub async fn concurrent_appends_lose_and_repeat_nothing(store: SharedStore) {
     let mut acknowledged = HashSet::new();
     for task in tasks {
         for position in task.await.unwrap() {
-            assert!(acknowledged.insert(position), "position {position} given twice");
+            assert!(
+                acknowledged.insert(position),
+                "position {position} given twice"
+            );
         }
     }
     let all = read_all(&store).await;
-    assert_eq!(all.len(), WRITERS * EACH + 1, "every acknowledged event, and the shared id once");
+    assert_eq!(
+        all.len(),
+        WRITERS * EACH + 1,
+        "every acknowledged event, and the shared id once"
+    );
     let positions: Vec<u64> = all.iter().map(|e| e.position.unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
     assert!(acknowledged.iter().all(|p| positions.contains(p)));
@@ -135,11 +164,17 @@ pub async fn concurrent_appends_lose_and_repeat_nothing(store: SharedStore) {
 
 pub async fn read_after_filters_before_the_limit(store: SharedStore) {
     // Tenants alternate a, b, b, a, b, b, ...: a third of the events are tenant a's.
-    let events: Vec<_> = (0..60).map(|n| event(n, Some(if n % 3 == 0 { "a" } else { "b" }))).collect();
+    let events: Vec<_> = (0..60)
+        .map(|n| event(n, Some(if n % 3 == 0 { "a" } else { "b" })))
+        .collect();
     store.append_batch(events).await.unwrap();
     let only_a = |e: &StoredEvent| e.tenant_id.as_deref() == Some("a");
     let page = store.read_after(0, 5, &only_a).await.unwrap();
-    assert_eq!(page.events.iter().map(n_of).collect::<Vec<_>>(), [0, 3, 6, 9, 12], "a full page of visible events");
+    assert_eq!(
+        page.events.iter().map(n_of).collect::<Vec<_>>(),
+        [0, 3, 6, 9, 12],
+        "a full page of visible events"
+    );
     assert_eq!(page.cursor, page.events.last().unwrap().position.unwrap());
 
     // Continuing from the cursor gives the rest, and the last page's cursor lies past
@@ -168,7 +203,11 @@ pub async fn read_since_uses_created_at_in_position_order(store: SharedStore) {
     store.append_batch(events).await.unwrap();
     let since = Utc.timestamp_opt(1_700_000_030, 0).unwrap();
     let found = store.read_since(since, 100).await.unwrap();
-    assert_eq!(found.iter().map(n_of).collect::<Vec<_>>(), [0, 2, 4], "createdAt >= since, in position order");
+    assert_eq!(
+        found.iter().map(n_of).collect::<Vec<_>>(),
+        [0, 2, 4],
+        "createdAt >= since, in position order"
+    );
     assert_eq!(store.read_since(since, 2).await.unwrap().len(), 2);
 }
 
@@ -187,14 +226,28 @@ pub async fn deleting_old_events_removes_a_prefix_and_never_reuses_positions(sto
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id, late.event().id);
     let pruned = store.pruned_through().await.unwrap();
-    assert_eq!(pruned, late.event().position.unwrap() - 1, "pruned through the last deleted position");
-    assert_eq!(store.delete_older_than(cutoff).await.unwrap(), 0, "cleanup is idempotent");
+    assert_eq!(
+        pruned,
+        late.event().position.unwrap() - 1,
+        "pruned through the last deleted position"
+    );
+    assert_eq!(
+        store.delete_older_than(cutoff).await.unwrap(),
+        0,
+        "cleanup is idempotent"
+    );
 
     // Delete everything, then append: the new position continues, never reused.
-    store.delete_older_than(Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+    store
+        .delete_older_than(Utc::now() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
     assert!(read_all(&store).await.is_empty());
     let next = new_position(&store.append(event(6, None)).await.unwrap());
-    assert!(next > head_before, "position {next} reused (head was {head_before})");
+    assert!(
+        next > head_before,
+        "position {next} reused (head was {head_before})"
+    );
     assert!(store.pruned_through().await.unwrap() >= head_before);
 }
 

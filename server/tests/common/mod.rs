@@ -2,3 +2,73 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The real `distributed-events-server` binary, running on a free port.
+pub struct ServerProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `args` and waits until it listens.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_distributed-events-server"))
+            .args(["--bind", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the server binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("listening on ") {
+                    let _ = sender.send(address.to_owned());
+                }
+                eprintln!("[server] {line}");
+            }
+        });
+        let base = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server printed its address");
+        Self { child, base }
+    }
+
+    /// Starts the binary on a SQLite file.
+    pub fn sqlite(path: &Path, extra: &[&str]) -> Self {
+        let database = format!("sqlite://{}", path.display());
+        let mut args = vec!["--database", database.as_str()];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill_hard(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit and returns whether it was successful.
+    pub fn terminate(mut self) -> bool {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,642 @@
+//! The client: two loops (receive, send) over a [`Platform`], around the pure
+//! [`Delivery`] core.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use distributed_events_shared::{
+    AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, StoredEvent,
+};
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures::channel::oneshot;
+use futures::future::{select, AbortHandle, Abortable, Either, FutureExt, Shared};
+use futures::StreamExt;
+
+use crate::backoff::{Backoff, Jitter};
+use crate::broadcast::{Broadcast, Subscription};
+use crate::config::{ClientBuilder, Mode, Start, TokenSource};
+use crate::delivery::Delivery;
+use crate::platform::{HttpRequest, HttpResponse, MaybeSend, Platform};
+use crate::protocol::{self, Failure, Page, Query};
+use crate::status::{Status, StatusParts};
+use crate::{ClientError, CursorStore};
+
+/// A local [`EventBus`] kept in sync with a distributed-events server.
+///
+/// Events stored on the server reach the bus's subscribers exactly once and in order;
+/// with `auto_forward`, events published here are sent to the server through an outbox
+/// that retries until the server has them. Cheap to clone; clones share one client,
+/// which stops when [`close`](Self::close) is called or the last clone is dropped.
+#[derive(Clone)]
+#[must_use = "the client stops when the last handle is dropped"]
+pub struct EventBusClient {
+    handle: Arc<Handle>,
+}
+
+/// The owner's side: dropping the last one shuts the client down. The tasks hold only
+/// `Inner`, so they do not keep the client alive.
+struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        drop(self.inner.shutdown());
+    }
+}
+
+pub(crate) struct Inner {
+    base: String,
+    bus: EventBus,
+    registry: RwLock<EventRegistry>,
+    mode: Mode,
+    auto_forward: bool,
+    start: Start,
+    headers: Vec<(String, String)>,
+    token: Option<Box<dyn TokenSource>>,
+    cursor_store: Option<Box<dyn CursorStore>>,
+    cursor_key: String,
+    page_size: u32,
+    backoff: (Duration, Duration),
+    request_timeout: Duration,
+    platform: Box<dyn Platform>,
+    state: Mutex<State>,
+    events: Broadcast<StoredEvent>,
+    errors: Broadcast<ClientError>,
+    status: Broadcast<Status>,
+}
+
+struct State {
+    delivery: Delivery,
+    status: StatusParts,
+    /// `None` once closed.
+    outbox: Option<UnboundedSender<StoredEvent>>,
+    tasks: Vec<Task>,
+    next_task: u64,
+    jitter: Jitter,
+}
+
+struct Task {
+    #[cfg_attr(
+        not(all(feature = "js", target_arch = "wasm32")),
+        allow(dead_code, reason = "used by the JS binding")
+    )]
+    id: u64,
+    abort: AbortHandle,
+    /// Loops stop at close; a listener ends by itself once its subscription has ended.
+    abort_on_close: bool,
+    /// Completes when the task's future has been dropped.
+    done: Shared<oneshot::Receiver<()>>,
+}
+
+/// Which loop a status change comes from.
+#[derive(Clone, Copy)]
+enum Side {
+    Receive,
+    Send,
+}
+
+impl EventBusClient {
+    /// Starts configuring a client of the server at `server_url` (such as
+    /// `http://localhost:8080`).
+    pub fn builder(server_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(server_url.into())
+    }
+
+    // `Arc` because natively the client is `Send + Sync`; in the browser it holds JS values,
+    // which are neither, and everything runs on one thread anyway.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+    pub(crate) fn start(config: ClientBuilder, platform: Box<dyn Platform>) -> Self {
+        let (outbox, outbox_receiver) = unbounded();
+        let cursor_key = config
+            .cursor_key
+            .unwrap_or_else(|| format!("distributed-events:cursor:{}", config.server_url));
+        let inner = Arc::new(Inner {
+            base: config.server_url,
+            bus: config.bus,
+            registry: RwLock::new(config.registry),
+            mode: config.mode,
+            auto_forward: config.auto_forward,
+            start: config.start,
+            headers: config.headers,
+            token: config.token,
+            cursor_store: config.cursor_store,
+            cursor_key,
+            page_size: config.page_size,
+            backoff: config.backoff,
+            request_timeout: config.request_timeout,
+            platform,
+            state: Mutex::new(State {
+                delivery: Delivery::new(None, config.dedup_capacity),
+                status: StatusParts::default(),
+                outbox: Some(outbox),
+                tasks: Vec::new(),
+                next_task: 0,
+                jitter: Jitter::from_entropy(),
+            }),
+            events: Broadcast::new(),
+            errors: Broadcast::new(),
+            status: Broadcast::watch(Status::Connecting),
+        });
+        inner.spawn_task(receive(Arc::clone(&inner)), true);
+        inner.spawn_task(send(Arc::clone(&inner), outbox_receiver), true);
+        Self {
+            handle: Arc::new(Handle { inner }),
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.handle.inner
+    }
+
+    /// The events of type `T`: received from the server and published here. Registers
+    /// `T`, so that received events of this type are decoded. Dropping the stream
+    /// unsubscribes.
+    pub fn on<T: Event>(&self) -> EventStream<T> {
+        self.inner()
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register::<T>();
+        self.inner().bus.on::<T>()
+    }
+
+    /// Every event, untyped, as wire records: received from the server (with their
+    /// `position`) and published here (without). Needs no registry; the payload is
+    /// [`StoredEvent::event_json`].
+    pub fn events(&self) -> Subscription<StoredEvent> {
+        self.inner().events.subscribe()
+    }
+
+    /// What went wrong that the app may have to act on: undecodable events, events the
+    /// server refused, cursor resets (events were missed), authentication and request
+    /// errors. Transient failures only show in the [`status`](Self::status).
+    pub fn errors(&self) -> Subscription<ClientError> {
+        self.inner().errors.subscribe()
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.inner().status.latest().unwrap_or(Status::Closed)
+    }
+
+    /// The current status, then each change.
+    pub fn status_changes(&self) -> Subscription<Status> {
+        self.inner().status.subscribe()
+    }
+
+    /// The position after which the next poll asks; `None` until known.
+    pub fn cursor(&self) -> Option<u64> {
+        self.inner().lock().delivery.cursor()
+    }
+
+    /// The local bus this client wraps.
+    pub fn event_bus(&self) -> &EventBus {
+        &self.inner().bus
+    }
+
+    /// Publishes `event` on the local bus and, with `auto_forward`, queues it for the
+    /// server. It does not come back from the server a second time.
+    pub fn publish<T: Event>(&self, event: DomainEvent<T>) -> Result<(), ClientError> {
+        let stored = event
+            .to_stored()
+            .map_err(|error| ClientError::InvalidEvent {
+                message: format!("the payload does not serialize: {error}"),
+            })?;
+        self.inner().publish(stored, Some(AnyEvent::new(event)))
+    }
+
+    /// Publishes an untyped event, as [`publish`](Self::publish) does; typed subscribers
+    /// get it when its type is registered. Fails when `eventJson` is not JSON or does not
+    /// decode as the registered type.
+    pub fn publish_stored(&self, mut event: StoredEvent) -> Result<(), ClientError> {
+        let invalid = |message: String| ClientError::InvalidEvent { message };
+        if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&event.event_json) {
+            return Err(invalid(format!("eventJson is not JSON: {error}")));
+        }
+        event.position = None;
+        let typed = match self
+            .inner()
+            .registry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .decode(&event)
+        {
+            Ok(typed) => Some(typed),
+            Err(DecodeError::UnknownType { .. }) => None,
+            Err(error) => return Err(invalid(error.to_string())),
+        };
+        self.inner().publish(event, typed)
+    }
+
+    /// Stops the client at once: timers, in-flight requests (aborted) and subscriptions
+    /// end, events not yet sent are dropped, and [`status`](Self::status) becomes
+    /// [`Status::Closed`]. The local bus stays usable. The future completes when every
+    /// task of the client has stopped; awaiting it is optional.
+    pub fn close(&self) -> impl Future<Output = ()> + MaybeSend + 'static {
+        let done = self.inner().shutdown();
+        async move {
+            for task in done {
+                // Err only says the task is gone, which is what we wait for.
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for EventBusClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBusClient")
+            .field("server_url", &self.inner().base)
+            .field("status", &self.status())
+            .field("cursor", &self.cursor())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[cfg_attr(
+        not(all(feature = "js", target_arch = "wasm32")),
+        allow(dead_code, reason = "used by the JS binding")
+    )]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().status.closed
+    }
+
+    /// Runs `task` until it ends, [`abort_task`](Self::abort_task) is called with the
+    /// returned id, or (with `abort_on_close`) the client closes. `None` when the client
+    /// is closed already. [`EventBusClient::close`] waits for every task to be gone.
+    pub(crate) fn spawn_task(
+        &self,
+        task: impl Future<Output = ()> + MaybeSend + 'static,
+        abort_on_close: bool,
+    ) -> Option<u64> {
+        let (abort, registration) = AbortHandle::new_pair();
+        let (done_sender, done) = oneshot::channel::<()>();
+        let id = {
+            let mut state = self.lock();
+            if state.status.closed {
+                return None;
+            }
+            state.next_task += 1;
+            let id = state.next_task;
+            state.tasks.push(Task {
+                id,
+                abort,
+                abort_on_close,
+                done: done.shared(),
+            });
+            id
+        };
+        self.platform.spawn(Box::pin(async move {
+            // Dropped with this future, after `task` was: that is what `close` awaits.
+            let _done = done_sender;
+            let _ = Abortable::new(task, registration).await;
+        }));
+        Some(id)
+    }
+
+    #[cfg_attr(
+        not(all(feature = "js", target_arch = "wasm32")),
+        allow(dead_code, reason = "used by the JS binding")
+    )]
+    pub(crate) fn abort_task(&self, id: u64) {
+        let mut state = self.lock();
+        if let Some(index) = state.tasks.iter().position(|task| task.id == id) {
+            state.tasks.swap_remove(index).abort.abort();
+        }
+    }
+
+    /// Closes the client (once) and returns what to await for every task to be gone.
+    fn shutdown(&self) -> Vec<Shared<oneshot::Receiver<()>>> {
+        let mut state = self.lock();
+        if !state.status.closed {
+            state.status.closed = true;
+            for task in state.tasks.iter().filter(|task| task.abort_on_close) {
+                task.abort.abort();
+            }
+            state.outbox = None;
+            self.status.close_with(Some(Status::Closed));
+            self.events.close_with(None);
+            self.errors.close_with(None);
+        }
+        state.tasks.iter().map(|task| task.done.clone()).collect()
+    }
+
+    pub(crate) fn report(&self, error: ClientError) {
+        self.errors.send(error);
+    }
+
+    fn set_status(&self, side: Side, status: Status) {
+        let mut state = self.lock();
+        match (side, status) {
+            (Side::Send, Status::BackingOff { error, retry_at }) => {
+                state.status.send = Some((error, retry_at))
+            }
+            (Side::Send, _) => state.status.send = None,
+            (Side::Receive, status) => state.status.receive = status,
+        }
+        // Under the lock, so that concurrent changes are sent in the order they happened.
+        let current = state.status.current();
+        if !state.status.closed {
+            self.status.send_if_changed(current);
+        }
+    }
+
+    fn publish(&self, event: StoredEvent, typed: Option<AnyEvent>) -> Result<(), ClientError> {
+        if event.event_type.trim().is_empty() || event.aggregate_id.is_empty() {
+            return Err(ClientError::InvalidEvent {
+                message: "eventType and aggregateId must not be empty".into(),
+            });
+        }
+        let mut state = self.lock();
+        if state.status.closed {
+            return Err(ClientError::Closed);
+        }
+        // Before the event can reach the server, so that its echo is recognised.
+        state.delivery.record_local(event.id);
+        if let Some(typed) = typed {
+            self.bus.publish_any(typed);
+        }
+        if self.auto_forward {
+            if let Some(outbox) = &state.outbox {
+                // The receiver lives as long as the client is open.
+                let _ = outbox.unbounded_send(event.clone());
+            }
+        }
+        self.events.send(event);
+        Ok(())
+    }
+
+    /// Dispatches a page and saves the cursor.
+    fn deliver(&self, page: Page) {
+        let cursor = {
+            let mut state = self.lock();
+            if state.status.closed {
+                return;
+            }
+            let before = state.delivery.cursor();
+            state
+                .delivery
+                .apply_page(page.events, page.cursor, |event| self.dispatch(event));
+            let after = state.delivery.cursor();
+            after.filter(|_| after != before)
+        };
+        if let Some(cursor) = cursor {
+            self.save_cursor(cursor);
+        }
+    }
+
+    /// Hands one received event to the subscribers.
+    fn dispatch(&self, event: StoredEvent) {
+        if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&event.event_json) {
+            let error = DecodeError::Payload {
+                event_type: event.event_type.clone(),
+                id: event.id,
+                message: format!("eventJson is not JSON: {error}"),
+            };
+            self.report(ClientError::Decode {
+                event: Box::new(event),
+                error,
+            });
+            return;
+        }
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        // Typed decoding is on once the app named a type.
+        if registry.event_types().next().is_some() {
+            match registry.decode(&event) {
+                Ok(typed) => self.bus.publish_any(typed),
+                Err(error) => self.report(ClientError::Decode {
+                    event: Box::new(event.clone()),
+                    error,
+                }),
+            }
+        }
+        drop(registry);
+        self.events.send(event);
+    }
+
+    fn save_cursor(&self, cursor: u64) {
+        if let Some(store) = &self.cursor_store {
+            if let Err(message) = store.save(&self.cursor_key, cursor) {
+                self.report(ClientError::CursorStore { message });
+            }
+        }
+    }
+
+    /// Sends `request` with the configured headers and token, within `timeout`.
+    async fn exchange(
+        &self,
+        mut request: HttpRequest,
+        timeout: Duration,
+    ) -> Result<HttpResponse, Failure> {
+        let retry = |error| Failure::Retry {
+            error,
+            retry_after: None,
+        };
+        request.headers.extend(self.headers.iter().cloned());
+        if let Some(source) = &self.token {
+            match source.token().await {
+                Ok(Some(token)) => request
+                    .headers
+                    .push(("authorization".into(), format!("Bearer {token}"))),
+                Ok(None) => {}
+                Err(message) => return Err(retry(ClientError::Token { message })),
+            }
+        }
+        // A request that never answers (a dead connection) must not stall the loop.
+        match select(self.platform.fetch(request), self.platform.sleep(timeout)).await {
+            Either::Left((Ok(response), _)) => Ok(response),
+            Either::Left((Err(message), _)) => Err(retry(ClientError::Network { message })),
+            Either::Right(((), _)) => Err(retry(ClientError::Timeout { after: timeout })),
+        }
+    }
+
+    /// Shows `error` in the status, reports it unless transient, and waits `delay`.
+    async fn back_off(&self, side: Side, error: ClientError, delay: Duration) {
+        let retry_at =
+            Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        if !error.is_transient() {
+            self.report(error.clone());
+        }
+        self.set_status(side, Status::BackingOff { error, retry_at });
+        self.platform.sleep(delay).await;
+    }
+
+    fn next_delay(&self, backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
+        backoff.next(retry_after, &mut self.lock().jitter)
+    }
+}
+
+/// The receiving loop: find the start, then poll, dispatch, repeat.
+async fn receive(inner: Arc<Inner>) {
+    let mut backoff = Backoff::new(inner.backoff.0, inner.backoff.1);
+    let mut start = inner.start;
+    if let Some(store) = &inner.cursor_store {
+        match store.load(&inner.cursor_key) {
+            Ok(Some(saved)) => start = Start::Position(saved),
+            Ok(None) => {}
+            Err(message) => inner.report(ClientError::CursorStore { message }),
+        }
+    }
+    if let Start::Position(position) = start {
+        inner.lock().delivery.start_at(position);
+    }
+    // Catch up without waiting; long-poll only once a page came back short.
+    let mut caught_up = false;
+    loop {
+        let cursor = inner.lock().delivery.cursor();
+        let (wait, timeout) = match inner.mode {
+            Mode::LongPoll { wait } => (caught_up.then_some(wait), inner.request_timeout + wait),
+            Mode::Poll { .. } => (None, inner.request_timeout),
+        };
+        let asked_at = Utc::now();
+        let result = match (cursor, start) {
+            (Some(after), _) => {
+                let query = Query::After { after, wait };
+                let request = protocol::events_request(&inner.base, &query, inner.page_size);
+                inner
+                    .exchange(request, timeout)
+                    .await
+                    .and_then(protocol::read_page)
+            }
+            (None, Start::Timestamp(since)) => {
+                let request =
+                    protocol::events_request(&inner.base, &Query::Since(since), inner.page_size);
+                inner
+                    .exchange(request, timeout)
+                    .await
+                    .and_then(protocol::read_page)
+            }
+            (None, _) => {
+                let request = protocol::head_request(&inner.base);
+                match inner
+                    .exchange(request, timeout)
+                    .await
+                    .and_then(protocol::read_head)
+                {
+                    Ok(head) => {
+                        inner.lock().delivery.start_at(head);
+                        inner.save_cursor(head);
+                        inner.set_status(Side::Receive, Status::Live);
+                        backoff.reset();
+                        continue;
+                    }
+                    Err(failure) => Err(failure),
+                }
+            }
+        };
+        match result {
+            Ok(page) => {
+                backoff.reset();
+                inner.set_status(Side::Receive, Status::Live);
+                let count = page.events.len();
+                inner.deliver(page);
+                let short = count < inner.page_size as usize;
+                match inner.mode {
+                    Mode::Poll { interval } if short => inner.platform.sleep(interval).await,
+                    Mode::LongPoll { wait } if caught_up && count == 0 => {
+                        // An empty answer long before the wait ended: the server is
+                        // shutting down and answers at once. Do not spin on it.
+                        let waited = (Utc::now() - asked_at).to_std().unwrap_or_default();
+                        if waited < wait / 2 {
+                            inner.platform.sleep(inner.backoff.0).await;
+                        }
+                    }
+                    _ => {}
+                }
+                caught_up = short;
+            }
+            Err(Failure::Reset { code, resume_after }) => {
+                let from = inner.lock().delivery.reset(resume_after);
+                inner.save_cursor(resume_after);
+                inner.report(ClientError::CursorReset {
+                    code,
+                    from: from.unwrap_or_default(),
+                    resume_after,
+                });
+                caught_up = false;
+            }
+            Err(Failure::Retry { error, retry_after }) => {
+                let delay = inner.next_delay(&mut backoff, retry_after);
+                inner.back_off(Side::Receive, error, delay).await;
+            }
+            Err(Failure::Refused(error)) => {
+                // A request the server will not take (a wrong URL, say): the app hears
+                // of it; retrying slowly lets a fixed server pick up again.
+                let delay = inner.next_delay(&mut backoff, None);
+                inner.back_off(Side::Receive, error, delay).await;
+            }
+        }
+    }
+}
+
+/// The sending loop: post each outbox event, in order, until the server has it.
+async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
+    let mut backoff = Backoff::new(inner.backoff.0, inner.backoff.1);
+    while let Some(event) = outbox.next().await {
+        let request = match protocol::post_request(&inner.base, &event) {
+            Ok(request) => request,
+            Err(error) => {
+                inner.report(error);
+                continue;
+            }
+        };
+        loop {
+            // The same body each time: the event id makes the retry idempotent.
+            let result = inner
+                .exchange(request.clone(), inner.request_timeout)
+                .await
+                .and_then(protocol::read_receipt);
+            match result {
+                Ok(_) => {
+                    backoff.reset();
+                    inner.set_status(Side::Send, Status::Live);
+                    break;
+                }
+                Err(Failure::Retry { error, retry_after }) => {
+                    let delay = inner.next_delay(&mut backoff, retry_after);
+                    inner.back_off(Side::Send, error, delay).await;
+                }
+                Err(Failure::Refused(error)) => {
+                    inner.set_status(Side::Send, Status::Live);
+                    inner.report(match error {
+                        ClientError::Http {
+                            status,
+                            code,
+                            message,
+                        } => ClientError::Rejected {
+                            event: Box::new(event),
+                            status,
+                            code,
+                            message,
+                        },
+                        other => other,
+                    });
+                    break;
+                }
+                Err(Failure::Reset { code, .. }) => {
+                    // Not an answer a post can get; treat it as a refusal.
+                    inner.set_status(Side::Send, Status::Live);
+                    inner.report(ClientError::Rejected {
+                        event: Box::new(event),
+                        status: 410,
+                        code,
+                        message: "unexpected answer to a post".into(),
+                    });
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

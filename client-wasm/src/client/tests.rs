@@ -1,0 +1,636 @@
+//! The client's loops against an in-memory server that speaks the protocol, on a
+//! single-threaded executor: deterministic, no sockets, no clocks. The same properties
+//! are proven against the real server in `tests/tests/client.rs`.
+
+use std::collections::VecDeque;
+use std::future::{pending, ready};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use futures::executor::LocalPool;
+use futures::task::LocalSpawnExt;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::platform::Method;
+use crate::{MemoryCursorStore, Receipt};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, distributed_events_shared::Event)]
+struct Ping {
+    n: u32,
+}
+
+/// Sleeps at least this long never end, so request timeouts never fire in these tests;
+/// shorter ones (backoff) end at once and are recorded.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+enum Scripted {
+    /// Answer the next request of this method with this, without touching the log.
+    Answer(Method, HttpResponse),
+    /// Fail the next request of this method as a network error would.
+    Fail(Method),
+    /// Carry out the next request of this method, then lose the answer.
+    LoseAnswer(Method),
+}
+
+#[derive(Default)]
+struct FakeState {
+    log: Vec<StoredEvent>,
+    head: u64,
+    script: VecDeque<Scripted>,
+    requests: Vec<String>,
+    sleeps: Vec<Duration>,
+    wakers: Vec<Waker>,
+    spawned: Vec<crate::BoxFuture<'static, ()>>,
+    in_flight: usize,
+}
+
+/// An in-memory server and platform.
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<FakeState>>);
+
+impl Fake {
+    fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap()
+    }
+
+    fn append(&self, mut event: StoredEvent) -> u64 {
+        let mut state = self.state();
+        state.head += 1;
+        event.position = Some(state.head);
+        state.log.push(event);
+        for waker in state.wakers.drain(..) {
+            waker.wake();
+        }
+        state.head
+    }
+
+    /// Positions taken by events this caller may not see.
+    fn skip(&self, count: u64) {
+        self.state().head += count;
+    }
+
+    fn script(&self, step: Scripted) {
+        let mut state = self.state();
+        state.script.push_back(step);
+        for waker in state.wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn take_script(&self, method: Method) -> Option<Scripted> {
+        let mut state = self.state();
+        let index = state.script.iter().position(|step| match step {
+            Scripted::Answer(m, _) | Scripted::Fail(m) | Scripted::LoseAnswer(m) => *m == method,
+        })?;
+        state.script.remove(index)
+    }
+
+    fn positions(&self) -> Vec<u64> {
+        self.state().log.iter().filter_map(|e| e.position).collect()
+    }
+
+    /// Answers `request` as the protocol says; `None` while a long-poll waits.
+    fn serve(&self, request: &HttpRequest) -> Option<HttpResponse> {
+        let mut state = self.state();
+        let (path, query) = request.url.split_once('?').unwrap_or((&request.url, ""));
+        let param = |name: &str| {
+            query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_owned())
+        };
+        let json = |status: u16, body: String| HttpResponse {
+            status,
+            body,
+            ..HttpResponse::default()
+        };
+        if path.ends_with("/healthz") {
+            return Some(json(
+                200,
+                format!("{{\"status\":\"ok\",\"head\":{}}}", state.head),
+            ));
+        }
+        if request.method == Method::Post {
+            let posted: StoredEvent =
+                serde_json::from_str(request.body.as_deref().unwrap()).unwrap();
+            let existing = state.log.iter().find(|e| e.id == posted.id).cloned();
+            let stored = match existing {
+                Some(existing) if existing.event_json == posted.event_json => existing,
+                Some(_) => {
+                    return Some(json(
+                        409,
+                        r#"{"error":"id used","code":"id_conflict"}"#.into(),
+                    ))
+                }
+                None => {
+                    drop(state);
+                    self.append(posted.clone());
+                    state = self.state();
+                    state.log.last().cloned().unwrap()
+                }
+            };
+            let receipt = Receipt {
+                id: stored.id,
+                created_at: stored.created_at,
+                position: stored.position.unwrap(),
+            };
+            return Some(json(201, serde_json::to_string(&receipt).unwrap()));
+        }
+        let limit: usize = param("limit").unwrap().parse().unwrap();
+        let page: Vec<StoredEvent> = match (param("after"), param("since")) {
+            (Some(after), _) => {
+                let after: u64 = after.parse().unwrap();
+                state
+                    .log
+                    .iter()
+                    .filter(|e| e.position > Some(after))
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            }
+            (None, Some(since)) => {
+                let since: chrono::DateTime<Utc> = since.parse().unwrap();
+                state
+                    .log
+                    .iter()
+                    .filter(|e| e.created_at >= since)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            }
+            _ => panic!("bad query {query}"),
+        };
+        if page.is_empty() && param("wait").is_some() {
+            return None;
+        }
+        let after: u64 = param("after").map_or(0, |a| a.parse().unwrap());
+        let cursor = page
+            .last()
+            .and_then(|e| e.position)
+            .unwrap_or(state.head.max(after));
+        Some(HttpResponse {
+            status: 200,
+            cursor: Some(cursor.to_string()),
+            retry_after: None,
+            body: serde_json::to_string(&page).unwrap(),
+        })
+    }
+
+    /// Runs every task until none can make progress.
+    fn settle(&self, pool: &mut LocalPool) {
+        loop {
+            let spawned: Vec<_> = self.state().spawned.drain(..).collect();
+            for task in spawned {
+                pool.spawner().spawn_local(task).unwrap();
+            }
+            pool.run_until_stalled();
+            if self.state().spawned.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn client(&self, configure: impl FnOnce(ClientBuilder) -> ClientBuilder) -> EventBusClient {
+        let builder = EventBusClient::builder("http://fake/")
+            .request_timeout(FOREVER)
+            .long_poll(Duration::from_secs(10));
+        configure(builder).build_on(Box::new(self.clone())).unwrap()
+    }
+}
+
+/// Counts the fetches alive, to see that dropping one (close) really ends it.
+struct InFlight(Fake);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.state().in_flight -= 1;
+    }
+}
+
+impl Platform for Fake {
+    fn fetch(
+        &self,
+        request: HttpRequest,
+    ) -> crate::BoxFuture<'static, Result<HttpResponse, String>> {
+        let fake = self.clone();
+        {
+            let mut state = self.state();
+            state.requests.push(request.url.clone());
+            state.in_flight += 1;
+        }
+        let guard = InFlight(self.clone());
+        Box::pin(async move {
+            let _guard = guard;
+            // The script is read on every poll, so that it also answers a waiting poll.
+            futures::future::poll_fn(|cx| {
+                match fake.take_script(request.method) {
+                    Some(Scripted::Answer(_, response)) => return Poll::Ready(Ok(response)),
+                    Some(Scripted::Fail(_)) => {
+                        return Poll::Ready(Err("connection refused".into()))
+                    }
+                    Some(Scripted::LoseAnswer(_)) => {
+                        fake.serve(&request);
+                        return Poll::Ready(Err("connection reset".into()));
+                    }
+                    None => {}
+                }
+                match fake.serve(&request) {
+                    Some(response) => Poll::Ready(Ok(response)),
+                    None => {
+                        fake.state().wakers.push(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            })
+            .await
+        })
+    }
+
+    fn sleep(&self, duration: Duration) -> crate::BoxFuture<'static, ()> {
+        if duration >= FOREVER {
+            return Box::pin(pending());
+        }
+        self.state().sleeps.push(duration);
+        Box::pin(ready(()))
+    }
+
+    fn spawn(&self, task: crate::BoxFuture<'static, ()>) {
+        self.state().spawned.push(task);
+    }
+}
+
+fn ping(n: u32) -> StoredEvent {
+    DomainEvent::new(format!("agg-{n}"), Ping { n })
+        .to_stored()
+        .unwrap()
+}
+
+fn raw(event_type: &str, event_json: &str) -> StoredEvent {
+    StoredEvent {
+        event_type: event_type.into(),
+        event_json: event_json.into(),
+        ..ping(0)
+    }
+}
+
+fn drain<S: Stream + Unpin>(stream: &mut S) -> Vec<S::Item> {
+    let mut items = Vec::new();
+    while let Some(Some(item)) = stream.next().now_or_never() {
+        items.push(item);
+    }
+    items
+}
+
+fn page(events: &[StoredEvent], cursor: u64) -> HttpResponse {
+    HttpResponse {
+        status: 200,
+        cursor: Some(cursor.to_string()),
+        retry_after: None,
+        body: serde_json::to_string(events).unwrap(),
+    }
+}
+
+#[test]
+fn events_arrive_in_order_exactly_once_and_the_cursor_follows_the_server() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let early: Vec<_> = (1..=3).map(ping).collect();
+    for event in &early {
+        fake.append(event.clone());
+    }
+    fake.skip(4); // positions 4..=7: events this caller may not see
+                  // The first answer says so: cursor 7, past the last event.
+    let mut first = early.clone();
+    for (event, position) in first.iter_mut().zip(1..) {
+        event.position = Some(position);
+    }
+    fake.script(Scripted::Answer(Method::Get, page(&first, 7)));
+    let client = fake.client(|b| b.initial_position(0));
+    let mut events = client.events();
+    let mut typed = client.on::<Ping>();
+    fake.settle(&mut pool);
+    assert!(
+        fake.state()
+            .requests
+            .iter()
+            .any(|url| url.contains("after=7")),
+        "{:?}",
+        fake.state().requests
+    );
+
+    let late: Vec<_> = (8..=9).map(|n| fake.append(ping(n))).collect();
+    fake.settle(&mut pool);
+    // An overlapping answer repeats 8 and 9 before the new 10.
+    let tenth = ping(10);
+    let mut overlap = fake.state().log[3..].to_vec();
+    overlap.push(StoredEvent {
+        position: Some(10),
+        ..tenth.clone()
+    });
+    fake.script(Scripted::Answer(Method::Get, page(&overlap, 10)));
+    fake.settle(&mut pool);
+
+    let positions: Vec<_> = drain(&mut events)
+        .iter()
+        .filter_map(|e| e.position)
+        .collect();
+    assert_eq!(positions, [1, 2, 3, late[0], late[1], 10]);
+    let payloads: Vec<_> = drain(&mut typed).iter().map(|e| e.payload.n).collect();
+    assert_eq!(payloads, [1, 2, 3, 8, 9, 10]);
+    assert_eq!(client.status(), Status::Live);
+}
+
+#[test]
+fn own_events_are_not_dispatched_again_when_they_come_back() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = fake.client(|b| b.initial_position(0).auto_forward(true));
+    let mut events = client.events();
+    let mut typed = client.on::<Ping>();
+    fake.settle(&mut pool);
+    client
+        .publish(DomainEvent::new("a", Ping { n: 1 }))
+        .unwrap();
+    fake.settle(&mut pool);
+    assert_eq!(fake.positions(), [1], "forwarded to the server");
+    fake.append(ping(2)); // someone else's
+    fake.settle(&mut pool);
+
+    let seen: Vec<_> = drain(&mut events).iter().map(|e| e.position).collect();
+    assert_eq!(
+        seen,
+        [None, Some(2)],
+        "the local publish, then only the other event"
+    );
+    let payloads: Vec<_> = drain(&mut typed).iter().map(|e| e.payload.n).collect();
+    assert_eq!(payloads, [1, 2]);
+    assert_eq!(client.cursor(), Some(2), "the echo still moved the cursor");
+}
+
+#[test]
+fn the_outbox_retries_with_backoff_and_the_server_stores_each_event_once() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = fake.client(|b| b.initial_position(0).auto_forward(true));
+    let mut status = client.status_changes();
+    fake.script(Scripted::Fail(Method::Post));
+    let mut busy = HttpResponse {
+        status: 503,
+        body: r#"{"error":"busy","code":"overloaded"}"#.into(),
+        ..HttpResponse::default()
+    };
+    busy.retry_after = Some("7".into());
+    fake.script(Scripted::Answer(Method::Post, busy));
+    fake.script(Scripted::LoseAnswer(Method::Post));
+    let sent: Vec<_> = (1..=3).map(|n| DomainEvent::new("a", Ping { n })).collect();
+    for event in &sent {
+        client.publish(event.clone()).unwrap();
+    }
+    fake.settle(&mut pool);
+
+    let stored: Vec<_> = fake.state().log.iter().map(|e| e.id).collect();
+    let expected: Vec<_> = sent.iter().map(|e| e.id).collect();
+    assert_eq!(
+        stored, expected,
+        "in order, once each, despite the lost answer"
+    );
+    let sleeps = fake.state().sleeps.clone();
+    assert_eq!(sleeps.len(), 3, "{sleeps:?}");
+    let ms = Duration::from_millis;
+    assert!(sleeps[0] >= ms(250) && sleeps[0] <= ms(500), "{sleeps:?}");
+    assert_eq!(sleeps[1], Duration::from_secs(7), "Retry-After is honoured");
+    assert!(sleeps[2] >= ms(1000) && sleeps[2] <= ms(2000), "{sleeps:?}");
+
+    let changes = drain(&mut status);
+    assert!(
+        changes.iter().any(
+            |s| matches!(s, Status::BackingOff { error, .. } if error.code() == "network_error")
+        ),
+        "{changes:?}"
+    );
+    assert_eq!(changes.last(), Some(&Status::Live));
+}
+
+#[test]
+fn an_event_the_server_refuses_is_reported_and_dropped() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = fake.client(|b| b.initial_position(0).auto_forward(true));
+    let mut errors = client.errors();
+    let conflict = HttpResponse {
+        status: 409,
+        body: r#"{"error":"id used","code":"id_conflict"}"#.into(),
+        ..HttpResponse::default()
+    };
+    fake.script(Scripted::Answer(Method::Post, conflict));
+    let refused = DomainEvent::new("a", Ping { n: 1 });
+    let next = DomainEvent::new("a", Ping { n: 2 });
+    client.publish(refused.clone()).unwrap();
+    client.publish(next.clone()).unwrap();
+    fake.settle(&mut pool);
+
+    let ids: Vec<_> = fake.state().log.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [next.id]);
+    let errors = drain(&mut errors);
+    assert!(
+        matches!(&errors[..], [ClientError::Rejected { event, code, .. }] if event.id == refused.id && code == "id_conflict"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn an_expired_cursor_resets_and_the_app_hears_of_it() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    for n in 1..=3 {
+        fake.append(ping(n));
+    }
+    let gone = HttpResponse {
+        status: 410,
+        body: r#"{"error":"expired","code":"cursor_expired","resumeAfter":2}"#.into(),
+        ..HttpResponse::default()
+    };
+    fake.script(Scripted::Answer(Method::Get, gone));
+    let client = fake.client(|b| b.initial_position(0));
+    let mut events = client.events();
+    let mut errors = client.errors();
+    fake.settle(&mut pool);
+
+    let errors = drain(&mut errors);
+    assert_eq!(
+        errors,
+        [ClientError::CursorReset {
+            code: "cursor_expired".into(),
+            from: 0,
+            resume_after: 2
+        }]
+    );
+    let positions: Vec<_> = drain(&mut events)
+        .iter()
+        .filter_map(|e| e.position)
+        .collect();
+    assert_eq!(positions, [3]);
+}
+
+#[test]
+fn unknown_types_and_undecodable_payloads_are_reported_with_the_event() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = fake.client(|b| b.initial_position(0));
+    let mut typed = client.on::<Ping>(); // registers Ping
+    let mut events = client.events();
+    let mut errors = client.errors();
+    let unknown = raw("Other", "{}");
+    let mistyped = raw("Ping", r#"{"n":"lots"}"#);
+    let broken = raw("Ping", "not json");
+    for event in [
+        ping(1),
+        unknown.clone(),
+        mistyped.clone(),
+        broken.clone(),
+        ping(2),
+    ] {
+        fake.append(event);
+    }
+    fake.settle(&mut pool);
+
+    let payloads: Vec<_> = drain(&mut typed).iter().map(|e| e.payload.n).collect();
+    assert_eq!(payloads, [1, 2]);
+    let errors: Vec<_> = drain(&mut errors)
+        .into_iter()
+        .map(|e| (e.code().to_owned(), e.event().map(|event| event.id)))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            ("unknown_event_type".to_owned(), Some(unknown.id)),
+            ("undecodable_payload".to_owned(), Some(mistyped.id)),
+            ("undecodable_payload".to_owned(), Some(broken.id)),
+        ]
+    );
+    let untyped: Vec<_> = drain(&mut events)
+        .iter()
+        .map(|e| e.event_type.clone())
+        .collect();
+    assert_eq!(
+        untyped,
+        ["Ping", "Other", "Ping", "Ping"],
+        "all but the one that is not JSON"
+    );
+}
+
+#[test]
+fn close_aborts_the_waiting_poll_and_leaves_the_bus_usable() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let bus = EventBus::new();
+    let client = fake.client(|b| b.initial_position(0).event_bus(bus.clone()));
+    let mut events = client.events();
+    let mut status = client.status_changes();
+    fake.settle(&mut pool);
+    assert_eq!(fake.state().in_flight, 1, "a long-poll is waiting");
+
+    let mut closed = Box::pin(client.close());
+    fake.settle(&mut pool);
+    assert!(
+        closed.as_mut().now_or_never().is_some(),
+        "close completed: every task stopped"
+    );
+    assert_eq!(fake.state().in_flight, 0, "the waiting poll was dropped");
+    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(drain(&mut status).last(), Some(&Status::Closed));
+    assert_eq!(
+        events.next().now_or_never(),
+        Some(None),
+        "subscriptions ended"
+    );
+    assert_eq!(
+        client.publish(DomainEvent::new("a", Ping { n: 1 })),
+        Err(ClientError::Closed)
+    );
+
+    let mut on_bus = bus.on::<Ping>();
+    bus.publish(DomainEvent::new("a", Ping { n: 2 }));
+    assert_eq!(
+        on_bus.next().now_or_never().flatten().map(|e| e.payload.n),
+        Some(2)
+    );
+
+    // Dropping the last handle closes too.
+    let dropped = fake.client(|b| b.initial_position(0));
+    fake.settle(&mut pool);
+    assert_eq!(fake.state().in_flight, 1);
+    drop(dropped);
+    fake.settle(&mut pool);
+    assert_eq!(fake.state().in_flight, 0);
+}
+
+#[test]
+fn a_saved_cursor_resumes_with_nothing_lost_and_nothing_repeated() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let store = MemoryCursorStore::new();
+    for n in 1..=3 {
+        fake.append(ping(n));
+    }
+    let first = fake.client(|b| b.initial_position(0).cursor_store(store.clone()));
+    let mut seen = first.events();
+    fake.settle(&mut pool);
+    drop(first); // a page reload
+    fake.settle(&mut pool);
+    let mut positions: Vec<_> = drain(&mut seen).iter().filter_map(|e| e.position).collect();
+
+    fake.append(ping(4));
+    fake.append(ping(5));
+    let second = fake.client(|b| b.initial_position(0).cursor_store(store.clone()));
+    let mut seen = second.events();
+    fake.settle(&mut pool);
+    positions.extend(drain(&mut seen).iter().filter_map(|e| e.position));
+    assert_eq!(positions, [1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn by_default_delivery_starts_at_the_servers_head() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    fake.append(ping(1));
+    fake.append(ping(2));
+    let client = fake.client(|b| b);
+    let mut events = client.events();
+    fake.settle(&mut pool);
+    fake.append(ping(3));
+    fake.settle(&mut pool);
+    let positions: Vec<_> = drain(&mut events)
+        .iter()
+        .filter_map(|e| e.position)
+        .collect();
+    assert_eq!(positions, [3]);
+}
+
+#[test]
+fn an_initial_timestamp_finds_the_start_then_the_cursor_takes_over() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let base = distributed_events_shared::now();
+    for n in 0..4u32 {
+        let mut event = ping(n);
+        event.created_at = base + chrono::Duration::seconds(i64::from(n));
+        fake.append(event);
+    }
+    let client = fake.client(|b| b.initial_timestamp(base + chrono::Duration::seconds(2)));
+    let mut events = client.events();
+    fake.settle(&mut pool);
+    fake.append(ping(9));
+    fake.settle(&mut pool);
+    let positions: Vec<_> = drain(&mut events)
+        .iter()
+        .filter_map(|e| e.position)
+        .collect();
+    assert_eq!(positions, [3, 4, 5]);
+    assert!(fake.state().requests[0].contains("since="));
+    assert!(fake.state().requests[1].contains("after=4"));
+}

@@ -1,0 +1,251 @@
+//! The delivery core: which received events reach the application, and where the cursor
+//! stands. Pure state, no I/O, so that every rule is tested here directly.
+
+use std::collections::{HashSet, VecDeque};
+
+use distributed_events_shared::StoredEvent;
+use uuid::Uuid;
+
+/// The cursor and the ids recently dispatched.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    /// The `after` of the next poll: every event at or below it was dispatched (or the
+    /// server said it may be skipped). `None` before the start position is known.
+    cursor: Option<u64>,
+    recent: RecentIds,
+}
+
+impl Delivery {
+    pub(crate) fn new(cursor: Option<u64>, capacity: usize) -> Self {
+        Self {
+            cursor,
+            recent: RecentIds::new(capacity),
+        }
+    }
+
+    pub(crate) fn cursor(&self) -> Option<u64> {
+        self.cursor
+    }
+
+    /// Starts at `cursor` (the server's head) when no start position was known.
+    pub(crate) fn start_at(&mut self, cursor: u64) {
+        self.cursor.get_or_insert(cursor);
+    }
+
+    /// Records an event this client dispatched itself (a local publish), so that its echo
+    /// from the server is not dispatched a second time.
+    pub(crate) fn record_local(&mut self, id: Uuid) {
+        self.recent.insert(id);
+    }
+
+    /// Hands the new events of a page to `dispatch`, in order, then moves the cursor to
+    /// the page's `next` cursor. An event is skipped when it lies at or below the cursor
+    /// or its id was dispatched recently. The cursor moves past an event only after
+    /// `dispatch` returned, so an interrupted page is fetched again from that event on.
+    ///
+    /// The cursor never moves back here; only [`Delivery::reset`] does that.
+    pub(crate) fn apply_page(
+        &mut self,
+        events: Vec<StoredEvent>,
+        next: u64,
+        mut dispatch: impl FnMut(StoredEvent),
+    ) {
+        for event in events {
+            let position = event.position;
+            let behind = matches!((position, self.cursor), (Some(position), Some(cursor)) if position <= cursor);
+            if !behind && !self.recent.contains(&event.id) {
+                let id = event.id;
+                dispatch(event);
+                self.recent.insert(id);
+            }
+            if let Some(position) = position {
+                self.advance(position);
+            }
+        }
+        self.advance(next);
+    }
+
+    /// The server lost the events after the cursor (`410`); continue at `resume_after`.
+    /// Returns the cursor before the reset. Recent ids stay, so events the server still
+    /// had are not dispatched twice.
+    pub(crate) fn reset(&mut self, resume_after: u64) -> Option<u64> {
+        self.cursor.replace(resume_after)
+    }
+
+    fn advance(&mut self, to: u64) {
+        if self.cursor.is_none_or(|cursor| to > cursor) {
+            self.cursor = Some(to);
+        }
+    }
+}
+
+/// The last `capacity` ids inserted, for duplicate detection in bounded memory.
+#[derive(Debug)]
+struct RecentIds {
+    order: VecDeque<Uuid>,
+    set: HashSet<Uuid>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    fn new(capacity: usize) -> Self {
+        Self {
+            order: VecDeque::new(),
+            set: HashSet::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn contains(&self, id: &Uuid) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: Uuid) {
+        if !self.set.insert(id) {
+            return;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use super::*;
+
+    fn event(position: u64) -> StoredEvent {
+        StoredEvent {
+            id: Uuid::now_v7(),
+            created_at: distributed_events_shared::now(),
+            aggregate_id: "a".into(),
+            event_type: "E".into(),
+            event_json: format!("{{\"n\":{position}}}"),
+            user_id: None,
+            tenant_id: None,
+            session_id: None,
+            context: Default::default(),
+            position: Some(position),
+        }
+    }
+
+    fn positions(events: &[StoredEvent]) -> Vec<u64> {
+        events.iter().filter_map(|e| e.position).collect()
+    }
+
+    #[test]
+    fn pages_are_dispatched_in_order_and_the_cursor_follows_the_server() {
+        let mut delivery = Delivery::new(Some(0), 100);
+        let page: Vec<_> = (1..=3).map(event).collect();
+        let mut seen = Vec::new();
+        // The server skipped events 4..=9 this caller may not see: the cursor says 9.
+        delivery.apply_page(page, 9, |e| seen.push(e));
+        assert_eq!(positions(&seen), [1, 2, 3]);
+        assert_eq!(delivery.cursor(), Some(9));
+    }
+
+    #[test]
+    fn repeats_are_dropped_by_position_and_by_id() {
+        let mut delivery = Delivery::new(Some(0), 100);
+        let first: Vec<_> = (1..=3).map(event).collect();
+        let mut seen = Vec::new();
+        delivery.apply_page(first.clone(), 3, |e| seen.push(e));
+        // An overlapping answer (same events again, plus one new).
+        let mut overlap = first.clone();
+        overlap.push(event(4));
+        delivery.apply_page(overlap, 4, |e| seen.push(e));
+        // The same ids at new positions, as when a store is restored from a backup.
+        let mut moved = first[0].clone();
+        moved.position = Some(10);
+        delivery.apply_page(vec![moved], 10, |e| seen.push(e));
+        assert_eq!(positions(&seen), [1, 2, 3, 4]);
+        assert_eq!(delivery.cursor(), Some(10));
+    }
+
+    #[test]
+    fn the_cursor_moves_only_after_an_event_was_dispatched() {
+        let mut delivery = Delivery::new(Some(0), 100);
+        let page: Vec<_> = (1..=3).map(event).collect();
+        let mut seen = Vec::new();
+        let interrupted = catch_unwind(AssertUnwindSafe(|| {
+            delivery.apply_page(page.clone(), 3, |e| {
+                assert!(e.position != Some(2), "the handler of event 2 fails");
+                seen.push(e);
+            });
+        }));
+        assert!(interrupted.is_err());
+        assert_eq!(
+            delivery.cursor(),
+            Some(1),
+            "event 2 was not dispatched, so the cursor stays before it"
+        );
+        // The next poll fetches from event 2 on, and it is not mistaken for a repeat.
+        delivery.apply_page(page[1..].to_vec(), 3, |e| seen.push(e));
+        assert_eq!(positions(&seen), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_local_event_is_not_dispatched_again_when_it_comes_back() {
+        let mut delivery = Delivery::new(Some(0), 100);
+        let own = event(1);
+        delivery.record_local(own.id);
+        let mut seen = Vec::new();
+        delivery.apply_page(vec![own, event(2)], 2, |e| seen.push(e));
+        assert_eq!(positions(&seen), [2]);
+        assert_eq!(
+            delivery.cursor(),
+            Some(2),
+            "the echo still moves the cursor"
+        );
+    }
+
+    #[test]
+    fn a_reset_moves_the_cursor_back_without_repeating_what_was_dispatched() {
+        let mut delivery = Delivery::new(Some(0), 100);
+        let page: Vec<_> = (1..=5).map(event).collect();
+        let mut seen = Vec::new();
+        delivery.apply_page(page.clone(), 5, |e| seen.push(e));
+        // The store was replaced: it answers cursor_ahead and has the old events again.
+        assert_eq!(delivery.reset(2), Some(5));
+        assert_eq!(delivery.cursor(), Some(2));
+        let mut replayed = page[2..].to_vec();
+        replayed.push(event(6));
+        delivery.apply_page(replayed, 6, |e| seen.push(e));
+        assert_eq!(positions(&seen), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn the_cursor_never_moves_back_on_a_page() {
+        let mut delivery = Delivery::new(Some(7), 100);
+        delivery.apply_page(Vec::new(), 3, |_| unreachable!());
+        assert_eq!(delivery.cursor(), Some(7));
+        delivery.start_at(1);
+        assert_eq!(
+            delivery.cursor(),
+            Some(7),
+            "a known cursor wins over the server's head"
+        );
+        let mut fresh = Delivery::new(None, 100);
+        fresh.start_at(4);
+        assert_eq!(fresh.cursor(), Some(4));
+    }
+
+    #[test]
+    fn recent_ids_are_bounded_and_forget_the_oldest() {
+        let mut recent = RecentIds::new(3);
+        let ids: Vec<_> = (0..5).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            recent.insert(*id);
+            recent.insert(*id);
+        }
+        assert_eq!(recent.set.len(), 3);
+        assert_eq!(recent.order.len(), 3);
+        assert!(!recent.contains(&ids[1]));
+        assert!(recent.contains(&ids[4]));
+    }
+}

@@ -1,0 +1,87 @@
+//! The client of distributed-events: a local [`EventBus`] kept in sync with a server over
+//! HTTP. Events stored on the server reach the bus exactly once and in order; events
+//! published here go to the server through an outbox that retries until they are stored.
+//! The same client runs in the browser (wasm32) and natively (feature `native`).
+//!
+//! # Quick start
+//! ```no_run
+//! use distributed_events_client::{event_registry, DomainEvent, Event, EventBusClient};
+//! use futures::StreamExt;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, Debug, Serialize, Deserialize, Event)]
+//! struct UserCreatedEvent {
+//!     email: String,
+//!     name: String,
+//! }
+//!
+//! # async fn run() -> Result<(), distributed_events_client::ClientError> {
+//! let client = EventBusClient::builder("http://localhost:8080")
+//!     .registry(event_registry![UserCreatedEvent])
+//!     .auto_forward(true)
+//!     .build()?;
+//!
+//! // Events from the server (and from `publish` here), as a Stream.
+//! let mut created = client.on::<UserCreatedEvent>();
+//!
+//! client.publish(DomainEvent::new(
+//!     "user-1",
+//!     UserCreatedEvent { email: "alice@example.com".into(), name: "Alice".into() },
+//! ))?;
+//!
+//! while let Some(event) = created.next().await {
+//!     println!("user created: {}", event.payload.name);
+//! }
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! [`EventBusClient::status_changes`] and [`EventBusClient::errors`] are Streams too,
+//! ready for a Yew or Leptos component to turn into state.
+//!
+//! # Delivery
+//! - The cursor is the server's `position`: the client moves it only after an event was
+//!   dispatched, and drops repeats by id, so each event reaches the bus once, in order.
+//! - It long-polls by default ([`ClientBuilder::long_poll`]); the seed's fixed interval
+//!   is [`ClientBuilder::polling_interval`].
+//! - With a [`CursorStore`] it resumes where it stopped after a restart or page reload.
+//! - Network errors and `5xx` are retried with exponential backoff and jitter, honouring
+//!   `Retry-After`; [`EventBusClient::status`] shows it.
+//!
+//! # Feature flags
+//! | feature | what it adds |
+//! |---|---|
+//! | *(wasm32 target)* | the browser transport: gloo-net fetch, gloo-timers, `spawn_local`, `LocalStorageCursorStore` |
+//! | `native` | the native transport: reqwest on the current tokio runtime |
+//! | `js` | the JS binding: the `EventBusClient` class and its TypeScript types (wasm32 only) |
+#![deny(missing_docs)]
+
+mod backoff;
+mod broadcast;
+mod client;
+mod config;
+mod cursor;
+mod delivery;
+mod error;
+mod platform;
+mod protocol;
+mod status;
+
+/// The JS binding (feature `js`, wasm32): what JS sees as `EventBusClient`, named here
+/// for Rust code and tests that hand it to JS.
+#[cfg(all(feature = "js", target_arch = "wasm32"))]
+pub mod js;
+
+pub use broadcast::Subscription;
+pub use client::EventBusClient;
+pub use config::{ClientBuilder, TokenSource, DEFAULT_POLLING_INTERVAL, DEFAULT_WAIT};
+pub use cursor::{CursorStore, MemoryCursorStore};
+pub use error::ClientError;
+#[cfg(target_arch = "wasm32")]
+pub use platform::web::LocalStorageCursorStore;
+pub use platform::{BoxFuture, MaybeSend, MaybeSync};
+pub use status::Status;
+
+// The shared crate's items at the root, so that an app depending on this crate alone can
+// `#[derive(Event)]` (the derive names `::distributed_events_client::Event`).
+pub use distributed_events_shared::*;

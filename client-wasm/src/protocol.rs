@@ -1,0 +1,272 @@
+//! `docs/PROTOCOL.md` from the client's side: the requests, and what each answer means.
+//! Pure functions, so that every status a server can send is tested here.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use distributed_events_shared::wire::{codes, CURSOR_HEADER};
+use distributed_events_shared::{ErrorBody, Receipt, StoredEvent};
+use serde::Deserialize;
+
+use crate::platform::{HttpRequest, HttpResponse, Method};
+use crate::ClientError;
+
+/// What a `GET /events` asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Query {
+    /// Cursor mode, long-polling when `wait` is set.
+    After { after: u64, wait: Option<Duration> },
+    /// Timestamp mode, to find a starting point.
+    Since(DateTime<Utc>),
+}
+
+pub(crate) fn events_request(base: &str, query: &Query, limit: u32) -> HttpRequest {
+    let url = match query {
+        Query::After { after, wait: None } => format!("{base}/events?after={after}&limit={limit}"),
+        Query::After {
+            after,
+            wait: Some(wait),
+        } => format!(
+            "{base}/events?after={after}&limit={limit}&wait={}.{:03}",
+            wait.as_secs(),
+            wait.subsec_millis()
+        ),
+        // `Z` and no `+`, so the time needs no escaping in a query string.
+        Query::Since(since) => format!(
+            "{base}/events?since={}&limit={limit}",
+            since.to_rfc3339_opts(SecondsFormat::Micros, true)
+        ),
+    };
+    get(url)
+}
+
+/// `GET /healthz`, whose `head` is where a client that starts "now" begins.
+pub(crate) fn head_request(base: &str) -> HttpRequest {
+    get(format!("{base}/healthz"))
+}
+
+pub(crate) fn post_request(base: &str, event: &StoredEvent) -> Result<HttpRequest, ClientError> {
+    let mut event = event.clone();
+    event.position = None;
+    let body = serde_json::to_string(&event).map_err(|error| ClientError::InvalidEvent {
+        message: error.to_string(),
+    })?;
+    Ok(HttpRequest {
+        method: Method::Post,
+        url: format!("{base}/events"),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Some(body),
+    })
+}
+
+fn get(url: String) -> HttpRequest {
+    HttpRequest {
+        method: Method::Get,
+        url,
+        headers: Vec::new(),
+        body: None,
+    }
+}
+
+/// Why an exchange did not produce what was asked for, and what to do about it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Failure {
+    /// Worth sending again as is, after a backoff of at least `retry_after`.
+    Retry {
+        error: ClientError,
+        retry_after: Option<Duration>,
+    },
+    /// `410`: the cursor is gone; poll again with `after = resume_after`.
+    Reset { code: String, resume_after: u64 },
+    /// Sending the same request again cannot succeed (`400`, `409`, `413`, ...).
+    Refused(ClientError),
+}
+
+/// One page of `GET /events`.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub(crate) events: Vec<StoredEvent>,
+    /// `X-Events-Cursor`: the `after` of the next poll.
+    pub(crate) cursor: u64,
+}
+
+pub(crate) fn read_page(response: HttpResponse) -> Result<Page, Failure> {
+    let response = success(response)?;
+    let cursor = match response.cursor.as_deref().map(str::trim) {
+        Some(value) => value.parse().map_err(|_| {
+            invalid(format!(
+                "the {CURSOR_HEADER} header is {value:?}, not a position"
+            ))
+        })?,
+        None => {
+            return Err(invalid(format!(
+                "the answer has no {CURSOR_HEADER} header; a cross-origin server must expose it \
+                 (Access-Control-Expose-Headers), and a proxy must pass it on"
+            )))
+        }
+    };
+    let events = serde_json::from_str(&response.body).map_err(|error| {
+        invalid(format!(
+            "the events are not a JSON array of event records: {error}"
+        ))
+    })?;
+    Ok(Page { events, cursor })
+}
+
+pub(crate) fn read_head(response: HttpResponse) -> Result<u64, Failure> {
+    #[derive(Deserialize)]
+    struct Health {
+        head: u64,
+    }
+    let response = success(response)?;
+    serde_json::from_str::<Health>(&response.body)
+        .map(|health| health.head)
+        .map_err(|error| {
+            invalid(format!(
+                "/healthz did not answer {{\"head\": <position>}}: {error}"
+            ))
+        })
+}
+
+pub(crate) fn read_receipt(response: HttpResponse) -> Result<Receipt, Failure> {
+    let response = success(response)?;
+    serde_json::from_str(&response.body)
+        .map_err(|error| invalid(format!("the receipt does not decode: {error}")))
+}
+
+fn invalid(message: String) -> Failure {
+    Failure::Retry {
+        error: ClientError::InvalidResponse { message },
+        retry_after: None,
+    }
+}
+
+/// The response when it is a success; else what its error status means.
+fn success(response: HttpResponse) -> Result<HttpResponse, Failure> {
+    if (200..300).contains(&response.status) {
+        return Ok(response);
+    }
+    let status = response.status;
+    let body: Option<ErrorBody> = serde_json::from_str(&response.body).ok();
+    if status == 410 {
+        if let Some(ErrorBody {
+            code,
+            resume_after: Some(resume_after),
+            ..
+        }) = &body
+        {
+            if code == codes::CURSOR_EXPIRED || code == codes::CURSOR_AHEAD {
+                return Err(Failure::Reset {
+                    code: code.clone(),
+                    resume_after: *resume_after,
+                });
+            }
+        }
+    }
+    let (code, message) = match body {
+        Some(body) => (body.code, body.error),
+        None => (
+            "http_error".to_owned(),
+            format!("no error body (HTTP {status})"),
+        ),
+    };
+    let error = ClientError::Http {
+        status,
+        code,
+        message,
+    };
+    // 401: the token source may have a fresh token by the next attempt.
+    if error.is_transient() || status == 401 {
+        let retry_after = response
+            .retry_after
+            .as_deref()
+            .and_then(|value| value.trim().parse().ok())
+            .map(Duration::from_secs);
+        Err(Failure::Retry { error, retry_after })
+    } else {
+        Err(Failure::Refused(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            body: body.into(),
+            ..HttpResponse::default()
+        }
+    }
+
+    #[test]
+    fn requests_follow_the_protocol() {
+        let poll = events_request(
+            "http://h",
+            &Query::After {
+                after: 5,
+                wait: Some(Duration::from_millis(25_500)),
+            },
+            100,
+        );
+        assert_eq!(poll.url, "http://h/events?after=5&limit=100&wait=25.500");
+        let since = "2024-12-04T10:00:05.123456Z".parse().unwrap();
+        assert_eq!(
+            events_request("http://h", &Query::Since(since), 10).url,
+            "http://h/events?since=2024-12-04T10:00:05.123456Z&limit=10"
+        );
+    }
+
+    #[test]
+    fn a_page_takes_its_cursor_from_the_header() {
+        let mut response = answer(200, "[]");
+        response.cursor = Some("42".into());
+        let page = read_page(response).unwrap();
+        assert_eq!((page.events.len(), page.cursor), (0, 42));
+        assert!(matches!(
+            read_page(answer(200, "[]")),
+            Err(Failure::Retry {
+                error: ClientError::InvalidResponse { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn statuses_map_to_retry_reset_or_refusal() {
+        let reset = answer(
+            410,
+            r#"{"error":"gone","code":"cursor_expired","resumeAfter":17}"#,
+        );
+        assert_eq!(
+            read_page(reset).unwrap_err(),
+            Failure::Reset {
+                code: "cursor_expired".into(),
+                resume_after: 17
+            }
+        );
+        let mut overloaded = answer(503, r#"{"error":"busy","code":"overloaded"}"#);
+        overloaded.retry_after = Some("3".into());
+        assert!(matches!(
+            read_receipt(overloaded).unwrap_err(),
+            Failure::Retry { retry_after: Some(d), error } if d == Duration::from_secs(3) && error.code() == "overloaded"
+        ));
+        assert!(matches!(
+            read_receipt(answer(502, "<html>bad gateway</html>")).unwrap_err(),
+            Failure::Retry { error, .. } if error.code() == "http_error"
+        ));
+        assert!(matches!(
+            read_receipt(answer(401, r#"{"error":"no","code":"unauthorized"}"#)).unwrap_err(),
+            Failure::Retry { .. }
+        ));
+        assert!(matches!(
+            read_receipt(answer(409, r#"{"error":"used","code":"id_conflict"}"#)).unwrap_err(),
+            Failure::Refused(error) if error.code() == "id_conflict"
+        ));
+        assert!(matches!(
+            read_head(answer(200, r#"{"status":"ok","head":9}"#)),
+            Ok(9)
+        ));
+    }
+}

@@ -1,0 +1,7 @@
+//! The npm package's wasm: the `EventBusClient` class and its TypeScript types come from
+//! distributed-events-client's `js` feature; this crate only links them as a cdylib
+//! (see Cargo.toml for why). Built by `js/build.mjs`.
+
+// The binding's #[wasm_bindgen] exports are linked from the dependency; naming the crate
+// makes sure it is linked even though nothing here calls it.
+pub use distributed_events_client;

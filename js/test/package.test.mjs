@@ -1,0 +1,80 @@
+// The package as a user gets it: what `npm pack` ships, an install of that tarball in a
+// fresh project, and the TypeScript declarations.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+import * as entry from 'distributed-events';
+
+import { startServer, tempDir } from './server.mjs';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const read = (file) => readFileSync(join(root, file), 'utf8');
+const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+
+test('the tarball installs in a fresh project, and events flow through it', async () => {
+  const dir = tempDir();
+  // --ignore-scripts: pack what is built now instead of building again (prepack).
+  const [{ filename, files }] = JSON.parse(
+    execFileSync(npm, ['pack', '--json', '--ignore-scripts', '--pack-destination', dir], { cwd: root, encoding: 'utf8' }),
+  );
+  const manifest = JSON.parse(read('package.json'));
+  assert.deepEqual(files.map((file) => file.path).sort(), [...manifest.files, 'README.md', 'package.json'].sort());
+
+  const app = join(dir, 'app');
+  mkdirSync(app);
+  writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }));
+  execFileSync(npm, ['install', '--no-audit', '--no-fund', join(dir, filename)], { cwd: app, stdio: 'ignore' });
+  // Two clients of a real server in the fresh project: one publishes, the other receives.
+  writeFileSync(
+    join(app, 'main.js'),
+    `import { EventBusClient } from 'distributed-events';
+const url = process.argv[2];
+const receiver = new EventBusClient({ serverUrl: url, initialPosition: 0 });
+const received = new Promise((resolve) => receiver.on('Installed', resolve));
+const publisher = new EventBusClient({ serverUrl: url, autoForward: true });
+const id = publisher.publish('Installed', { ok: true }, { aggregateId: 'app' });
+const event = await received;
+console.log(JSON.stringify({ sent: id, got: event.id, payload: event.payload }));
+await Promise.all([receiver.close(), publisher.close()]);
+`,
+  );
+  const server = await startServer();
+  try {
+    const output = execFileSync(process.execPath, ['main.js', server.url], { cwd: app, encoding: 'utf8', timeout: 15_000 });
+    const { sent, got, payload } = JSON.parse(output);
+    assert.equal(got, sent);
+    assert.deepEqual(payload, { ok: true });
+  } finally {
+    await server.stop();
+  }
+});
+
+test('index.d.ts re-exports every type of the binding, and nothing is `any`', () => {
+  const loader = new Set(['InitInput', 'InitOutput', 'SyncInitInput', 'initSync']);
+  const glue = read('pkg/distributed_events_client.d.ts');
+  const declared = [...glue.matchAll(/^export (?:declare )?(?:class|interface|type|function|const) (\w+)/gm)]
+    .map(([, name]) => name)
+    .filter((name) => !loader.has(name));
+  const reexported = read('index.d.ts');
+  for (const name of declared) assert.match(reexported, new RegExp(`\\b${name}\\b`), `index.d.ts re-exports ${name}`);
+  // Only the loader's raw wasm exports may use `any`, and index.d.ts does not export them.
+  const publicPart = glue.slice(0, glue.indexOf('export type InitInput'));
+  assert.doesNotMatch(publicPart.replace(/\/\*[\s\S]*?\*\//g, ''), /\bany\b/);
+});
+
+test('a TypeScript app type-checks against the declarations', () => {
+  // Also holds the @ts-expect-error lines of consumer.ts to account: misuse must not compile.
+  execFileSync(join(root, 'node_modules/.bin/tsc'), ['-p', join(root, 'test/fixtures/tsconfig.json')], { encoding: 'utf8' });
+});
+
+test('the browser entry exports what the Node entry exports', () => {
+  // index.js cannot be imported in Node (it fetches the wasm), so compare its source.
+  const names = (source) =>
+    [...source.matchAll(/^export \{([^}]*)\}/gm)].flatMap(([, list]) => list.split(',').map((name) => name.trim())).sort();
+  assert.deepEqual(names(read('index.js')), Object.keys(entry).sort());
+  assert.deepEqual(names(read('node.js')), Object.keys(entry).sort());
+});

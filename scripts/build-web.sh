@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds the web side, idempotently: the npm package `distributed-events` (js/pkg: the
+# wasm client through wasm-pack and wasm-opt, then its gzipped size) and the demo page
+# (www/dist, which the server serves at /). Needs what scripts/setup.sh installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "npm dependencies of js/ and www/ (exactly as locked)"
+(cd js && npm ci --no-audit --no-fund)
+(cd www && npm ci --no-audit --no-fund)
+
+step "the npm package (js/pkg)"
+node js/build.mjs
+
+step "the demo page (www/dist)"
+node www/build.mjs

@@ -1,0 +1,227 @@
+//! The binary's built-in bearer-JWT authentication: who may call, and tenant isolation.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::ServerProcess;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: &Value, secret: &str) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn claims(user: &str, tenant: &str) -> Value {
+    json!({"sub": user, "tenant_id": tenant, "exp": now() + 600, "role": "clerk"})
+}
+
+fn event(n: usize, claimed_tenant: &str) -> Value {
+    json!({
+        "id": Uuid::now_v7(),
+        "createdAt": "2024-12-04T10:00:15Z",
+        "aggregateId": "order-1",
+        "eventType": "OrderPurchasedEvent",
+        "eventJson": format!("{{\"n\":{n}}}"),
+        "userId": "someone-else",
+        "tenantId": claimed_tenant,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_verified_and_tenants_isolated() {
+    let server = ServerProcess::start(&["--database", "memory", "--jwt-secret", SECRET]);
+    let client = reqwest::Client::new();
+    let events = format!("{}/events", server.base);
+
+    // Refused: no token, wrong scheme, bad signature, expired, no tenant claim.
+    let expired = hs256(
+        &json!({"sub": "a", "tenant_id": "t", "exp": now() - 3600}),
+        SECRET,
+    );
+    let forged = hs256(
+        &claims("mallory", "tenant-a"),
+        "another-secret-that-is-also-32-bytes-long!",
+    );
+    let tenantless = hs256(&json!({"sub": "a", "exp": now() + 600}), SECRET);
+    let refused = [
+        None,
+        Some("Basic dXNlcjpwYXNz".to_owned()),
+        Some(format!("Bearer {forged}")),
+        Some(format!("Bearer {expired}")),
+        Some(format!("Bearer {tenantless}")),
+        Some("Bearer not.a.jwt".to_owned()),
+    ];
+    for authorization in refused {
+        let mut request = client.get(format!("{events}?after=0"));
+        if let Some(value) = &authorization {
+            request = request.header("Authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{authorization:?}");
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(challenge.starts_with("Bearer"), "{challenge}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized");
+    }
+    let expired_answer = client
+        .get(format!("{events}?after=0"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .unwrap();
+    assert!(expired_answer.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("expired"));
+    // Health checks need no token.
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Alice (tenant-a) claims tenant-b in the body; Bob posts in tenant-b.
+    let alice = hs256(&claims("alice", "tenant-a"), SECRET);
+    let bob = hs256(&claims("bob", "tenant-b"), SECRET);
+    for n in 0..6 {
+        let (token, tenant) = if n % 2 == 0 {
+            (&alice, "tenant-b")
+        } else {
+            (&bob, "tenant-b")
+        };
+        let response = client
+            .post(&events)
+            .bearer_auth(token)
+            .json(&event(n, tenant))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let read = |token: String| {
+        let client = client.clone();
+        let url = format!("{events}?after=0");
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Vec<Value>>()
+                .await
+                .unwrap()
+        }
+    };
+    let seen_by_alice = read(alice).await;
+    let seen_by_bob = read(bob).await;
+    assert_eq!(seen_by_alice.len(), 3);
+    assert_eq!(seen_by_bob.len(), 3);
+    for event in &seen_by_alice {
+        assert_eq!(
+            (event["tenantId"].as_str(), event["userId"].as_str()),
+            (Some("tenant-a"), Some("alice"))
+        );
+    }
+    for event in &seen_by_bob {
+        assert_eq!(
+            (event["tenantId"].as_str(), event["userId"].as_str()),
+            (Some("tenant-b"), Some("bob"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_public_key_verifies_tokens() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--jwt-public-key",
+        &format!("{fixtures}/es256-public.pem"),
+        "--jwt-algorithm",
+        "es256",
+        "--jwt-issuer",
+        "https://auth.example",
+    ]);
+    let private = std::fs::read(format!("{fixtures}/es256-private.pk8.pem")).unwrap();
+    let key = EncodingKey::from_ec_pem(&private).unwrap();
+    let sign = |claims: &Value| encode(&Header::new(Algorithm::ES256), claims, &key).unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("{}/events?after=0", server.base);
+
+    let mut good = claims("carol", "tenant-c");
+    good["iss"] = json!("https://auth.example");
+    let ok = client
+        .get(&url)
+        .bearer_auth(sign(&good))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+
+    let mut wrong_issuer = good.clone();
+    wrong_issuer["iss"] = json!("https://elsewhere.example");
+    let refused = client
+        .get(&url)
+        .bearer_auth(sign(&wrong_issuer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    // An HS256 token "signed" with the public key (algorithm confusion) is refused.
+    let public = std::fs::read_to_string(format!("{fixtures}/es256-public.pem")).unwrap();
+    let confused = hs256(&good, &public);
+    assert_eq!(
+        client
+            .get(&url)
+            .bearer_auth(confused)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+#[test]
+fn bad_key_configuration_fails_at_start_with_a_clear_message() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_distributed-events-server"))
+        .args([
+            "--database",
+            "memory",
+            "--bind",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            "short",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+}
