@@ -304,7 +304,7 @@ async fn read_after(
     let mut permit = None;
     loop {
         let page = store
-            .read_after(cursor, limit, &visible)
+            .read_after(cursor, limit, principal.tenant_id.as_deref(), &visible)
             .await
             .map_err(AppError::store)?;
         // Checked after the read: a cleanup that ran before it (on any instance) shows
@@ -375,7 +375,7 @@ async fn read_since(
     let events: Vec<StoredEvent> = server
         .inner
         .store
-        .read_since(since, limit)
+        .read_since(since, limit, principal.tenant_id.as_deref())
         .await
         .map_err(AppError::store)?
         .into_iter()

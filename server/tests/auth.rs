@@ -225,3 +225,102 @@ fn bad_key_configuration_fails_at_start_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("at least 32 bytes"), "{stderr}");
 }
+
+/// Many tenants post and long-poll at once, each post claiming some other tenant in its
+/// body: every reader sees exactly its own tenant's events, in order, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tenants_never_see_each_other() {
+    const TENANTS: usize = 8;
+    const POSTS_PER_TENANT: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::sqlite(&dir.path().join("e.db"), &["--jwt-secret", SECRET]);
+    let client = reqwest::Client::new();
+    let token = |t: usize| {
+        hs256(
+            &claims(&format!("user-{t}"), &format!("tenant-{t}")),
+            SECRET,
+        )
+    };
+
+    // One long-polling reader per tenant, reading until it has its tenant's share.
+    let mut readers = Vec::new();
+    for t in 0..TENANTS {
+        let (client, base, token) = (client.clone(), server.base.clone(), token(t));
+        readers.push(tokio::spawn(async move {
+            let mut after = 0u64;
+            let mut seen: Vec<Value> = Vec::new();
+            for _ in 0..10_000 {
+                if seen.len() >= POSTS_PER_TENANT {
+                    break;
+                }
+                let response = client
+                    .get(format!("{base}/events?after={after}&wait=5"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                after = response.headers()["x-events-cursor"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                seen.extend(response.json::<Vec<Value>>().await.unwrap());
+            }
+            seen
+        }));
+    }
+    // Writers: every tenant posts concurrently, each body naming a different tenant.
+    let mut writers = Vec::new();
+    for t in 0..TENANTS {
+        let (client, base, token) = (client.clone(), server.base.clone(), token(t));
+        writers.push(tokio::spawn(async move {
+            for n in 0..POSTS_PER_TENANT {
+                let spoofed = format!("tenant-{}", (t + n + 1) % TENANTS);
+                let response = client
+                    .post(format!("{base}/events"))
+                    .bearer_auth(&token)
+                    .json(&event(n, &spoofed))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 201);
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for (t, reader) in readers.into_iter().enumerate() {
+        let seen = reader.await.unwrap();
+        assert_eq!(
+            seen.len(),
+            POSTS_PER_TENANT,
+            "tenant {t} saw a wrong number of events"
+        );
+        let own = format!("tenant-{t}");
+        assert!(
+            seen.iter().all(|e| e["tenantId"] == own.as_str()),
+            "tenant {t} saw another tenant's event"
+        );
+        let positions: Vec<u64> = seen
+            .iter()
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "tenant {t}: out of order"
+        );
+        let ns: Vec<String> = seen
+            .iter()
+            .map(|e| e["eventJson"].as_str().unwrap().to_owned())
+            .collect();
+        let expected: Vec<String> = (0..POSTS_PER_TENANT)
+            .map(|n| format!("{{\"n\":{n}}}"))
+            .collect();
+        assert_eq!(
+            ns, expected,
+            "tenant {t}: its own events, each once, in posting order"
+        );
+    }
+}

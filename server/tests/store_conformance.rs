@@ -149,7 +149,7 @@ mod postgres_only {
         );
         assert_eq!(seen, position);
         assert_eq!(
-            b.read_range(0, 10).await.expect("read on b"),
+            b.read_range(0, 10, None).await.expect("read on b"),
             vec![stored.clone()]
         );
         assert_eq!(b.head().await.expect("head on b"), position);
@@ -188,7 +188,7 @@ mod postgres_only {
                 assert_eq!(new, 1, "exactly one store stored {}", x.event().id);
             }
         }
-        let all = a.read_range(0, 10 * ROUNDS + 1).await.expect("read");
+        let all = a.read_range(0, 10 * ROUNDS + 1, None).await.expect("read");
         assert_eq!(all.len(), 10 * ROUNDS, "each id once");
         let unused = a.head().await.expect("head") - all.len() as u64;
         eprintln!("{unused} positions left unused by lost races (the lookup before the lock catches the rest)");
@@ -216,7 +216,10 @@ mod postgres_only {
             good.iter().all(Result::is_ok),
             "the good events of the group are stored: {good:?}"
         );
-        assert_eq!(store.read_range(0, 100).await.expect("read").len(), 20);
+        assert_eq!(
+            store.read_range(0, 100, None).await.expect("read").len(),
+            20
+        );
         store.close().await;
     }
 }

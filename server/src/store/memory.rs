@@ -83,12 +83,18 @@ impl EventStore for MemoryStore {
         Ok(results)
     }
 
-    async fn read_range(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_range(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let state = self.state()?;
         let start = state.index_of(after);
         Ok(state
             .events
             .range(start..)
+            .filter(|(event, _)| of_tenant(event, tenant))
             .take(limit)
             .map(|(event, _)| event.clone())
             .collect())
@@ -98,12 +104,13 @@ impl EventStore for MemoryStore {
         &self,
         since: DateTime<Utc>,
         limit: usize,
+        tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let state = self.state()?;
         Ok(state
             .events
             .iter()
-            .filter(|(event, _)| event.created_at >= since)
+            .filter(|(event, _)| event.created_at >= since && of_tenant(event, tenant))
             .take(limit)
             .map(|(event, _)| event.clone())
             .collect())
@@ -154,4 +161,9 @@ impl EventStore for MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
             .closed = true;
     }
+}
+
+/// Whether `event` belongs to `tenant` (every event does when no tenant is asked for).
+fn of_tenant(event: &StoredEvent, tenant: Option<&str>) -> bool {
+    tenant.is_none_or(|tenant| event.tenant_id.as_deref() == Some(tenant))
 }

@@ -78,14 +78,22 @@ pub trait EventStore: Send + Sync + 'static {
     /// before under the same id. Returns once the new events are durable.
     async fn append_batch(&self, events: Vec<StoredEvent>) -> Result<Vec<Appended>, StoreError>;
 
-    /// Up to `limit` events with `position > after`, in position order.
-    async fn read_range(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Up to `limit` events with `position > after`, in position order; with a
+    /// `tenant`, only that tenant's events (filtered in the query, through an index).
+    async fn read_range(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// Up to `limit` events with `createdAt >= since`, in position order.
+    /// Up to `limit` events with `createdAt >= since`, in position order; with a
+    /// `tenant`, only that tenant's events.
     async fn read_since(
         &self,
         since: DateTime<Utc>,
         limit: usize,
+        tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// The event with this id.
@@ -117,7 +125,8 @@ pub trait EventStore: Send + Sync + 'static {
             .ok_or_else(|| StoreError::Corrupt("append returned no result".into()))
     }
 
-    /// Up to `limit` events after `after` for which `visible` holds, in position order.
+    /// Up to `limit` events after `after` (of `tenant`, when given) for which `visible`
+    /// holds, in position order.
     /// The predicate runs before the limit, so a page is full whenever enough visible
     /// events exist; the scan stops after examining `limit * 16` events, and the cursor
     /// then lies past what was examined so that the next read goes on from there.
@@ -125,6 +134,7 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         after: u64,
         limit: usize,
+        tenant: Option<&str>,
         visible: &Visibility<'_>,
     ) -> Result<Page, StoreError> {
         let limit = limit.max(1);
@@ -134,7 +144,9 @@ pub trait EventStore: Send + Sync + 'static {
         };
         let mut budget = limit.saturating_mul(SCAN_FACTOR);
         while page.events.len() < limit && budget > 0 {
-            let batch = self.read_range(page.cursor, limit.min(budget)).await?;
+            let batch = self
+                .read_range(page.cursor, limit.min(budget), tenant)
+                .await?;
             let exhausted = batch.len() < limit.min(budget);
             budget = budget.saturating_sub(batch.len());
             for event in batch {

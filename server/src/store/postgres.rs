@@ -664,6 +664,16 @@ fn decode(row: &PgRow) -> Result<StoredEvent, StoreError> {
     })
 }
 
+/// The tenant condition of a read, on parameter `$1`. Without a tenant it is a no-op on
+/// the (then NULL) parameter, so both forms bind the same parameters; with one, the
+/// `(tenant_id, position)` index serves the query.
+fn tenant_clause(tenant: Option<&str>) -> &'static str {
+    match tenant {
+        Some(_) => "tenant_id = $1 AND",
+        None => "$1::text IS NULL AND",
+    }
+}
+
 fn decode_all(rows: Vec<PgRow>) -> Result<Vec<StoredEvent>, StoreError> {
     rows.iter().map(decode).collect()
 }
@@ -682,14 +692,22 @@ impl EventStore for PostgresStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn read_range(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
-        ))
-        .bind(sql_position(after))
-        .bind(sql_limit(limit))
-        .fetch_all(self.pool()?)
-        .await?;
+    async fn read_range(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE {} position > $2 ORDER BY position LIMIT $3",
+            tenant_clause(tenant)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(sql_position(after))
+            .bind(sql_limit(limit))
+            .fetch_all(self.pool()?)
+            .await?;
         decode_all(rows)
     }
 
@@ -697,14 +715,18 @@ impl EventStore for PostgresStore {
         &self,
         since: DateTime<Utc>,
         limit: usize,
+        tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events WHERE created_at >= $1 ORDER BY position LIMIT $2"
-        ))
-        .bind(to_micros(since))
-        .bind(sql_limit(limit))
-        .fetch_all(self.pool()?)
-        .await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE {} created_at >= $2 ORDER BY position LIMIT $3",
+            tenant_clause(tenant)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(to_micros(since))
+            .bind(sql_limit(limit))
+            .fetch_all(self.pool()?)
+            .await?;
         decode_all(rows)
     }
 

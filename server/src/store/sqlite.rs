@@ -320,6 +320,16 @@ fn decode(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
     })
 }
 
+/// The tenant condition of a read. Without a tenant it is a no-op on the (then NULL)
+/// first parameter, so both forms bind the same parameters; with one, the
+/// `(tenant_id, position)` index serves the query.
+fn tenant_clause(tenant: Option<&str>) -> &'static str {
+    match tenant {
+        Some(_) => "tenant_id = ? AND",
+        None => "? IS NULL AND",
+    }
+}
+
 fn decode_all(rows: Vec<SqliteRow>) -> Result<Vec<StoredEvent>, StoreError> {
     rows.iter().map(decode).collect()
 }
@@ -337,14 +347,22 @@ impl EventStore for SqliteStore {
         self.send(|reply| Command::Append(events, reply)).await
     }
 
-    async fn read_range(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-        ))
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .bind(sql_limit(limit))
-        .fetch_all(&self.readers)
-        .await?;
+    async fn read_range(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE {} position > ? ORDER BY position LIMIT ?",
+            tenant_clause(tenant)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(sql_limit(limit))
+            .fetch_all(&self.readers)
+            .await?;
         decode_all(rows)
     }
 
@@ -352,14 +370,18 @@ impl EventStore for SqliteStore {
         &self,
         since: DateTime<Utc>,
         limit: usize,
+        tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events WHERE created_at >= ? ORDER BY position LIMIT ?"
-        ))
-        .bind(to_micros(since))
-        .bind(sql_limit(limit))
-        .fetch_all(&self.readers)
-        .await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE {} created_at >= ? ORDER BY position LIMIT ?",
+            tenant_clause(tenant)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(to_micros(since))
+            .bind(sql_limit(limit))
+            .fetch_all(&self.readers)
+            .await?;
         decode_all(rows)
     }
 

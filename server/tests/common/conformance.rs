@@ -40,7 +40,7 @@ fn new_position(appended: &Appended) -> u64 {
 }
 
 async fn read_all(store: &SharedStore) -> Vec<StoredEvent> {
-    store.read_range(0, usize::MAX >> 1).await.unwrap()
+    store.read_range(0, usize::MAX >> 1, None).await.unwrap()
 }
 
 pub async fn appends_get_increasing_positions_and_read_back_equal(store: SharedStore) {
@@ -84,7 +84,7 @@ pub async fn read_range_pages_without_gaps_or_repeats(store: SharedStore) {
     let mut after = 0;
     let mut seen = Vec::new();
     loop {
-        let page = store.read_range(after, 7).await.unwrap();
+        let page = store.read_range(after, 7, None).await.unwrap();
         assert!(page.len() <= 7);
         let Some(last) = page.last() else { break };
         after = last.position.unwrap();
@@ -169,7 +169,7 @@ pub async fn read_after_filters_before_the_limit(store: SharedStore) {
         .collect();
     store.append_batch(events).await.unwrap();
     let only_a = |e: &StoredEvent| e.tenant_id.as_deref() == Some("a");
-    let page = store.read_after(0, 5, &only_a).await.unwrap();
+    let page = store.read_after(0, 5, None, &only_a).await.unwrap();
     assert_eq!(
         page.events.iter().map(n_of).collect::<Vec<_>>(),
         [0, 3, 6, 9, 12],
@@ -179,14 +179,58 @@ pub async fn read_after_filters_before_the_limit(store: SharedStore) {
 
     // Continuing from the cursor gives the rest, and the last page's cursor lies past
     // the trailing invisible events, so a poller does not re-scan them.
-    let rest = store.read_after(page.cursor, 100, &only_a).await.unwrap();
+    let rest = store
+        .read_after(page.cursor, 100, None, &only_a)
+        .await
+        .unwrap();
     assert_eq!(rest.events.len(), 15);
     assert_eq!(rest.cursor, store.head().await.unwrap());
 
     let nobody = |_: &StoredEvent| false;
-    let empty = store.read_after(0, 2, &nobody).await.unwrap();
+    let empty = store.read_after(0, 2, None, &nobody).await.unwrap();
     assert!(empty.events.is_empty());
     assert!(empty.cursor > 0, "the cursor moves past what was examined");
+}
+
+pub async fn tenant_reads_see_only_that_tenant_in_order(store: SharedStore) {
+    let tenants = [Some("a"), Some("b"), None, Some("b"), Some("c")];
+    let events: Vec<_> = (0..50)
+        .map(|n| event(n, tenants[n % tenants.len()]))
+        .collect();
+    store.append_batch(events).await.unwrap();
+
+    for tenant in ["a", "b", "c"] {
+        let mut after = 0;
+        let mut seen = Vec::new();
+        // Small pages: paging by the last position must neither skip nor repeat.
+        loop {
+            let page = store.read_range(after, 3, Some(tenant)).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.position.unwrap();
+            assert!(page.iter().all(|e| e.tenant_id.as_deref() == Some(tenant)));
+            seen.extend(page.iter().map(n_of));
+        }
+        let expected: Vec<usize> = (0..50)
+            .filter(|n| tenants[n % tenants.len()] == Some(tenant))
+            .collect();
+        assert_eq!(seen, expected, "tenant {tenant}");
+    }
+    // The page is full of the tenant's events even though most events are others'.
+    let page = store.read_after(0, 5, Some("a"), &|_| true).await.unwrap();
+    assert_eq!(
+        page.events.iter().map(n_of).collect::<Vec<_>>(),
+        [0, 5, 10, 15, 20]
+    );
+    let since = Utc.timestamp_micros(1_700_000_000_000_000).unwrap();
+    let c = store.read_since(since, 100, Some("c")).await.unwrap();
+    assert_eq!(c.len(), 10);
+    assert!(c.iter().all(|e| e.tenant_id.as_deref() == Some("c")));
+    assert!(store
+        .read_range(0, 100, Some("nobody"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.read_range(0, 100, None).await.unwrap().len(), 50);
 }
 
 pub async fn read_since_uses_created_at_in_position_order(store: SharedStore) {
@@ -202,13 +246,13 @@ pub async fn read_since_uses_created_at_in_position_order(store: SharedStore) {
         .collect();
     store.append_batch(events).await.unwrap();
     let since = Utc.timestamp_opt(1_700_000_030, 0).unwrap();
-    let found = store.read_since(since, 100).await.unwrap();
+    let found = store.read_since(since, 100, None).await.unwrap();
     assert_eq!(
         found.iter().map(n_of).collect::<Vec<_>>(),
         [0, 2, 4],
         "createdAt >= since, in position order"
     );
-    assert_eq!(store.read_since(since, 2).await.unwrap().len(), 2);
+    assert_eq!(store.read_since(since, 2, None).await.unwrap().len(), 2);
 }
 
 pub async fn deleting_old_events_removes_a_prefix_and_never_reuses_positions(store: SharedStore) {
@@ -290,6 +334,7 @@ macro_rules! conformance_suite {
                 concurrent_appends_lose_and_repeat_nothing,
                 read_after_filters_before_the_limit,
                 read_since_uses_created_at_in_position_order,
+                tenant_reads_see_only_that_tenant_in_order,
                 deleting_old_events_removes_a_prefix_and_never_reuses_positions,
                 watch_head_follows_commits,
                 closed_store_refuses_work,
