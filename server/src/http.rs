@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::auth::{is_visible, Principal};
 use crate::store::StoreError;
+use crate::tail::json_of;
 use crate::EventBusServer;
 
 /// Limits of the HTTP endpoints.
@@ -293,30 +294,48 @@ async fn read_after(
     wait: Duration,
 ) -> Result<Response, AppError> {
     let store = &server.inner.store;
+    let tail = &server.inner.tail;
+    let tenant = principal.tenant_id.as_deref();
     let filter = server.inner.filter.as_deref();
     let visible = |event: &StoredEvent| is_visible(filter, event, principal);
     // Subscribe before the first read so that no commit between read and wait is missed.
-    let mut head = store.watch_head();
+    let mut end = tail.watch_end();
+    let committed = store.watch_head();
     let deadline = tokio::time::Instant::now() + wait;
     let mut cursor = after;
     let mut checked_ahead = false;
     // Held while this request waits; released with the answer.
     let mut permit = None;
     loop {
-        let page = store
-            .read_after(cursor, limit, principal.tenant_id.as_deref(), &visible)
-            .await
-            .map_err(AppError::store)?;
-        // Checked after the read: a cleanup that ran before it (on any instance) shows
-        // here, so a read that missed deleted events is never answered as complete.
-        let pruned_through = store.pruned_through().await.map_err(AppError::store)?;
-        if cursor < pruned_through {
-            return Err(AppError::CursorExpired {
-                resume_after: pruned_through,
-            });
-        }
-        cursor = page.cursor;
-        if page.events.is_empty() && !checked_ahead && cursor > *head.borrow() {
+        // The tail answers unless the cursor lies before it, or it has nothing yet for a
+        // commit the store already acknowledged (read your own writes).
+        let from_tail = tail
+            .read(cursor, limit, tenant, &visible)
+            .filter(|page| !page.events.is_empty() || page.cursor >= *committed.borrow());
+        let events = match from_tail {
+            Some(page) => {
+                cursor = page.cursor;
+                page.events
+            }
+            None => {
+                let page = store
+                    .read_after(cursor, limit, tenant, &visible)
+                    .await
+                    .map_err(AppError::store)?;
+                // Checked after the read: a cleanup that ran before it (on any instance)
+                // shows here, so a read that missed deleted events is never answered as
+                // complete.
+                let pruned_through = store.pruned_through().await.map_err(AppError::store)?;
+                if cursor < pruned_through {
+                    return Err(AppError::CursorExpired {
+                        resume_after: pruned_through,
+                    });
+                }
+                cursor = page.cursor;
+                page.events.iter().map(json_of).collect()
+            }
+        };
+        if events.is_empty() && !checked_ahead && cursor > *end.borrow() {
             // This process has not seen that position; ask the store whether anyone has.
             let stored_head = store.head().await.map_err(AppError::store)?;
             if cursor > stored_head {
@@ -326,11 +345,11 @@ async fn read_after(
             }
             checked_ahead = true;
         }
-        if !page.events.is_empty()
+        if !events.is_empty()
             || tokio::time::Instant::now() >= deadline
             || server.inner.shutdown.is_cancelled()
         {
-            return Ok(events_response(&page.events, cursor));
+            return Ok(events_response(&events, cursor));
         }
         if permit.is_none() {
             permit = Some(
@@ -346,7 +365,7 @@ async fn read_after(
             );
         }
         tokio::select! {
-            changed = head.wait_for(|&known| known > cursor) => {
+            changed = end.wait_for(|&end| end > cursor) => {
                 if changed.is_err() {
                     return Ok(events_response(&[], cursor));
                 }
@@ -386,16 +405,31 @@ async fn read_since(
         .filter_map(|event| event.position)
         .max()
         .unwrap_or(0);
+    let events: Vec<Bytes> = events.iter().map(json_of).collect();
     Ok(events_response(&events, cursor))
 }
 
-fn events_response(events: &[StoredEvent], cursor: u64) -> Response {
+/// A JSON array of already serialized events, with the cursor header.
+fn events_response(events: &[Bytes], cursor: u64) -> Response {
+    let size = events.iter().map(Bytes::len).sum::<usize>() + events.len() + 2;
+    let mut body = Vec::with_capacity(size);
+    body.push(b'[');
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(event);
+    }
+    body.push(b']');
     (
-        [(
-            HeaderName::from_static(CURSOR_HEADER),
-            HeaderValue::from(cursor),
-        )],
-        Json(events),
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                HeaderName::from_static(CURSOR_HEADER),
+                HeaderValue::from(cursor),
+            ),
+        ],
+        body,
     )
         .into_response()
 }

@@ -49,6 +49,7 @@ mod auth;
 mod http;
 mod jwt;
 pub mod store;
+mod tail;
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -98,7 +99,10 @@ struct Inner {
     shutdown: CancellationToken,
     /// One permit per long-poll allowed to wait at once.
     long_polls: Arc<tokio::sync::Semaphore>,
-    cleanup_task: Mutex<Option<JoinHandle<()>>>,
+    /// The recent events, from which live polls are answered.
+    tail: Arc<tail::Tail>,
+    /// The periodic cleanup and the tail's follower.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Configures an [`EventBusServer`].
@@ -175,6 +179,13 @@ impl EventBusServerBuilder {
     /// inside a tokio runtime.
     pub fn build(self) -> EventBusServer {
         let long_polls = Arc::new(tokio::sync::Semaphore::new(self.limits.max_long_polls));
+        let tail = Arc::new(tail::Tail::new(*self.store.watch_head().borrow()));
+        let shutdown = CancellationToken::new();
+        let follower = tokio::spawn(tail::follow(
+            tail.clone(),
+            self.store.clone(),
+            shutdown.clone(),
+        ));
         let server = EventBusServer {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -184,18 +195,20 @@ impl EventBusServerBuilder {
                 limits: self.limits,
                 authenticator: self.authenticator,
                 filter: self.filter,
-                shutdown: CancellationToken::new(),
+                shutdown,
                 long_polls,
-                cleanup_task: Mutex::new(None),
+                tail,
+                tasks: Mutex::new(vec![follower]),
             }),
         };
         if let (Some(_), Some(interval)) = (self.retention, self.cleanup_interval) {
             let task = tokio::spawn(run_cleanup(server.clone(), interval));
-            *server
+            server
                 .inner
-                .cleanup_task
+                .tasks
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(task);
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(task);
         }
         server
     }
@@ -288,7 +301,11 @@ impl EventBusServer {
         let cutoff = chrono::Utc::now()
             .checked_sub_signed(retention)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        self.inner.store.delete_older_than(cutoff).await
+        let deleted = self.inner.store.delete_older_than(cutoff).await?;
+        // Deleted means gone from live answers too, not only from the store.
+        let pruned_through = self.inner.store.pruned_through().await?;
+        self.inner.tail.forget_through(pruned_through);
+        Ok(deleted)
     }
 
     /// The HTTP endpoints: `GET`/`POST /events` and `GET /healthz`.
@@ -303,17 +320,18 @@ impl EventBusServer {
         self.inner.shutdown.cancel();
     }
 
-    /// Shuts down: [`begin_shutdown`](Self::begin_shutdown), waits for the cleanup task,
+    /// Shuts down: [`begin_shutdown`](Self::begin_shutdown), waits for background tasks,
     /// and closes the store after flushing what it acknowledged.
     pub async fn close(&self) {
         self.begin_shutdown();
-        let task = self
-            .inner
-            .cleanup_task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for task in tasks {
             let _ = task.await;
         }
         self.inner.store.close().await;

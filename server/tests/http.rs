@@ -678,3 +678,125 @@ async fn post_via(client: &reqwest::Client, base: &str) {
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
 }
+
+/// A store that counts reads, to see who reads it.
+struct CountingStore {
+    inner: MemoryStore,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl distributed_events_server::store::EventStore for CountingStore {
+    async fn append_batch(
+        &self,
+        events: Vec<StoredEvent>,
+    ) -> Result<
+        Vec<distributed_events_server::store::Appended>,
+        distributed_events_server::store::StoreError,
+    > {
+        self.inner.append_batch(events).await
+    }
+    async fn read_range(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, distributed_events_server::store::StoreError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read_range(after, limit, tenant).await
+    }
+    async fn read_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+        tenant: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, distributed_events_server::store::StoreError> {
+        self.inner.read_since(since, limit, tenant).await
+    }
+    async fn get(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<StoredEvent>, distributed_events_server::store::StoreError> {
+        self.inner.get(id).await
+    }
+    async fn delete_older_than(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, distributed_events_server::store::StoreError> {
+        self.inner.delete_older_than(cutoff).await
+    }
+    async fn pruned_through(&self) -> Result<u64, distributed_events_server::store::StoreError> {
+        self.inner.pruned_through().await
+    }
+    async fn head(&self) -> Result<u64, distributed_events_server::store::StoreError> {
+        self.inner.head().await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watch_head()
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+/// Many parked long-polls and one commit: every poll gets the event, and the store is
+/// read a handful of times, not once per poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_wakes_every_live_poll_without_a_read_per_poll() {
+    const POLLS: usize = 200;
+    let store = Arc::new(CountingStore {
+        inner: MemoryStore::new(),
+        reads: Default::default(),
+    });
+    let server = EventBusServer::builder(store.clone()).build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = server.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(POLLS)
+        .build()
+        .unwrap();
+
+    let polls: Vec<_> = (0..POLLS)
+        .map(|_| {
+            let request = client.get(format!("{base}/events?after=0&wait=20"));
+            tokio::spawn(async move {
+                request
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Vec<StoredEvent>>()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    // Wait until every poll is parked: none has an answer, and reads have stopped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(polls.iter().all(|p| !p.is_finished()));
+    let before = store.reads.load(std::sync::atomic::Ordering::SeqCst);
+
+    let id = Uuid::now_v7();
+    post_via_id(&client, &base, id).await;
+    for poll in polls {
+        let events = poll.await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].id, id);
+    }
+    let reads = store.reads.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(
+        reads < 10,
+        "{reads} store reads to answer {POLLS} live polls"
+    );
+}
+
+async fn post_via_id(client: &reqwest::Client, base: &str, id: Uuid) {
+    let response = client
+        .post(format!("{base}/events"))
+        .json(&post_body(id, "Thing", "{}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+}

@@ -1,0 +1,301 @@
+//! The tail: the most recent events in memory, each serialized once.
+//!
+//! Clients in live mode all poll at the head, so every commit wakes every one of them.
+//! Instead of each re-reading the store, one follower task reads each commit once and
+//! appends it here; waiting polls wait on the tail and are answered from memory, sharing
+//! each event's JSON. Polls further back than the tail read the store as before.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use distributed_events_shared::StoredEvent;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{SharedStore, Visibility};
+
+/// Most events the tail keeps.
+const MAX_EVENTS: usize = 8192;
+/// Most bytes of JSON the tail keeps.
+const MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Most events the follower reads at once.
+const FOLLOW_BATCH: usize = 1024;
+
+/// An event and its JSON.
+#[derive(Clone, Debug)]
+pub(crate) struct Serialized {
+    pub(crate) event: StoredEvent,
+    pub(crate) json: Bytes,
+}
+
+impl Serialized {
+    pub(crate) fn new(event: StoredEvent) -> Self {
+        let json = json_of(&event);
+        Self { event, json }
+    }
+
+    fn position(&self) -> u64 {
+        self.event.position.unwrap_or_default()
+    }
+}
+
+/// The JSON of an event. A `StoredEvent` is strings, numbers and a map of JSON values,
+/// so it always serializes.
+pub(crate) fn json_of(event: &StoredEvent) -> Bytes {
+    Bytes::from(serde_json::to_vec(event).unwrap_or_default())
+}
+
+/// A page answered from the tail.
+#[derive(Debug)]
+pub(crate) struct TailPage {
+    pub(crate) events: Vec<Bytes>,
+    pub(crate) cursor: u64,
+}
+
+/// The recent events: every event with a position in `(start, end]`, in order.
+#[derive(Debug)]
+pub(crate) struct Tail {
+    state: RwLock<State>,
+    /// `end`, for polls waiting for it to pass their cursor.
+    end: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct State {
+    start: u64,
+    end: u64,
+    events: VecDeque<Serialized>,
+    bytes: usize,
+}
+
+impl Tail {
+    /// An empty tail that starts at `head`: it covers what is committed after it.
+    pub(crate) fn new(head: u64) -> Self {
+        Self {
+            state: RwLock::new(State {
+                start: head,
+                end: head,
+                events: VecDeque::new(),
+                bytes: 0,
+            }),
+            end: watch::Sender::new(head),
+        }
+    }
+
+    /// Waits on this for the tail's end to move.
+    pub(crate) fn watch_end(&self) -> watch::Receiver<u64> {
+        self.end.subscribe()
+    }
+
+    /// Up to `limit` events after `after` that `tenant` (when given) owns and `visible`
+    /// accepts, or `None` when `after` lies before the tail (read the store then).
+    pub(crate) fn read(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant: Option<&str>,
+        visible: &Visibility<'_>,
+    ) -> Option<TailPage> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        if after < state.start {
+            return None;
+        }
+        let first = state.events.partition_point(|e| e.position() <= after);
+        let mut page = TailPage {
+            events: Vec::new(),
+            cursor: after.max(state.end),
+        };
+        for entry in state.events.range(first..) {
+            let owned = tenant.is_none_or(|t| entry.event.tenant_id.as_deref() == Some(t));
+            if owned && visible(&entry.event) {
+                page.events.push(entry.json.clone());
+                if page.events.len() == limit {
+                    page.cursor = entry.position();
+                    break;
+                }
+            }
+        }
+        Some(page)
+    }
+
+    /// Appends events read after `end`, then moves `end` to `covered`: the follower
+    /// read everything up to it.
+    fn extend(&self, events: Vec<StoredEvent>, covered: u64) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        for event in events {
+            if event.position.unwrap_or_default() <= state.end {
+                continue;
+            }
+            let entry = Serialized::new(event);
+            state.end = entry.position();
+            state.bytes += entry.json.len();
+            state.events.push_back(entry);
+        }
+        state.end = state.end.max(covered);
+        while state.events.len() > MAX_EVENTS || state.bytes > MAX_BYTES {
+            let Some(oldest) = state.events.pop_front() else {
+                break;
+            };
+            state.bytes -= oldest.json.len();
+            state.start = oldest.position();
+        }
+        let end = state.end;
+        drop(state);
+        self.end.send_if_modified(|known| {
+            let moved = end > *known;
+            *known = (*known).max(end);
+            moved
+        });
+    }
+
+    /// Forgets everything at or below `position`: retention deleted events there (the
+    /// follower may not even have seen them), so the tail no longer serves that range.
+    pub(crate) fn forget_through(&self, position: u64) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if position <= state.start {
+            return;
+        }
+        while state
+            .events
+            .front()
+            .is_some_and(|e| e.position() <= position)
+        {
+            if let Some(oldest) = state.events.pop_front() {
+                state.bytes -= oldest.json.len();
+            }
+        }
+        state.start = position;
+        state.end = state.end.max(position);
+    }
+}
+
+/// Keeps `tail` up with the store: after each commit the store reports, reads what is
+/// new once. Ends at shutdown.
+pub(crate) async fn follow(tail: Arc<Tail>, store: SharedStore, shutdown: CancellationToken) {
+    let mut store_head = store.watch_head();
+    let mut failures = 0u32;
+    loop {
+        let end = *tail.end.borrow();
+        tokio::select! {
+            changed = store_head.wait_for(|&head| head > end) => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+        // Everything up to the head seen before the read is committed, so a short read
+        // covers up to it (positions in between were spent without an event).
+        let target = *store_head.borrow();
+        let read = store.read_range(end, FOLLOW_BATCH, None).await;
+        let pruned = store.pruned_through().await;
+        match (read, pruned) {
+            (Ok(events), Ok(pruned)) => {
+                failures = 0;
+                if pruned > end {
+                    tail.forget_through(pruned);
+                }
+                let covered = if events.len() < FOLLOW_BATCH {
+                    target
+                } else {
+                    0
+                };
+                tail.extend(events, covered);
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(%error, "reading new events for live polls failed; retrying");
+                let backoff = Duration::from_millis(50 << failures.min(6));
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: u64, tenant: &str) -> StoredEvent {
+        StoredEvent {
+            id: uuid::Uuid::now_v7(),
+            created_at: chrono::Utc::now(),
+            aggregate_id: "a".into(),
+            event_type: "T".into(),
+            event_json: "{}".into(),
+            user_id: None,
+            tenant_id: Some(tenant.into()),
+            session_id: None,
+            context: Default::default(),
+            position: Some(position),
+        }
+    }
+
+    fn positions(page: &TailPage) -> Vec<u64> {
+        page.events
+            .iter()
+            .map(|json| {
+                serde_json::from_slice::<StoredEvent>(json)
+                    .unwrap()
+                    .position
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn serves_what_it_covers_and_refuses_what_lies_before() {
+        let tail = Tail::new(10);
+        tail.extend(
+            (11..=15)
+                .map(|p| event(p, if p % 2 == 0 { "a" } else { "b" }))
+                .collect(),
+            17,
+        );
+        let all = |_: &StoredEvent| true;
+        assert!(
+            tail.read(9, 100, None, &all).is_none(),
+            "before the tail: read the store"
+        );
+        let page = tail.read(10, 100, None, &all).unwrap();
+        assert_eq!(positions(&page), [11, 12, 13, 14, 15]);
+        assert_eq!(
+            page.cursor, 17,
+            "covered through 17, though 16 and 17 hold no event"
+        );
+        let page = tail.read(11, 2, None, &all).unwrap();
+        assert_eq!((positions(&page), page.cursor), (vec![12, 13], 13));
+        let page = tail.read(10, 100, Some("a"), &all).unwrap();
+        assert_eq!(positions(&page), [12, 14]);
+        let none = |_: &StoredEvent| false;
+        assert_eq!(tail.read(12, 5, None, &none).unwrap().cursor, 17);
+    }
+
+    #[test]
+    fn forgetting_a_pruned_range_sends_older_cursors_to_the_store() {
+        let tail = Tail::new(0);
+        tail.extend((1..=5).map(|p| event(p, "a")).collect(), 5);
+        tail.forget_through(3);
+        let all = |_: &StoredEvent| true;
+        assert!(tail.read(2, 10, None, &all).is_none());
+        assert_eq!(positions(&tail.read(3, 10, None, &all).unwrap()), [4, 5]);
+    }
+
+    #[test]
+    fn keeps_at_most_its_capacity() {
+        let tail = Tail::new(0);
+        let count = MAX_EVENTS as u64 + 10;
+        tail.extend((1..=count).map(|p| event(p, "a")).collect(), count);
+        let all = |_: &StoredEvent| true;
+        assert!(tail.read(5, 10, None, &all).is_none());
+        assert_eq!(
+            tail.read(count - 2, 10, None, &all).unwrap().events.len(),
+            2
+        );
+    }
+}
