@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 mod memory;
 mod postgres;
+mod sql;
 mod sqlite;
 
 pub use memory::MemoryStore;

@@ -47,13 +47,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use distributed_events_shared::StoredEvent;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{from_micros, to_micros, Appended, EventStore, StoreError};
+use super::sql::{decode, decode_all, sql_limit, sql_position, to_position};
+use super::{to_micros, Appended, EventStore, StoreError};
 
 /// Most events one append statement takes, so that one huge burst does not delay the
 /// acknowledgement of everything behind it for long.
@@ -630,40 +631,7 @@ async fn listen(
     }
 }
 
-fn to_position(value: i64) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative position {value}")))
-}
-
 /// A position as PostgreSQL's `bigint`; positions stay below 2^53.
-fn sql_position(position: u64) -> i64 {
-    i64::try_from(position).unwrap_or(i64::MAX)
-}
-
-fn sql_limit(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
-fn decode(row: &PgRow) -> Result<StoredEvent, StoreError> {
-    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
-    let id: String = row.try_get("id")?;
-    let context: Option<String> = row.try_get("context")?;
-    Ok(StoredEvent {
-        position: Some(to_position(row.try_get("position")?)?),
-        id: Uuid::parse_str(&id).map_err(|e| corrupt(&e))?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        event_type: row.try_get("event_type")?,
-        event_json: row.try_get("event_json")?,
-        user_id: row.try_get("user_id")?,
-        tenant_id: row.try_get("tenant_id")?,
-        session_id: row.try_get("session_id")?,
-        context: match context {
-            Some(json) => serde_json::from_str(&json).map_err(|e| corrupt(&e))?,
-            None => Default::default(),
-        },
-    })
-}
-
 /// The tenant condition of a read, on parameter `$1`. Without a tenant it is a no-op on
 /// the (then NULL) parameter, so both forms bind the same parameters; with one, the
 /// `(tenant_id, position)` index serves the query.
@@ -672,10 +640,6 @@ fn tenant_clause(tenant: Option<&str>) -> &'static str {
         Some(_) => "tenant_id = $1 AND",
         None => "$1::text IS NULL AND",
     }
-}
-
-fn decode_all(rows: Vec<PgRow>) -> Result<Vec<StoredEvent>, StoreError> {
-    rows.iter().map(decode).collect()
 }
 
 #[async_trait]
@@ -708,7 +672,7 @@ impl EventStore for PostgresStore {
             .bind(sql_limit(limit))
             .fetch_all(self.pool()?)
             .await?;
-        decode_all(rows)
+        decode_all(&rows)
     }
 
     async fn read_since(
@@ -727,7 +691,7 @@ impl EventStore for PostgresStore {
             .bind(sql_limit(limit))
             .fetch_all(self.pool()?)
             .await?;
-        decode_all(rows)
+        decode_all(&rows)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {

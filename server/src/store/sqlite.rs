@@ -13,15 +13,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use distributed_events_shared::StoredEvent;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{from_micros, to_micros, Appended, EventStore, StoreError};
+use super::sql::{decode, decode_all, sql_limit, sql_position, to_position};
+use super::{to_micros, Appended, EventStore, StoreError};
 
 /// Most events one transaction takes, so that one huge burst does not starve readers of
 /// its acknowledgements.
@@ -295,31 +294,6 @@ async fn prune(
     Ok(deleted)
 }
 
-fn to_position(value: i64) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative position {value}")))
-}
-
-fn decode(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
-    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
-    let id: String = row.try_get("id")?;
-    let context: Option<String> = row.try_get("context")?;
-    Ok(StoredEvent {
-        position: Some(to_position(row.try_get("position")?)?),
-        id: Uuid::parse_str(&id).map_err(|e| corrupt(&e))?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        event_type: row.try_get("event_type")?,
-        event_json: row.try_get("event_json")?,
-        user_id: row.try_get("user_id")?,
-        tenant_id: row.try_get("tenant_id")?,
-        session_id: row.try_get("session_id")?,
-        context: match context {
-            Some(json) => serde_json::from_str(&json).map_err(|e| corrupt(&e))?,
-            None => Default::default(),
-        },
-    })
-}
-
 /// The tenant condition of a read. Without a tenant it is a no-op on the (then NULL)
 /// first parameter, so both forms bind the same parameters; with one, the
 /// `(tenant_id, position)` index serves the query.
@@ -328,14 +302,6 @@ fn tenant_clause(tenant: Option<&str>) -> &'static str {
         Some(_) => "tenant_id = ? AND",
         None => "? IS NULL AND",
     }
-}
-
-fn decode_all(rows: Vec<SqliteRow>) -> Result<Vec<StoredEvent>, StoreError> {
-    rows.iter().map(decode).collect()
-}
-
-fn sql_limit(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -359,11 +325,11 @@ impl EventStore for SqliteStore {
         );
         let rows = sqlx::query(&sql)
             .bind(tenant)
-            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(sql_position(after))
             .bind(sql_limit(limit))
             .fetch_all(&self.readers)
             .await?;
-        decode_all(rows)
+        decode_all(&rows)
     }
 
     async fn read_since(
@@ -382,7 +348,7 @@ impl EventStore for SqliteStore {
             .bind(sql_limit(limit))
             .fetch_all(&self.readers)
             .await?;
-        decode_all(rows)
+        decode_all(&rows)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
