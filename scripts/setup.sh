@@ -22,6 +22,10 @@ if ! command -v wasm-pack >/dev/null; then
   log "installing wasm-pack"
   cargo install wasm-pack
 fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "installing cargo-fuzz"
+  cargo install cargo-fuzz
+fi
 
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)

@@ -47,3 +47,9 @@ step "web: the npm package in Node, against the server binary"
 step "web: the demo page in headless Chromium, against the server binary"
 (cd www && npm test)
 # --- end web ---------------------------------------------------------------------------
+
+step "benchmarks: every scenario in smoke mode (figures are not checked here)"
+./scripts/bench-smoke.sh
+
+step "fuzz targets: a short run of each"
+./scripts/fuzz-smoke.sh

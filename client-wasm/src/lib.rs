@@ -85,3 +85,29 @@ pub use status::Status;
 // The shared crate's items at the root, so that an app depending on this crate alone can
 // `#[derive(Event)]` (the derive names `::distributed_events_client::Event`).
 pub use distributed_events_shared::*;
+
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::platform::HttpResponse;
+
+    /// Decodes one server answer the ways the client does: as a page of events, as the
+    /// health check and as a post's receipt. Must never panic, whatever the answer.
+    pub fn decode_answer(
+        status: u16,
+        cursor: Option<String>,
+        retry_after: Option<String>,
+        body: String,
+    ) {
+        let answer = || HttpResponse {
+            status,
+            cursor: cursor.clone(),
+            retry_after: retry_after.clone(),
+            body: body.clone(),
+        };
+        let _ = crate::protocol::read_page(answer());
+        let _ = crate::protocol::read_head(answer());
+        let _ = crate::protocol::read_receipt(answer());
+    }
+}

@@ -1,0 +1,151 @@
+//! Scenario 4, fan-out: 1,000 native clients in live mode, each receiving every event.
+//! Producers post a fixed number of events as fast as the server acknowledges them; the
+//! clock runs from the first post to the last delivery. Deliveries per second, and the
+//! server's CPU and peak RSS (VmHWM) over the run.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::report::{Report, Target};
+use crate::scenarios::{
+    head, live_clients, mib, new_event, own_cpu_seconds, post, start_server, wait_until,
+};
+use crate::server::Database;
+use crate::{Args, BenchError};
+
+const SCENARIO: &str = "fanout";
+const TARGET: f64 = 200_000.0;
+
+pub async fn run(args: &Args, report: &Report) -> Result<(), BenchError> {
+    let database = Database::sqlite()?;
+    let server = start_server(args, &database, &[])?;
+    let url = server.url().to_owned();
+    let http = reqwest::Client::new();
+    post(&http, &url, &new_event(0)).await?;
+    let start = head(&http, &url).await?;
+    let n_clients = args.count(args.fanout_clients.max(1), 20);
+    let n_events = args.count(args.fanout_events.max(1), 50);
+    let clients = live_clients(&url, n_clients, start).await?;
+
+    // Every delivery counts once; a client that has all its events counts as finished.
+    let deliveries = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let last_delivery = Arc::new(std::sync::Mutex::new(Instant::now()));
+    for client in &clients {
+        let mut events = client.events();
+        let deliveries = Arc::clone(&deliveries);
+        let finished = Arc::clone(&finished);
+        let last_delivery = Arc::clone(&last_delivery);
+        tokio::spawn(async move {
+            let mut got = 0;
+            while let Some(_event) = events.next().await {
+                got += 1;
+                deliveries.fetch_add(1, Ordering::Relaxed);
+                if got == n_events {
+                    *last_delivery
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+                    finished.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        });
+    }
+
+    let server_cpu_before = server.cpu_seconds()?;
+    let own_cpu_before = own_cpu_seconds();
+    let started = Instant::now();
+    let producers = args.fanout_producers.max(1);
+    let next = Arc::new(AtomicUsize::new(0));
+    let posts: Vec<_> = (0..producers)
+        .map(|_| {
+            let (http, url, next) = (http.clone(), url.clone(), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= n_events {
+                        return Ok::<_, BenchError>(());
+                    }
+                    post(&http, &url, &new_event(seq as u64)).await?;
+                }
+            })
+        })
+        .collect();
+    for task in posts {
+        task.await
+            .map_err(|error| BenchError(format!("producer task failed: {error}")))??;
+    }
+    let published = started.elapsed().as_secs_f64();
+    let limit = Duration::from_secs(if args.smoke { 30 } else { 300 });
+    let all = wait_until(limit, || finished.load(Ordering::Relaxed) == n_clients).await;
+    if !all {
+        return Err(BenchError(format!(
+            "after {} s, {} of {n_clients} clients had every event ({} of {} deliveries)",
+            limit.as_secs(),
+            finished.load(Ordering::Relaxed),
+            deliveries.load(Ordering::Relaxed),
+            n_clients * n_events
+        )));
+    }
+    let elapsed = last_delivery
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .duration_since(started)
+        .as_secs_f64();
+    let server_cpu = server.cpu_seconds()? - server_cpu_before;
+    let own_cpu = own_cpu_seconds() - own_cpu_before;
+    let peak = server.peak_rss_bytes()?;
+    for client in &clients {
+        client.close().await;
+    }
+
+    let what = format!("{n_clients} live clients, {n_events} events");
+    report.record(
+        SCENARIO,
+        format!("{what}: deliveries"),
+        (n_clients * n_events) as f64 / elapsed,
+        "deliveries/s",
+        Some(Target::AtLeast(TARGET)),
+    );
+    report.record(
+        SCENARIO,
+        format!("{what}: events posted"),
+        n_events as f64 / published,
+        "events/s",
+        None,
+    );
+    report.record(
+        SCENARIO,
+        format!("{what}: server CPU"),
+        server_cpu / elapsed,
+        "cores",
+        None,
+    );
+    report.record(
+        SCENARIO,
+        format!("{what}: server CPU per delivery"),
+        server_cpu * 1e6 / (n_clients * n_events) as f64,
+        "us",
+        None,
+    );
+    report.record(
+        SCENARIO,
+        format!("{what}: bench (clients) CPU"),
+        own_cpu / elapsed,
+        "cores",
+        None,
+    );
+    report.record(
+        SCENARIO,
+        format!("{what}: server peak RSS"),
+        mib(peak),
+        "MiB",
+        None,
+    );
+    drop(server);
+    database.remove().await;
+    Ok(())
+}
