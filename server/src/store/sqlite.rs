@@ -5,6 +5,7 @@
 //! starts a transaction and commits them together (group commit), so many concurrent
 //! producers share one fsync. Reads use a separate pool and never wait for the writer.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use distributed_events_shared::StoredEvent;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, SqliteConnection, SqlitePool};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -25,6 +26,10 @@ use super::{to_micros, Appended, EventStore, StoreError};
 /// Most events one transaction takes, so that one huge burst does not starve readers of
 /// its acknowledgements.
 const MAX_GROUP: usize = 4096;
+
+/// Most rows one statement takes: 10 columns each stays far below SQLite's limit of
+/// 32,766 parameters.
+const MAX_ROWS_PER_STATEMENT: usize = 1000;
 
 const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = "
@@ -85,6 +90,8 @@ impl SqliteStore {
         migrate(&mut writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
+            // A local file has no connection to go stale: skip the ping on every acquire.
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
 
@@ -213,12 +220,45 @@ async fn append_group(
     group: &[(Vec<StoredEvent>, Reply<Vec<Appended>>)],
 ) -> Result<(Vec<Vec<Appended>>, u64), StoreError> {
     let stored_at = to_micros(distributed_events_shared::now());
+    let events: Vec<&StoredEvent> = group.iter().flat_map(|(events, _)| events).collect();
     let mut tx = connection.begin().await?;
-    let mut results = Vec::with_capacity(group.len());
-    let mut last = 0;
-    for (events, _) in group {
-        let mut batch = Vec::with_capacity(events.len());
-        for event in events {
+
+    // The writer is alone, so looking first is race-free; and unlike
+    // `ON CONFLICT DO NOTHING` it spends no position on a replay.
+    let mut known: HashMap<Uuid, StoredEvent> = HashMap::new();
+    for chunk in events.chunks(MAX_ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for event in chunk {
+            query = query.bind(event.id.to_string());
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            let existing = decode(&row)?;
+            known.insert(existing.id, existing);
+        }
+    }
+    // The first of several events with one id is the one stored.
+    let mut fresh: Vec<&StoredEvent> = Vec::new();
+    let mut taken = HashSet::new();
+    for event in &events {
+        if !known.contains_key(&event.id) && taken.insert(event.id) {
+            fresh.push(event);
+        }
+    }
+
+    let mut positions: HashMap<Uuid, u64> = HashMap::with_capacity(fresh.len());
+    for chunk in fresh.chunks(MAX_ROWS_PER_STATEMENT) {
+        // Rows take positions in the order of VALUES, which is the order of the group.
+        let sql = format!(
+            "INSERT INTO events (id, created_at, stored_at, aggregate_id, event_type, event_json, \
+             user_id, tenant_id, session_id, context) VALUES {} RETURNING id, position",
+            vec![format!("({})", placeholders(10, 1)); chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for event in chunk {
             let context = if event.context.is_empty() {
                 None
             } else {
@@ -227,43 +267,68 @@ async fn append_group(
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 )
             };
-            // The writer is alone, so looking first is race-free; and unlike
-            // `ON CONFLICT DO NOTHING` it spends no position on a replay.
-            let existing = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE id = ?"))
+            query = query
                 .bind(event.id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(row) = existing {
-                batch.push(Appended::Existing(decode(&row)?));
-                continue;
-            }
-            let position: i64 = sqlx::query_scalar(
-                "INSERT INTO events (id, created_at, stored_at, aggregate_id, event_type, event_json, \
-                 user_id, tenant_id, session_id, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position",
-            )
-            .bind(event.id.to_string())
-            .bind(to_micros(event.created_at))
-            .bind(stored_at)
-            .bind(&event.aggregate_id)
-            .bind(&event.event_type)
-            .bind(&event.event_json)
-            .bind(&event.user_id)
-            .bind(&event.tenant_id)
-            .bind(&event.session_id)
-            .bind(context)
-            .fetch_one(&mut *tx)
-            .await?;
-            let position = to_position(position)?;
-            last = last.max(position);
-            batch.push(Appended::New(StoredEvent {
-                position: Some(position),
-                ..event.clone()
-            }));
+                .bind(to_micros(event.created_at))
+                .bind(stored_at)
+                .bind(&event.aggregate_id)
+                .bind(&event.event_type)
+                .bind(&event.event_json)
+                .bind(&event.user_id)
+                .bind(&event.tenant_id)
+                .bind(&event.session_id)
+                .bind(context);
         }
-        results.push(batch);
+        for row in query.fetch_all(&mut *tx).await? {
+            let id: String = row.try_get("id")?;
+            let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            positions.insert(id, to_position(row.try_get("position")?)?);
+        }
     }
     tx.commit().await?;
+
+    // Each stored event as it was stored: for a second post of one id in this group, the
+    // answer is the first post's event, not its own.
+    let mut stored: HashMap<Uuid, StoredEvent> = HashMap::with_capacity(fresh.len());
+    for event in fresh {
+        let position = *positions.get(&event.id).ok_or_else(|| {
+            StoreError::Corrupt(format!("no position came back for event {}", event.id))
+        })?;
+        let event = StoredEvent {
+            position: Some(position),
+            ..event.clone()
+        };
+        stored.insert(event.id, event);
+    }
+    let last = positions.values().copied().max().unwrap_or(0);
+    let mut answered: HashSet<Uuid> = HashSet::with_capacity(stored.len());
+    let results = group
+        .iter()
+        .map(|(events, _)| {
+            events
+                .iter()
+                .map(
+                    |event| match (known.get(&event.id), stored.get(&event.id)) {
+                        (Some(existing), _) => Ok(Appended::Existing(existing.clone())),
+                        (None, Some(new)) if answered.insert(event.id) => {
+                            Ok(Appended::New(new.clone()))
+                        }
+                        (None, Some(first)) => Ok(Appended::Existing(first.clone())),
+                        (None, None) => Err(StoreError::Corrupt(format!(
+                            "event {} was neither found nor stored",
+                            event.id
+                        ))),
+                    },
+                )
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((results, last))
+}
+
+/// `count` groups of `width` placeholders: `?, ?, ?` for a width of 1, `?, ?` per group.
+fn placeholders(width: usize, count: usize) -> String {
+    vec!["?"; width * count].join(", ")
 }
 
 async fn prune(

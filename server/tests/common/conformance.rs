@@ -117,6 +117,18 @@ pub async fn append_is_idempotent_by_id(store: SharedStore) {
     assert!(matches!(results[0], Appended::New(_)));
     assert!(matches!(results[1], Appended::Existing(_)));
     assert_eq!(read_all(&store).await.len(), 2);
+
+    // Twice in one batch with different content: the first is stored, and the second is
+    // answered with the first (so that the server can tell it is a conflict).
+    let first = event(3, None);
+    let mut second = first.clone();
+    second.event_json = "{\"n\":-3}".into();
+    let results = store.append_batch(vec![first.clone(), second]).await.unwrap();
+    match &results[1] {
+        Appended::Existing(existing) => assert_eq!(existing.event_json, first.event_json),
+        Appended::New(_) => panic!("one id stored twice in a batch"),
+    }
+    assert_eq!(read_all(&store).await.len(), 3);
 }
 
 pub async fn concurrent_appends_lose_and_repeat_nothing(store: SharedStore) {
