@@ -1,6 +1,7 @@
 //! Helpers of the cross-crate tests in `tests/`: [`TestServer`], a real
 //! `distributed-events-server` process on a temporary SQLite file that a test can kill
-//! and restart at the same address.
+//! and restart at the same address, watch (its PID and memory) and starve of disk space
+//! (a file-size limit).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct TestServer {
     /// Holds the database; deleted with the server.
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// Whether the process ignores SIGXFSZ (see [`TestServer::start_ignoring_sigxfsz`]).
+    ignore_sigxfsz: bool,
     /// `127.0.0.1:<port>`, kept across restarts so that clients find the server again.
     address: String,
     child: Option<Child>,
@@ -48,9 +51,23 @@ impl TestServer {
     /// Starts a server on a free port with `extra` arguments (such as
     /// `["--retention", "1s"]`), and waits until it listens.
     pub fn start(extra: &[&str]) -> Self {
+        Self::launch(extra, false)
+    }
+
+    /// Like [`start`](Self::start), but the process ignores SIGXFSZ (it is started
+    /// through `sh -c 'trap "" XFSZ; exec …'`, and an ignored signal stays ignored across
+    /// `exec`), so that a file-size limit set with
+    /// [`limit_file_size`](Self::limit_file_size) makes its writes fail with `EFBIG`, as a
+    /// full disk makes them fail, instead of killing it. Restarts keep this.
+    pub fn start_ignoring_sigxfsz(extra: &[&str]) -> Self {
+        Self::launch(extra, true)
+    }
+
+    fn launch(extra: &[&str], ignore_sigxfsz: bool) -> Self {
         let mut server = Self {
             dir: tempfile::tempdir().expect("a temporary directory"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            ignore_sigxfsz,
             address: "127.0.0.1:0".into(),
             child: None,
         };
@@ -61,6 +78,47 @@ impl TestServer {
     /// The base URL, such as `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// The process id of the running server; `None` after [`kill`](Self::kill).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's resident memory (`VmRSS` of `/proc/<pid>/status`), in bytes; `None`
+    /// when the server is not running or the value cannot be read (not Linux).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+        // "VmRSS:     12345 kB"
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Sets the running server's soft file-size limit (RLIMIT_FSIZE) with `prlimit`:
+    /// `Some(bytes)` makes every write past that offset of any regular file fail, as
+    /// on a full disk (`Some(0)`: every write fails); `None` lifts it. The hard limit is
+    /// left alone, so lifting needs no privilege. Needs a server started with
+    /// [`start_ignoring_sigxfsz`](Self::start_ignoring_sigxfsz), which the limit would
+    /// otherwise kill, and `prlimit` (util-linux).
+    pub fn limit_file_size(&self, bytes: Option<u64>) {
+        assert!(
+            self.ignore_sigxfsz,
+            "start the server with TestServer::start_ignoring_sigxfsz: a file-size limit kills a process that does not ignore SIGXFSZ"
+        );
+        let pid = self.pid().expect("the server is running");
+        let soft = bytes.map_or_else(|| "unlimited".to_owned(), |bytes| bytes.to_string());
+        let output = Command::new("prlimit")
+            .arg(format!("--pid={pid}"))
+            // `soft:` sets the soft limit only.
+            .arg(format!("--fsize={soft}:"))
+            .output()
+            .expect("run prlimit (util-linux)");
+        assert!(
+            output.status.success(),
+            "prlimit --pid={pid} --fsize={soft}: failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
@@ -81,7 +139,16 @@ impl TestServer {
         let database = format!("sqlite://{}", self.dir.path().join("events.db").display());
         // The port of a killed server can take a moment to be free again.
         for attempt in 0..50 {
-            let mut child = Command::new(server_binary())
+            let mut command = if self.ignore_sigxfsz {
+                let mut shell = Command::new("sh");
+                shell
+                    .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
+                    .arg(server_binary());
+                shell
+            } else {
+                Command::new(server_binary())
+            };
+            let mut child = command
                 .args(["--bind", &self.address, "--database", &database])
                 .args(["--static-dir", "/nonexistent"])
                 .args(&self.extra)

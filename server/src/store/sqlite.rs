@@ -189,6 +189,7 @@ async fn run_writer(
                     }
                     Err(error) => {
                         tracing::error!(%error, "append to SQLite failed");
+                        roll_back(&mut connection).await;
                         for (_, reply) in group {
                             let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
                         }
@@ -196,14 +197,17 @@ async fn run_writer(
                 }
                 match next {
                     Some(Command::Prune(cutoff, reply)) => {
-                        let _ = reply.send(prune(&mut connection, cutoff, &pruned_through).await);
+                        let _ = reply.send(
+                            prune_or_roll_back(&mut connection, cutoff, &pruned_through).await,
+                        );
                     }
                     Some(Command::Close) => break,
                     _ => {}
                 }
             }
             Command::Prune(cutoff, reply) => {
-                let _ = reply.send(prune(&mut connection, cutoff, &pruned_through).await);
+                let _ =
+                    reply.send(prune_or_roll_back(&mut connection, cutoff, &pruned_through).await);
             }
             Command::Close => break,
         }
@@ -221,7 +225,7 @@ async fn append_group(
 ) -> Result<(Vec<Vec<Appended>>, u64), StoreError> {
     let stored_at = to_micros(distributed_events_shared::now());
     let events: Vec<&StoredEvent> = group.iter().flat_map(|(events, _)| events).collect();
-    let mut tx = connection.begin().await?;
+    begin(connection).await?;
 
     // The writer is alone, so looking first is race-free; and unlike
     // `ON CONFLICT DO NOTHING` it spends no position on a replay.
@@ -235,7 +239,7 @@ async fn append_group(
         for event in chunk {
             query = query.bind(event.id.to_string());
         }
-        for row in query.fetch_all(&mut *tx).await? {
+        for row in query.fetch_all(&mut *connection).await? {
             let existing = decode(&row)?;
             known.insert(existing.id, existing);
         }
@@ -279,13 +283,13 @@ async fn append_group(
                 .bind(&event.session_id)
                 .bind(context);
         }
-        for row in query.fetch_all(&mut *tx).await? {
+        for row in query.fetch_all(&mut *connection).await? {
             let id: String = row.try_get("id")?;
             let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             positions.insert(id, to_position(row.try_get("position")?)?);
         }
     }
-    tx.commit().await?;
+    commit(connection).await?;
 
     // Each stored event as it was stored: for a second post of one id in this group, the
     // answer is the first post's event, not its own.
@@ -331,32 +335,71 @@ fn placeholders(width: usize, count: usize) -> String {
     vec!["?"; width * count].join(", ")
 }
 
+async fn prune_or_roll_back(
+    connection: &mut SqliteConnection,
+    cutoff: DateTime<Utc>,
+    pruned_through: &AtomicU64,
+) -> Result<u64, StoreError> {
+    let outcome = prune(connection, cutoff, pruned_through).await;
+    if outcome.is_err() {
+        roll_back(connection).await;
+    }
+    outcome
+}
+
 async fn prune(
     connection: &mut SqliteConnection,
     cutoff: DateTime<Utc>,
     pruned_through: &AtomicU64,
 ) -> Result<u64, StoreError> {
-    let mut tx = connection.begin().await?;
+    // The writer is alone: what it reads here stays true until it writes.
     let last: Option<i64> =
         sqlx::query_scalar("SELECT MAX(position) FROM events WHERE stored_at < ?")
             .bind(to_micros(cutoff))
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *connection)
             .await?;
     let Some(last) = last else { return Ok(0) };
+    begin(connection).await?;
     let deleted = sqlx::query("DELETE FROM events WHERE position <= ?")
         .bind(last)
-        .execute(&mut *tx)
+        .execute(&mut *connection)
         .await?
         .rows_affected();
     sqlx::query("UPDATE retention SET pruned_through = MAX(pruned_through, ?) WHERE id = 1")
         .bind(last)
-        .execute(&mut *tx)
+        .execute(&mut *connection)
         .await?;
     // Raised before the commit, so that no reader can see the rows gone while the mark
     // still says they are there; if the commit fails, the mark is merely too cautious.
     pruned_through.fetch_max(to_position(last)?, Ordering::SeqCst);
-    tx.commit().await?;
+    commit(connection).await?;
     Ok(deleted)
+}
+
+// The writer runs its transactions with plain BEGIN/COMMIT/ROLLBACK statements, not
+// sqlx's `Transaction`: when SQLite fails a COMMIT (a full disk) it may already have
+// rolled back, sqlx's own rollback then fails, and sqlx goes on believing a transaction
+// is open, nesting every later one as a savepoint that is never committed, while each
+// append is still acknowledged. Here every failed write ends with a ROLLBACK
+// (see `run_writer`), whose own error, when no transaction is left, means nothing.
+
+async fn begin(connection: &mut SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+async fn commit(connection: &mut SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query("COMMIT").execute(&mut *connection).await?;
+    Ok(())
+}
+
+/// Ends whatever transaction a failed write left open.
+async fn roll_back(connection: &mut SqliteConnection) {
+    if let Err(error) = sqlx::query("ROLLBACK").execute(&mut *connection).await {
+        tracing::debug!(%error, "rollback after a failed write (usually: none was open)");
+    }
 }
 
 /// The tenant condition of a read. Without a tenant it is a no-op on the (then NULL)
