@@ -123,7 +123,10 @@ pub async fn append_is_idempotent_by_id(store: SharedStore) {
     let first = event(3, None);
     let mut second = first.clone();
     second.event_json = "{\"n\":-3}".into();
-    let results = store.append_batch(vec![first.clone(), second]).await.unwrap();
+    let results = store
+        .append_batch(vec![first.clone(), second])
+        .await
+        .unwrap();
     match &results[1] {
         Appended::Existing(existing) => assert_eq!(existing.event_json, first.event_json),
         Appended::New(_) => panic!("one id stored twice in a batch"),
