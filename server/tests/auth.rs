@@ -324,3 +324,45 @@ async fn concurrent_tenants_never_see_each_other() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_public_key_verifies_tokens() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--jwt-public-key",
+        &format!("{fixtures}/rs256-public.pem"),
+    ]);
+    let private = std::fs::read(format!("{fixtures}/rs256-private.pem")).unwrap();
+    let key = EncodingKey::from_rsa_pem(&private).unwrap();
+    let url = format!("{}/events?after=0", server.base);
+    let client = reqwest::Client::new();
+    let signed = encode(
+        &Header::new(Algorithm::RS256),
+        &claims("dave", "tenant-d"),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(
+        client
+            .get(&url)
+            .bearer_auth(signed)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let forged = hs256(&claims("dave", "tenant-d"), SECRET);
+    assert_eq!(
+        client
+            .get(&url)
+            .bearer_auth(forged)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
