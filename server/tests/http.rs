@@ -496,6 +496,20 @@ async fn healthz_reports_the_head_and_a_dead_store_answers_503() {
     assert_error(&posted, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
 }
 
+/// A long-poll sent now, answered later.
+fn poll(client: &reqwest::Client, url: String) -> tokio::task::JoinHandle<Vec<StoredEvent>> {
+    let request = client.get(url);
+    tokio::spawn(async move {
+        request
+            .send()
+            .await
+            .unwrap()
+            .json::<Vec<StoredEvent>>()
+            .await
+            .unwrap()
+    })
+}
+
 /// Over a real socket: a waiting long-poll wakes on the commit, not on its timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_wakes_on_commit() {
@@ -507,20 +521,7 @@ async fn long_poll_wakes_on_commit() {
     let client = reqwest::Client::new();
 
     let started = Instant::now();
-    let waiting = tokio::spawn({
-        let client = client.clone();
-        let url = format!("{base}/events?after=0&wait=20");
-        async move {
-            client
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Vec<StoredEvent>>()
-                .await
-                .unwrap()
-        }
-    });
+    let waiting = poll(&client, format!("{base}/events?after=0&wait=20"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!waiting.is_finished(), "the poll answered before any event");
     let id = Uuid::now_v7();
@@ -541,19 +542,7 @@ async fn long_poll_wakes_on_commit() {
     );
 
     // Begin shutdown: a waiting poll is answered at once, empty.
-    let waiting = tokio::spawn({
-        let url = format!("{base}/events?after=1&wait=25");
-        async move {
-            client
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Vec<StoredEvent>>()
-                .await
-                .unwrap()
-        }
-    });
+    let waiting = poll(&client, format!("{base}/events?after=1&wait=25"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.begin_shutdown();
     let answered = tokio::time::timeout(Duration::from_secs(10), waiting)
@@ -670,13 +659,7 @@ async fn long_polls_past_the_cap_answer_503_with_retry_after() {
 }
 
 async fn post_via(client: &reqwest::Client, base: &str) {
-    let response = client
-        .post(format!("{base}/events"))
-        .json(&post_body(Uuid::now_v7(), "Thing", "{}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
+    post_via_id(client, base, Uuid::now_v7()).await;
 }
 
 /// A store that counts reads, to see who reads it.
@@ -759,18 +742,7 @@ async fn a_commit_wakes_every_live_poll_without_a_read_per_poll() {
         .unwrap();
 
     let polls: Vec<_> = (0..POLLS)
-        .map(|_| {
-            let request = client.get(format!("{base}/events?after=0&wait=20"));
-            tokio::spawn(async move {
-                request
-                    .send()
-                    .await
-                    .unwrap()
-                    .json::<Vec<StoredEvent>>()
-                    .await
-                    .unwrap()
-            })
-        })
+        .map(|_| poll(&client, format!("{base}/events?after=0&wait=20")))
         .collect();
     // Wait until every poll is parked: none has an answer, and reads have stopped.
     tokio::time::sleep(Duration::from_millis(500)).await;

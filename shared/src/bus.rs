@@ -154,20 +154,10 @@ impl Stream for AnyEventStream {
 mod tests {
     use futures::executor::block_on;
     use futures::StreamExt;
-    use serde::{Deserialize, Serialize};
 
     use super::*;
 
-    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::Event)]
-    struct Created {
-        name: String,
-    }
-
-    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::Event)]
-    #[event(name = "orders.purchased")]
-    struct Purchased {
-        amount: f64,
-    }
+    use crate::test_events::{Created, Purchased};
 
     #[test]
     fn typed_subscribers_see_only_their_type_in_publish_order() {

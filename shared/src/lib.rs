@@ -57,3 +57,20 @@ pub use distributed_events_derive::Event;
 pub use chrono;
 /// Re-exported so that apps name the same versions as this crate.
 pub use uuid;
+
+/// Event types the unit tests share.
+#[cfg(test)]
+mod test_events {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::Event)]
+    pub(crate) struct Created {
+        pub(crate) name: String,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::Event)]
+    #[event(name = "orders.purchased")]
+    pub(crate) struct Purchased {
+        pub(crate) amount: f64,
+    }
+}

@@ -189,20 +189,9 @@ macro_rules! event_registry {
 
 #[cfg(test)]
 mod tests {
-    use serde::{Deserialize, Serialize};
-
     use super::*;
 
-    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::Event)]
-    struct Created {
-        name: String,
-    }
-
-    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::Event)]
-    #[event(name = "orders.purchased")]
-    struct Purchased {
-        amount: f64,
-    }
+    use crate::test_events::{Created, Purchased};
 
     #[test]
     fn registry_round_trips_and_reports_unknown_types() {
