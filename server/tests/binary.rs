@@ -236,3 +236,33 @@ async fn serves_static_files_and_cors_for_configured_origins_only() {
         "scripts must be able to read the cursor: {exposed}"
     );
 }
+
+/// After a restart the server's memory of recent events starts at the stored head, so
+/// a client that polls from the start still gets everything, at once, from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_serves_what_was_stored_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let client = reqwest::Client::new();
+    let first = ServerProcess::sqlite(&db, &[]);
+    for n in 0..5 {
+        let response = client
+            .post(format!("{}/events", first.base))
+            .json(&event(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    drop(first);
+    let second = ServerProcess::sqlite(&db, &[]);
+    let polled: Vec<StoredEvent> = client
+        .get(format!("{}/events?after=0&wait=5", second.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(polled.len(), 5);
+}

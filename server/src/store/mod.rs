@@ -113,6 +113,10 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The highest committed position this process knows of, updated as commits happen
     /// (here or, for shared stores, on other instances). Long-polls wait on it.
+    ///
+    /// It must start at [`head`](EventStore::head) as of opening the store: the server's
+    /// in-memory tail of recent events starts there, and vouches for every position
+    /// after it.
     fn watch_head(&self) -> watch::Receiver<u64>;
 
     /// Flushes and releases the store. Later calls fail with [`StoreError::Closed`].
