@@ -148,35 +148,16 @@ impl TestServer {
             } else {
                 Command::new(server_binary())
             };
-            let mut child = command
+            command
                 .args(["--bind", &self.address, "--database", &database])
                 .args(["--static-dir", "/nonexistent"])
                 .args(&self.extra)
                 .env(
                     "RUST_LOG",
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start distributed-events-server");
-            let stderr = child.stderr.take().expect("piped stderr");
-            let (found, listening) = mpsc::channel();
-            // Drains stderr for the process's whole life, so that it never blocks on a
-            // full pipe; the lines show in the output of a failing test.
-            std::thread::spawn(move || {
-                let mut found = Some(found);
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(url) = line.strip_prefix("listening on http://") {
-                        if let Some(found) = found.take() {
-                            let _ = found.send(url.trim().to_owned());
-                        }
-                    }
-                    eprintln!("[server] {line}");
-                }
-            });
-            match listening.recv_timeout(Duration::from_secs(30)) {
+                );
+            let (mut child, listening) = spawn_listening(command, "server");
+            match listening {
                 Ok(address) => {
                     self.address = address;
                     self.child = Some(child);
@@ -203,4 +184,38 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Starts `command` (the server binary and its arguments), sends its log to the test's
+/// output with `[label]` before each line, and waits for its `listening on http://ADDR`
+/// line: the process and `ADDR`, or why no address came (it exited first, or printed none
+/// within 30 s).
+pub fn spawn_listening(
+    mut command: Command,
+    label: &str,
+) -> (Child, Result<String, mpsc::RecvTimeoutError>) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start distributed-events-server");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (found, listening) = mpsc::channel();
+    let label = label.to_owned();
+    // Drains stderr for the process's whole life, so that it never blocks on a full
+    // pipe; spawned threads inherit the test's output capture.
+    std::thread::spawn(move || {
+        let mut found = Some(found);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(address) = line.strip_prefix("listening on http://") {
+                if let Some(found) = found.take() {
+                    let _ = found.send(address.trim().to_owned());
+                }
+            }
+            eprintln!("[{label}] {line}");
+        }
+    });
+    let address = listening.recv_timeout(Duration::from_secs(30));
+    (child, address)
 }

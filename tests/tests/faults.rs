@@ -33,9 +33,9 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use harness::{
-    assert_exactly_once_in_order, assert_producers_in_order, assert_store_consistent, client,
-    count_backoffs, error_code, note, post_until_acked, publish_steadily, read_all, wait_live,
-    wait_until_stored, Ack, Recorder,
+    assert_producers_in_order, assert_store_consistent, client, count_backoffs, end_with_marker,
+    error_code, note, post_until_acked, publish_steadily, read_all, wait_live, wait_until_stored,
+    Ack, Recorder,
 };
 
 // --- 1. SIGKILL under load ---------------------------------------------------------------
@@ -171,23 +171,7 @@ async fn sigkill_under_load_loses_nothing_acknowledged_and_handlers_see_each_eve
     assert_producers_in_order(&stored, &published);
 
     // A last event marks the end: every handler got all of it, once, in order.
-    let marker = note("marker", 0).to_stored().expect("an event");
-    post_until_acked(&http, &base, &marker, &AtomicUsize::new(0)).await;
-    let mut expected = order;
-    expected.push(marker.id);
-    for recorder in consumers.iter().chain(&producers) {
-        recorder.wait_for(marker.id).await;
-    }
-    for consumer in consumers {
-        let name = consumer.name.clone();
-        let seen = consumer.close().await;
-        assert_exactly_once_in_order(&name, &seen, &expected, true);
-    }
-    for producer in producers {
-        let name = producer.name.clone();
-        let seen = producer.close().await;
-        assert_exactly_once_in_order(&name, &seen, &expected, false);
-    }
+    end_with_marker(&http, &base, order, consumers.into(), producers).await;
 }
 
 // --- 2. a chaos proxy between clients and server -----------------------------------------
@@ -548,7 +532,7 @@ async fn through_a_chaos_proxy_clients_resume_outboxes_drain_and_nothing_is_lost
     // producer's order, and nothing else...
     let all_published: Vec<Uuid> = published.values().flatten().copied().collect();
     let stored = wait_until_stored(&http, &server.url(), &all_published).await;
-    let mut expected = assert_store_consistent(&stored);
+    let expected = assert_store_consistent(&stored);
     assert_eq!(
         stored.len(),
         PRODUCERS * EACH,
@@ -561,22 +545,7 @@ async fn through_a_chaos_proxy_clients_resume_outboxes_drain_and_nothing_is_lost
     }
 
     // A last event marks the end: every handler got all of it, once, in order.
-    let marker = note("marker", 0).to_stored().expect("an event");
-    post_until_acked(&http, &server.url(), &marker, &AtomicUsize::new(0)).await;
-    expected.push(marker.id);
-    for recorder in consumers.iter().chain(&producers) {
-        recorder.wait_for(marker.id).await;
-    }
-    for consumer in consumers {
-        let name = consumer.name.clone();
-        let seen = consumer.close().await;
-        assert_exactly_once_in_order(&name, &seen, &expected, true);
-    }
-    for producer in producers {
-        let name = producer.name.clone();
-        let seen = producer.close().await;
-        assert_exactly_once_in_order(&name, &seen, &expected, false);
-    }
+    end_with_marker(&http, &server.url(), expected, consumers, producers).await;
     for watcher in watchers {
         watcher.await.expect("status watcher");
     }

@@ -28,8 +28,8 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use harness::{
-    assert_exactly_once_in_order, assert_producers_in_order, assert_store_consistent, client,
-    count_backoffs, note, post_until_acked, publish_steadily, wait_until_stored, Recorder,
+    assert_producers_in_order, assert_store_consistent, client, count_backoffs, end_with_marker,
+    publish_steadily, wait_until_stored, Recorder,
 };
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -146,7 +146,7 @@ async fn many_clients_for_a_while_no_errors_every_event_once_in_order_and_memory
     // Everything arrives: the server has each event once, in each client's order...
     let all: Vec<Uuid> = published.values().flatten().copied().collect();
     let stored = wait_until_stored(&http, &base, &all).await;
-    let mut expected = assert_store_consistent(&stored);
+    let expected = assert_store_consistent(&stored);
     assert_eq!(
         stored.len(),
         total,
@@ -154,22 +154,7 @@ async fn many_clients_for_a_while_no_errors_every_event_once_in_order_and_memory
     );
     assert_producers_in_order(&stored, &published);
     // ...and, up to a last marker, every handler got each event once, in order.
-    let marker = note("marker", 0).to_stored().expect("an event");
-    post_until_acked(&http, &base, &marker, &AtomicUsize::new(0)).await;
-    expected.push(marker.id);
-    for recorder in producers.iter().chain(&consumers) {
-        recorder.wait_for(marker.id).await;
-    }
-    for consumer in consumers {
-        let name = consumer.name.clone();
-        let seen = consumer.close().await;
-        assert_exactly_once_in_order(&name, &seen, &expected, true);
-    }
-    for producer in producers {
-        let name = producer.name.clone();
-        let seen = producer.close().await;
-        assert_exactly_once_in_order(&name, &seen, &expected, false);
-    }
+    end_with_marker(&http, &base, expected, consumers, producers).await;
     for watcher in watchers {
         watcher.await.expect("watcher");
     }

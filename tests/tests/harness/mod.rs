@@ -313,6 +313,31 @@ pub fn assert_exactly_once_in_order(
     }
 }
 
+/// Ends a run: posts a last marker event, waits until every handler got it, closes every
+/// client, and asserts that each handler got `expected` and the marker, each once, in
+/// order (consumers in exactly the server's order).
+pub async fn end_with_marker(
+    http: &reqwest::Client,
+    base: &str,
+    mut expected: Vec<Uuid>,
+    consumers: Vec<Recorder>,
+    producers: Vec<Recorder>,
+) {
+    let marker = note("marker", 0).to_stored().expect("an event");
+    post_until_acked(http, base, &marker, &AtomicUsize::new(0)).await;
+    expected.push(marker.id);
+    for recorder in consumers.iter().chain(&producers) {
+        recorder.wait_for(marker.id).await;
+    }
+    for (recorders, exact_order) in [(consumers, true), (producers, false)] {
+        for recorder in recorders {
+            let name = recorder.name.clone();
+            let seen = recorder.close().await;
+            assert_exactly_once_in_order(&name, &seen, &expected, exact_order);
+        }
+    }
+}
+
 /// Counts the times `client` went into `BackingOff`.
 pub fn count_backoffs(client: &EventBusClient, count: &Arc<AtomicUsize>) -> JoinHandle<()> {
     let mut changes = client.status_changes();

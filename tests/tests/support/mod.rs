@@ -4,10 +4,9 @@
 //! cursor header).
 #![allow(dead_code)] // each test binary uses a part
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -87,43 +86,18 @@ impl Server {
     /// and waits for its `listening on` line. Its log goes to the test's output (shown
     /// when the test fails), each line prefixed with `name`.
     pub fn start(name: &str, database: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(distributed_events_tests::server_binary())
-            .args([
-                "--bind",
-                "127.0.0.1:0",
-                "--database",
-                database,
-                "--static-dir",
-                "/nonexistent",
-            ])
+        let mut command = Command::new(distributed_events_tests::server_binary());
+        command
+            .args(["--bind", "127.0.0.1:0", "--database", database])
+            .args(["--static-dir", "/nonexistent"])
             .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start distributed-events-server");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (address, found) = mpsc::channel();
-        let prefix = name.to_owned();
-        // Keeps draining stderr for the process's whole life, so that it never blocks on
-        // a full pipe. Spawned threads inherit the test's output capture.
-        std::thread::spawn(move || {
-            let mut address = Some(address);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening on ") {
-                    if let Some(address) = address.take() {
-                        let _ = address.send(rest.trim().to_owned());
-                    }
-                }
-                eprintln!("[{prefix}] {line}");
-            }
-        });
-        let base = match found.recv_timeout(Duration::from_secs(30)) {
-            Ok(base) => base,
+            );
+        let (mut child, address) = distributed_events_tests::spawn_listening(command, name);
+        let base = match address {
+            Ok(address) => format!("http://{address}"),
             Err(_) => {
                 let _ = child.kill();
                 panic!("{name} did not print `listening on` within 30 s (see its log above)");
