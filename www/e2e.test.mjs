@@ -44,18 +44,45 @@ after(async () => {
   await server?.stop();
 });
 
+/** What each tab said (console, errors, failed requests), for the message of a failed wait. */
+const tabLogs = new WeakMap();
+
 /** A new tab with the board, once it is live. */
 async function openBoard() {
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
-  page.on('pageerror', (error) => pageErrors.push(error));
+  const said = [];
+  tabLogs.set(page, said);
+  page.on('pageerror', (error) => {
+    pageErrors.push(error);
+    said.push(`uncaught: ${error.stack ?? error.message}`);
+  });
+  page.on('console', (message) => said.push(`console.${message.type()}: ${message.text()} (${message.location().url})`));
+  page.on('requestfailed', (request) =>
+    said.push(`request failed: ${request.method()} ${request.url()}: ${request.failure()?.errorText}`),
+  );
+  page.on('crash', () => said.push('the tab crashed'));
   await page.goto(server.url);
   await waitForStatus(page, 'live');
   return page;
 }
 
-function waitForStatus(page, state, timeout = TIMEOUT) {
-  return page.locator(`#status[data-state="${state}"]`).waitFor({ timeout });
+/** Waits until the tab's status indicator shows `state`; says what the tab showed if not. */
+async function waitForStatus(page, state, timeout = TIMEOUT) {
+  try {
+    await page.locator(`#status[data-state="${state}"]`).waitFor({ timeout });
+  } catch (error) {
+    const shown = await page
+      .locator('#status')
+      .evaluate((status) => `${status.dataset.state} ("${status.textContent.trim()}", title "${status.title}")`, null, { timeout: 1000 })
+      .catch((unreadable) => `nothing readable (${unreadable.message})`);
+    const said = tabLogs.get(page)?.join('\n') || '(nothing)';
+    throw new Error(
+      `the tab did not show status ${state} within ${timeout} ms; it shows ${shown}\n` +
+        `what the tab logged:\n${said}\nthe server's log:\n${server.log() || '(nothing)'}`,
+      { cause: error },
+    );
+  }
 }
 
 async function placeOrder(page, customer) {

@@ -27,7 +27,7 @@ export function tempDir() {
  * @param {string} [options.bind] where to listen; the default picks a free port
  * @param {string} [options.database] the SQLite file; the default is a new temporary one
  * @param {string[]} [options.args] more flags, such as `--static-dir`
- * @returns {Promise<{ url: string, bind: string, database: string, stop: () => Promise<void> }>}
+ * @returns {Promise<{ url: string, bind: string, database: string, log: () => string, stop: () => Promise<void> }>}
  */
 export async function startServer({ bind = '127.0.0.1:0', database = join(tempDir(), 'events.db'), args = [] } = {}) {
   if (!existsSync(binary)) {
@@ -74,6 +74,8 @@ export async function startServer({ bind = '127.0.0.1:0', database = join(tempDi
     url: address,
     bind: new URL(address).host,
     database,
+    /** What the server has written to stderr so far. */
+    log: () => log,
     /** Stops the server the way an operator would (SIGTERM) and waits until it is gone. */
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
