@@ -10,8 +10,10 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 ./scripts/setup.sh
 
 step "PostgreSQL"
-# Prints `export DATABASE_URL_TEST=...` once PostgreSQL answers.
-eval "$(./scripts/ci-postgres.sh)"
+# Prints `export DATABASE_URL_TEST=...` once PostgreSQL answers. Not `eval "$(…)"` alone:
+# that ignores the script's failure, and the PostgreSQL tests would then all skip.
+postgres_env=$(./scripts/ci-postgres.sh)
+eval "$postgres_env"
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -376,7 +376,11 @@ async fn read_after(
     }
 }
 
-/// Timestamp mode (the seed's API).
+/// Timestamp mode (the seed's API): events with `createdAt >= since`, from the first
+/// such event on in position order, filtered before the limit as in cursor mode. The
+/// cursor header works as in cursor mode, so a client can go on with `after=`. With no
+/// such event it is the head as of before the read, never 0: a client that starts "from
+/// now" must not replay history.
 async fn read_since(
     server: &EventBusServer,
     principal: &Principal,
@@ -390,23 +394,28 @@ async fn read_since(
             ))
         })?
         .with_timezone(&Utc);
+    let store = &server.inner.store;
+    let tenant = principal.tenant_id.as_deref();
     let filter = server.inner.filter.as_deref();
-    let events: Vec<StoredEvent> = server
-        .inner
-        .store
-        .read_since(since, limit, principal.tenant_id.as_deref())
+    // Read before the search: whatever commits after it lies past it.
+    let head = store.head().await.map_err(AppError::store)?;
+    let first = store
+        .read_since(since, 1, tenant)
         .await
         .map_err(AppError::store)?
-        .into_iter()
-        .filter(|event| is_visible(filter, event, principal))
-        .collect();
-    let cursor = events
-        .iter()
-        .filter_map(|event| event.position)
-        .max()
-        .unwrap_or(0);
-    let events: Vec<Bytes> = events.iter().map(json_of).collect();
-    Ok(events_response(&events, cursor))
+        .first()
+        .and_then(|event| event.position);
+    let Some(first) = first else {
+        return Ok(events_response(&[], head));
+    };
+    let visible =
+        |event: &StoredEvent| event.created_at >= since && is_visible(filter, event, principal);
+    let page = store
+        .read_after(first - 1, limit, tenant, &visible)
+        .await
+        .map_err(AppError::store)?;
+    let events: Vec<Bytes> = page.events.iter().map(json_of).collect();
+    Ok(events_response(&events, page.cursor))
 }
 
 /// A JSON array of already serialized events, with the cursor header.

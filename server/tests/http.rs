@@ -116,6 +116,48 @@ async fn post_then_get_in_both_modes() {
     assert_eq!(after.body, json!([]));
 }
 
+/// Posts an event of `aggregate` created at `created_at`.
+async fn post_at(server: &EventBusServer, aggregate: &str, created_at: &str) {
+    let mut body = post_body(Uuid::now_v7(), "OrderPurchasedEvent", "{}");
+    body["aggregateId"] = json!(aggregate);
+    body["createdAt"] = json!(created_at);
+    assert_eq!(post(server, &body).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_since_query_with_nothing_to_show_answers_the_head_as_cursor_not_zero() {
+    let server = server();
+    for _ in 0..3 {
+        post_at(&server, "old", "2024-12-04T09:00:00Z").await;
+    }
+    // A client that starts "from now" must go on after the head, not replay from 0.
+    let now = get(&server, "/events?since=2024-12-04T10:00:00Z").await;
+    assert_eq!(now.body, json!([]));
+    assert_eq!(now.headers["x-events-cursor"], "3");
+}
+
+#[tokio::test]
+async fn a_since_query_filters_before_the_limit_and_answers_a_cursor_to_go_on_from() {
+    let server = EventBusServer::builder(Arc::new(MemoryStore::new()))
+        .authorization_filter(|event: &StoredEvent, _: &Principal| event.aggregate_id != "hidden")
+        .build();
+    post_at(&server, "old", "2024-12-04T09:00:00Z").await; // 1: before `since`
+    post_at(&server, "hidden", "2024-12-04T10:00:01Z").await; // 2
+    post_at(&server, "hidden", "2024-12-04T10:00:02Z").await; // 3
+    post_at(&server, "a", "2024-12-04T10:00:03Z").await; // 4
+    post_at(&server, "old", "2024-12-04T09:30:00Z").await; // 5: before `since`
+    post_at(&server, "b", "2024-12-04T10:00:04Z").await; // 6
+    post_at(&server, "c", "2024-12-04T10:00:05Z").await; // 7
+
+    let page = get(&server, "/events?since=2024-12-04T10:00:00Z&limit=2").await;
+    let aggregates: Vec<&str> = page.body.as_array().unwrap().iter().map(|e| e["aggregateId"].as_str().unwrap()).collect();
+    assert_eq!(aggregates, ["a", "b"], "a full page of visible events at or after `since`");
+    assert_eq!(page.headers["x-events-cursor"], "6");
+    let rest = get(&server, "/events?after=6").await;
+    assert_eq!(rest.body.as_array().unwrap().len(), 1, "cursor mode goes on from there");
+    assert_eq!(rest.body[0]["aggregateId"], "c");
+}
+
 #[tokio::test]
 async fn bad_queries_answer_400() {
     let server = server();

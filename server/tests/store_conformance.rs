@@ -37,6 +37,11 @@ async fn postgres() -> Option<SharedStore> {
 /// test is skipped.
 async fn postgres_url() -> Option<String> {
     let Ok(url) = std::env::var("DATABASE_URL_TEST") else {
+        // In CI a missing database is a failure, never a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "DATABASE_URL_TEST is not set in CI; scripts/test.sh sets it with scripts/ci-postgres.sh"
+        );
         // Straight to stderr, not `eprintln!`: the test harness hides what `eprintln!`
         // prints in passing tests, and a skip must be seen.
         let _ = writeln!(

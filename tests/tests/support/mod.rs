@@ -19,6 +19,11 @@ pub fn database_url() -> Option<String> {
     match std::env::var("DATABASE_URL_TEST") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
+            // In CI a missing database is a failure, never a skip.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "DATABASE_URL_TEST is not set in CI; scripts/test.sh sets it with scripts/ci-postgres.sh"
+            );
             // Straight to stderr, not `eprintln!`: the harness hides `eprintln!` output of
             // passing tests, and a skip must be seen.
             let _ = writeln!(
