@@ -14,6 +14,7 @@ use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::channel::oneshot;
 use futures::future::{select, AbortHandle, Abortable, Either, FutureExt, Shared};
 use futures::StreamExt;
+use uuid::Uuid;
 
 use crate::backoff::{Backoff, Jitter};
 use crate::broadcast::{Broadcast, Subscription};
@@ -360,13 +361,15 @@ impl Inner {
         if state.status.closed {
             return Err(ClientError::Closed);
         }
-        // Before the event can reach the server, so that its echo is recognised.
-        state.delivery.record_local(event.id);
         if let Some(typed) = typed {
             self.bus.publish_any(typed);
         }
         if self.auto_forward {
+            let state = &mut *state;
             if let Some(outbox) = &state.outbox {
+                // Under the lock, before the event can reach the server, so that its echo
+                // is recognised.
+                state.delivery.expect_echo(event.id);
                 // The receiver lives as long as the client is open.
                 let _ = outbox.unbounded_send(event.clone());
             }
@@ -392,6 +395,12 @@ impl Inner {
         if let Some(cursor) = cursor {
             self.save_cursor(cursor);
         }
+    }
+
+    /// An own event that will not come back from the server: it was refused, or could
+    /// not be sent at all.
+    fn forget_echo(&self, id: Uuid) {
+        self.lock().delivery.forget_echo(id);
     }
 
     /// Hands one received event to the subscribers.
@@ -585,6 +594,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
         let request = match protocol::post_request(&inner.base, &event) {
             Ok(request) => request,
             Err(error) => {
+                inner.forget_echo(event.id);
                 inner.report(error);
                 continue;
             }
@@ -606,6 +616,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
                     inner.back_off(Side::Send, error, delay).await;
                 }
                 Err(Failure::Refused(error)) => {
+                    inner.forget_echo(event.id);
                     inner.set_status(Side::Send, Status::Live);
                     inner.report(match error {
                         ClientError::Http {
@@ -624,6 +635,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
                 }
                 Err(Failure::Reset { code, .. }) => {
                     // Not an answer a post can get; treat it as a refusal.
+                    inner.forget_echo(event.id);
                     inner.set_status(Side::Send, Status::Live);
                     inner.report(ClientError::Rejected {
                         event: Box::new(event),

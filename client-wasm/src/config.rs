@@ -190,7 +190,8 @@ impl ClientBuilder {
     }
 
     /// How many recently dispatched event ids are remembered to drop repeats (default
-    /// 4096).
+    /// 4096). The client's own forwarded events are remembered apart, until they come
+    /// back from the server, so this bound does not apply to them.
     pub fn dedup_capacity(mut self, capacity: usize) -> Self {
         self.dedup_capacity = capacity;
         self

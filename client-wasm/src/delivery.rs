@@ -1,18 +1,29 @@
 //! The delivery core: which received events reach the application, and where the cursor
 //! stands. Pure state, no I/O, so that every rule is tested here directly.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use distributed_events_shared::StoredEvent;
 use uuid::Uuid;
 
-/// The cursor and the ids recently dispatched.
+/// At most this many own events are remembered as sent but not back from the server yet
+/// (about 1.5 MiB of ids at most). An echo comes back unless the server refuses the
+/// event (that id is forgotten at once) or hides it from this client, so the bound is
+/// reached only by that or by a very long outage; past it, the oldest id moves to the
+/// recent ids, where `dedup_capacity` other events evict it.
+pub(crate) const AWAITING_ECHO_CAPACITY: usize = 16_384;
+
+/// The cursor, the ids recently dispatched, and the own events still to come back.
 #[derive(Debug)]
 pub(crate) struct Delivery {
     /// The `after` of the next poll: every event at or below it was dispatched (or the
     /// server said it may be skipped). `None` before the start position is known.
     cursor: Option<u64>,
     recent: RecentIds,
+    /// Own events sent to the server, kept apart from `recent` so that other traffic
+    /// (a long catch-up, or others publishing while the outbox waits out an outage)
+    /// cannot evict them before their echo arrives.
+    awaiting_echo: AwaitingEcho,
 }
 
 impl Delivery {
@@ -20,6 +31,7 @@ impl Delivery {
         Self {
             cursor,
             recent: RecentIds::new(capacity),
+            awaiting_echo: AwaitingEcho::new(AWAITING_ECHO_CAPACITY),
         }
     }
 
@@ -32,16 +44,39 @@ impl Delivery {
         self.cursor.get_or_insert(cursor);
     }
 
-    /// Records an event this client dispatched itself (a local publish), so that its echo
-    /// from the server is not dispatched a second time.
-    pub(crate) fn record_local(&mut self, id: Uuid) {
-        self.recent.insert(id);
+    /// Records an event this client dispatched itself (a local publish) and sends to the
+    /// server, so that its echo is not dispatched a second time, however many other
+    /// events arrive before it. Events that are not sent need no record: they never come
+    /// back.
+    pub(crate) fn expect_echo(&mut self, id: Uuid) {
+        // Already dispatched (an app republishing a received event): nothing to wait for.
+        if self.recent.contains(&id) {
+            return;
+        }
+        if let Some(oldest) = self.awaiting_echo.insert(id) {
+            self.recent.insert(oldest);
+        }
+    }
+
+    /// The server refused an event recorded with [`expect_echo`](Self::expect_echo): it
+    /// will not come back. Its id stays among the recent ones, as a dispatched id does.
+    pub(crate) fn forget_echo(&mut self, id: Uuid) {
+        if self.awaiting_echo.remove(&id) {
+            self.recent.insert(id);
+        }
+    }
+
+    /// How many own events are still to come back.
+    #[cfg(test)]
+    pub(crate) fn awaiting_echoes(&self) -> usize {
+        self.awaiting_echo.ids.len()
     }
 
     /// Hands the new events of a page to `dispatch`, in order, then moves the cursor to
-    /// the page's `next` cursor. An event is skipped when it lies at or below the cursor
-    /// or its id was dispatched recently. The cursor moves past an event only after
-    /// `dispatch` returned, so an interrupted page is fetched again from that event on.
+    /// the page's `next` cursor. An event is skipped when it lies at or below the cursor,
+    /// its id was dispatched recently, or it is the echo of an own event. The cursor
+    /// moves past an event only after `dispatch` returned, so an interrupted page is
+    /// fetched again from that event on.
     ///
     /// The cursor never moves back here; only [`Delivery::reset`] does that.
     pub(crate) fn apply_page(
@@ -53,8 +88,12 @@ impl Delivery {
         for event in events {
             let position = event.position;
             let behind = matches!((position, self.cursor), (Some(position), Some(cursor)) if position <= cursor);
-            if !behind && !self.recent.contains(&event.id) {
-                let id = event.id;
+            let id = event.id;
+            if self.awaiting_echo.remove(&id) {
+                // Dispatched when it was published; from now on its repeats are dropped
+                // like those of any dispatched event.
+                self.recent.insert(id);
+            } else if !behind && !self.recent.contains(&id) {
                 dispatch(event);
                 self.recent.insert(id);
             }
@@ -109,6 +148,55 @@ impl RecentIds {
             if let Some(oldest) = self.order.pop_front() {
                 self.set.remove(&oldest);
             }
+        }
+    }
+}
+
+/// Ids in insertion order, bounded, with removal of any of them: the own events that
+/// have not come back yet.
+#[derive(Debug)]
+struct AwaitingEcho {
+    /// Each id with its insertion number, the key of `order`.
+    ids: HashMap<Uuid, u64>,
+    order: BTreeMap<u64, Uuid>,
+    next: u64,
+    capacity: usize,
+}
+
+impl AwaitingEcho {
+    fn new(capacity: usize) -> Self {
+        Self {
+            ids: HashMap::new(),
+            order: BTreeMap::new(),
+            next: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Adds `id`; returns the oldest id when that had to go to keep the bound.
+    fn insert(&mut self, id: Uuid) -> Option<Uuid> {
+        if self.ids.contains_key(&id) {
+            return None;
+        }
+        self.ids.insert(id, self.next);
+        self.order.insert(self.next, id);
+        self.next += 1;
+        if self.ids.len() <= self.capacity {
+            return None;
+        }
+        let (_, oldest) = self.order.pop_first()?;
+        self.ids.remove(&oldest);
+        Some(oldest)
+    }
+
+    /// Whether `id` was there.
+    fn remove(&mut self, id: &Uuid) -> bool {
+        match self.ids.remove(id) {
+            Some(number) => {
+                self.order.remove(&number);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -193,7 +281,7 @@ mod tests {
     fn a_local_event_is_not_dispatched_again_when_it_comes_back() {
         let mut delivery = Delivery::new(Some(0), 100);
         let own = event(1);
-        delivery.record_local(own.id);
+        delivery.expect_echo(own.id);
         let mut seen = Vec::new();
         delivery.apply_page(vec![own, event(2)], 2, |e| seen.push(e));
         assert_eq!(positions(&seen), [2]);
@@ -201,6 +289,84 @@ mod tests {
             delivery.cursor(),
             Some(2),
             "the echo still moves the cursor"
+        );
+        assert!(
+            delivery.awaiting_echo.ids.is_empty(),
+            "nothing left to wait for"
+        );
+    }
+
+    #[test]
+    fn an_own_event_is_not_dispatched_again_however_many_others_arrive_before_its_echo() {
+        // Published during a catch-up, or while the outbox waited out an outage: far more
+        // than `dedup_capacity` other events are dispatched before the echo.
+        let capacity = 100;
+        let mut delivery = Delivery::new(Some(0), capacity);
+        let own = event(3 * capacity as u64 + 1);
+        delivery.expect_echo(own.id);
+        let others: Vec<_> = (1..=3 * capacity as u64).map(event).collect();
+        let mut seen = Vec::new();
+        for page in others.chunks(capacity / 2) {
+            let next = page.last().and_then(|e| e.position).unwrap_or_default();
+            delivery.apply_page(page.to_vec(), next, |e| seen.push(e));
+        }
+        delivery.apply_page(vec![own.clone()], 3 * capacity as u64 + 1, |e| seen.push(e));
+        assert_eq!(seen.len(), others.len(), "only the others were dispatched");
+        assert!(
+            seen.iter().all(|e| e.id != own.id),
+            "the echo was not dispatched"
+        );
+        assert_eq!(delivery.cursor(), own.position);
+        // A repeat of the echo (the server replays after a reset) is dropped as well.
+        delivery.reset(3 * capacity as u64);
+        delivery.apply_page(vec![own.clone()], 3 * capacity as u64 + 1, |e| seen.push(e));
+        assert!(seen.iter().all(|e| e.id != own.id), "nor its repeat");
+    }
+
+    #[test]
+    fn an_own_event_the_server_refused_is_no_longer_awaited() {
+        let mut delivery = Delivery::new(Some(0), 100);
+        let refused = event(1);
+        delivery.expect_echo(refused.id);
+        delivery.forget_echo(refused.id);
+        assert!(delivery.awaiting_echo.ids.is_empty());
+        // Its id counts as recently dispatched, as before it was sent.
+        let mut seen = Vec::new();
+        delivery.apply_page(vec![refused], 1, |e| seen.push(e));
+        assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn own_events_awaited_are_bounded_and_the_oldest_moves_to_the_recent_ids() {
+        let mut delivery = Delivery::new(Some(0), 100);
+        delivery.awaiting_echo = AwaitingEcho::new(2);
+        let own: Vec<_> = (1..=3).map(event).collect();
+        for event in &own {
+            delivery.expect_echo(event.id);
+            delivery.expect_echo(event.id);
+        }
+        assert_eq!(delivery.awaiting_echo.ids.len(), 2);
+        assert_eq!(delivery.awaiting_echo.order.len(), 2);
+        assert!(!delivery.awaiting_echo.ids.contains_key(&own[0].id));
+        assert!(
+            delivery.recent.contains(&own[0].id),
+            "still dropped for a while"
+        );
+        let mut seen = Vec::new();
+        delivery.apply_page(own, 3, |e| seen.push(e));
+        assert!(seen.is_empty());
+        assert!(delivery.awaiting_echo.order.is_empty());
+    }
+
+    #[test]
+    fn a_received_event_published_again_is_not_awaited() {
+        let mut delivery = Delivery::new(Some(0), 100);
+        let received = event(1);
+        delivery.apply_page(vec![received.clone()], 1, |_| {});
+        delivery.expect_echo(received.id);
+        assert!(
+            delivery.awaiting_echo.ids.is_empty(),
+            "its echo would lie behind the cursor and never come"
         );
     }
 

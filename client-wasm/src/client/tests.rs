@@ -372,6 +372,53 @@ fn own_events_are_not_dispatched_again_when_they_come_back() {
 }
 
 #[test]
+fn an_own_event_published_during_a_long_catch_up_is_dispatched_once() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    for n in 1..=20 {
+        fake.append(ping(n));
+    }
+    // Far fewer remembered ids than events to catch up on before the echo.
+    let client = fake.client(|b| {
+        b.initial_position(0)
+            .auto_forward(true)
+            .dedup_capacity(4)
+            .page_size(5)
+    });
+    let mut typed = client.on::<Ping>();
+    client
+        .publish(DomainEvent::new("own", Ping { n: 100 }))
+        .unwrap();
+    fake.settle(&mut pool);
+
+    assert_eq!(fake.positions().len(), 21, "stored after the 20 others");
+    let payloads: Vec<_> = drain(&mut typed).iter().map(|e| e.payload.n).collect();
+    let mut expected = vec![100];
+    expected.extend(1..=20);
+    assert_eq!(payloads, expected, "the own event once, from the publish");
+    assert_eq!(client.cursor(), Some(21), "its echo moved the cursor");
+}
+
+#[test]
+fn without_auto_forward_own_events_are_not_awaited_from_the_server() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = fake.client(|b| b.initial_position(0));
+    let mut typed = client.on::<Ping>();
+    for n in 1..=3 {
+        client.publish(DomainEvent::new("a", Ping { n })).unwrap();
+    }
+    fake.settle(&mut pool);
+    assert!(fake.positions().is_empty(), "nothing was sent");
+    assert_eq!(
+        client.inner().lock().delivery.awaiting_echoes(),
+        0,
+        "an event never sent never comes back, so nothing is kept for it"
+    );
+    assert_eq!(drain(&mut typed).len(), 3);
+}
+
+#[test]
 fn the_outbox_retries_with_backoff_and_the_server_stores_each_event_once() {
     let fake = Fake::default();
     let mut pool = LocalPool::new();
@@ -435,6 +482,11 @@ fn an_event_the_server_refuses_is_reported_and_dropped() {
 
     let ids: Vec<_> = fake.state().log.iter().map(|e| e.id).collect();
     assert_eq!(ids, [next.id]);
+    assert_eq!(
+        client.inner().lock().delivery.awaiting_echoes(),
+        0,
+        "neither the refused event nor the stored one is still awaited"
+    );
     let errors = drain(&mut errors);
     assert!(
         matches!(&errors[..], [ClientError::Rejected { event, code, .. }] if event.id == refused.id && code == "id_conflict"),
