@@ -10,8 +10,9 @@ use distributed_events_shared::{Context, StoredEvent};
 /// The authenticated caller. An unauthenticated server treats everyone as
 /// `Principal::default()`.
 ///
-/// When `tenant_id` or `user_id` is set, the server stamps it on every event the caller
-/// posts, whatever the body says, and shows the caller only events of its own tenant.
+/// With an authenticator, the server stamps `tenant_id` and `user_id` (and `session_id`
+/// when set) on every event the caller posts, whatever the body says, and shows the
+/// caller only events of its own tenant when `tenant_id` is set.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Principal {
     /// The caller's user id.

@@ -1,5 +1,6 @@
 //! The HTTP edge: `GET /events`, `POST /events` and `GET /healthz` (docs/PROTOCOL.md).
 
+use std::any::Any;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -15,6 +16,7 @@ use chrono::{DateTime, Utc};
 use distributed_events_shared::wire::{codes, ErrorBody, CURSOR_HEADER, REPLAYED_HEADER};
 use distributed_events_shared::StoredEvent;
 use serde::Deserialize;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
@@ -35,8 +37,8 @@ pub struct Limits {
     /// Most long-polls waiting at once; past it a poll that would wait answers `503`
     /// with `Retry-After` (default 10,000).
     pub max_long_polls: usize,
-    /// Longest time a request may take beyond its own `wait` before it is answered
-    /// `503` (default 30 s).
+    /// Longest time a request may take beyond the longest `wait` ([`max_wait`](Self::max_wait))
+    /// before it is answered `503` (default 30 s, so 60 s in all).
     pub request_timeout: Duration,
 }
 
@@ -74,6 +76,9 @@ pub(crate) enum AppError {
         retry_after: Duration,
         reason: &'static str,
     },
+    NotFound,
+    MethodNotAllowed,
+    Internal,
 }
 
 impl AppError {
@@ -133,6 +138,24 @@ impl IntoResponse for AppError {
                 "the event store is unavailable; retry later".to_owned(),
                 None,
             ),
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                codes::NOT_FOUND,
+                "no such resource; the API is `GET /events`, `POST /events` and `GET /healthz`".to_owned(),
+                None,
+            ),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                codes::METHOD_NOT_ALLOWED,
+                "method not allowed here: `/events` takes GET and POST, `/healthz` GET".to_owned(),
+                None,
+            ),
+            Self::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::INTERNAL,
+                "internal error; the server's log has the detail".to_owned(),
+                None,
+            ),
             Self::Overloaded { retry_after, reason } => {
                 let body = ErrorBody {
                     error: format!("{reason}; retry after {} s", retry_after.as_secs()),
@@ -157,9 +180,28 @@ pub(crate) fn router(server: EventBusServer) -> Router {
     Router::new()
         .route("/events", get(get_events).post(post_event))
         .route("/healthz", get(healthz))
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(server.clone(), deadline))
+        // A panic (in an app's authenticator, say) answers 500 rather than dropping the
+        // connection; the detail goes to the log.
+        .layer(CatchPanicLayer::custom(|panic: Box<dyn Any + Send>| {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%detail, "a request handler panicked");
+            AppError::Internal.into_response()
+        }))
         .with_state(server)
+}
+
+/// The JSON `404` for paths the API does not have: the binary's fallback when it serves
+/// no static files, and for files its static folder does not have. An app that mounts
+/// [`EventBusServer::router`] can use it as its own fallback.
+pub async fn not_found() -> Response {
+    AppError::NotFound.into_response()
 }
 
 /// Answers `503` when a request outlives its `wait` by more than the request timeout,
@@ -179,18 +221,34 @@ async fn deadline(State(server): State<EventBusServer>, request: Request, next: 
     }
 }
 
-/// A CORS layer for browser clients on `origins` (`*` allows any origin).
-pub fn cors_layer(origins: &[String]) -> CorsLayer {
+/// An origin for [`cors_layer`] that is not `*` nor `scheme://host[:port]`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid CORS origin {0:?}: use `*` or an origin such as `https://app.example.com` or `http://localhost:5173` (no path, no trailing slash)")]
+pub struct InvalidOrigin(String);
+
+/// A CORS layer for browser clients on `origins` (`*` allows any origin). Refuses a
+/// value that no browser would ever send as its `Origin`, which would silently match
+/// nothing.
+pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, InvalidOrigin> {
     let allow_origin = if origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
-        )
+        let values = origins
+            .iter()
+            .map(|origin| {
+                let (scheme, host) = origin.split_once("://").unwrap_or_default();
+                let well_formed = matches!(scheme, "http" | "https")
+                    && !host.is_empty()
+                    && !host.contains(['/', '?', '#', ' ']);
+                well_formed
+                    .then(|| HeaderValue::from_str(origin).ok())
+                    .flatten()
+                    .ok_or_else(|| InvalidOrigin(origin.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(values)
     };
-    CorsLayer::new()
+    Ok(CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([CONTENT_TYPE, axum::http::header::AUTHORIZATION])
@@ -198,7 +256,7 @@ pub fn cors_layer(origins: &[String]) -> CorsLayer {
             HeaderName::from_static(CURSOR_HEADER),
             HeaderName::from_static(REPLAYED_HEADER),
             axum::http::header::RETRY_AFTER,
-        ])
+        ]))
 }
 
 /// The authenticated caller of a request.

@@ -64,24 +64,32 @@ impl JwtAuthenticator {
                 Algorithm::ES256,
             ),
         };
+        let mut validation = Validation::new(algorithm);
+        validation.validate_nbf = true;
+        // Without a configured audience, a token's `aud` is not checked (most providers
+        // set one); with one, it must match (see `audience`).
+        validation.validate_aud = false;
         Ok(Self {
             key,
-            validation: Validation::new(algorithm),
+            validation,
             tenant_claim: "tenant_id".to_owned(),
         })
     }
 
-    /// Accept only tokens with this `iss`.
+    /// Accept only tokens with this `iss`; a token without one is refused.
     #[must_use]
     pub fn issuer(mut self, issuer: &str) -> Self {
         self.validation.set_issuer(&[issuer]);
+        self.validation.required_spec_claims.insert("iss".into());
         self
     }
 
-    /// Accept only tokens with this `aud`.
+    /// Accept only tokens with this `aud`; a token without one is refused.
     #[must_use]
     pub fn audience(mut self, audience: &str) -> Self {
         self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self.validation.required_spec_claims.insert("aud".into());
         self
     }
 

@@ -60,7 +60,7 @@ use uuid::Uuid;
 
 pub use auth::{AuthRejection, Authenticator, FilterOutcome, Principal};
 pub use distributed_events_shared::*;
-pub use http::{cors_layer, Limits};
+pub use http::{cors_layer, not_found, InvalidOrigin, Limits};
 pub use jwt::{JwtAuthenticator, JwtKey, JwtKeyError};
 
 use auth::AuthorizationFilter;
@@ -368,12 +368,15 @@ impl EventBusServer {
                 "`eventJson` nests deeper than {MAX_PAYLOAD_DEPTH} levels; clients could not decode it"
             )));
         }
-        // Identity comes from authentication, never from the body.
-        if principal.tenant_id.is_some() {
+        // Identity comes from authentication, never from the body: with an
+        // authenticator, a principal without a user (a token without `sub`) posts events
+        // without one rather than with whatever the body claims.
+        if self.inner.authenticator.is_some() {
             event.tenant_id.clone_from(&principal.tenant_id);
-        }
-        if principal.user_id.is_some() {
             event.user_id.clone_from(&principal.user_id);
+            if principal.session_id.is_some() {
+                event.session_id.clone_from(&principal.session_id);
+            }
         }
         event.position = None;
         event.created_at = normalize_time(event.created_at);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use distributed_events_server::{
-    cors_layer, store, EventBusServer, JwtAuthenticator, JwtKey, Limits,
+    cors_layer, not_found, store, EventBusServer, JwtAuthenticator, JwtKey, Limits,
 };
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
@@ -158,6 +158,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.retention.is_zero() || args.cleanup_interval.is_zero() {
         return Err("--retention and --cleanup-interval must be longer than zero".into());
     }
+    let cors = (!args.cors_origins.is_empty())
+        .then(|| cors_layer(&args.cors_origins))
+        .transpose()?;
     let store = store::open(&args.database).await.map_err(|error| {
         format!(
             "cannot open the database {}: {error}",
@@ -186,12 +189,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut app = server.router();
     if args.static_dir.is_dir() {
         tracing::info!(dir = %args.static_dir.display(), "serving static files at /");
-        app = app.fallback_service(ServeDir::new(&args.static_dir));
+        app = app.fallback_service(
+            ServeDir::new(&args.static_dir).not_found_service(axum::routing::any(not_found)),
+        );
     } else {
         tracing::info!(dir = %args.static_dir.display(), "no static files to serve (build the demo page first)");
+        app = app.fallback(not_found);
     }
-    if !args.cors_origins.is_empty() {
-        app = app.layer(cors_layer(&args.cors_origins));
+    if let Some(cors) = cors {
+        app = app.layer(cors);
     }
     let app = app.layer(TraceLayer::new_for_http());
 

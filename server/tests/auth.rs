@@ -366,3 +366,71 @@ async fn rs256_public_key_verifies_tokens() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_audience_and_not_before_are_enforced_and_a_token_without_sub_claims_no_user() {
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-issuer",
+        "https://id.example",
+        "--jwt-audience",
+        "events",
+    ]);
+    let client = reqwest::Client::new();
+    let events = format!("{}/events", server.base);
+    let token = |extra: Value| {
+        let mut claims = json!({"sub": "ada", "tenant_id": "t", "exp": now() + 600, "iss": "https://id.example", "aud": "events"});
+        for (key, value) in extra.as_object().unwrap() {
+            if value.is_null() {
+                claims.as_object_mut().unwrap().remove(key);
+            } else {
+                claims[key] = value.clone();
+            }
+        }
+        hs256(&claims, SECRET)
+    };
+    let status = |token: String| {
+        let request = client.get(format!("{events}?after=0")).bearer_auth(token);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(status(token(json!({}))).await, 200);
+    for (case, extra) in [
+        ("no iss", json!({"iss": null})),
+        ("another iss", json!({"iss": "https://evil.example"})),
+        ("no aud", json!({"aud": null})),
+        ("another aud", json!({"aud": "billing"})),
+        ("not valid for an hour yet", json!({"nbf": now() + 3600})),
+    ] {
+        assert_eq!(status(token(extra)).await, 401, "{case}");
+    }
+
+    // A verified token without `sub`: the body's userId is not taken instead.
+    let subless = token(json!({"sub": null}));
+    let posted = client
+        .post(&events)
+        .bearer_auth(&subless)
+        .json(&event(0, "t"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    let seen: Vec<Value> = client
+        .get(format!("{events}?after=0"))
+        .bearer_auth(&subless)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0]["userId"],
+        Value::Null,
+        "not the body's `someone-else`"
+    );
+    assert_eq!(seen[0]["tenantId"], "t");
+}

@@ -189,12 +189,26 @@ async fn malformed_requests_get_json_4xx_and_change_nothing() {
         b"/site/../../e.db",
         b"/....//e.db",
     ] {
-        let (status, body) = raw(base, &get_raw(target)).await;
-        assert!(
-            (400..500).contains(&status) && !body.contains("SQLite"),
-            "{}: {status}",
-            String::from_utf8_lossy(target)
-        );
+        let answer = raw(base, &get_raw(target)).await;
+        assert!(!answer.1.contains("SQLite"));
+        assert_json_4xx(&String::from_utf8_lossy(target), &answer);
+    }
+
+    // Paths and methods the API does not have.
+    for (what, request) in [
+        ("unknown path", get_raw(b"/nope")),
+        ("unknown API path", get_raw(b"/events/1")),
+        (
+            "PUT /events",
+            b"PUT /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "DELETE /healthz",
+            b"DELETE /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+    ] {
+        assert_json_4xx(what, &raw(base, &request).await);
     }
 
     // Requests that are not valid HTTP (control characters in a header, an oversized

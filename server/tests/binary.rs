@@ -266,3 +266,28 @@ async fn a_restarted_server_serves_what_was_stored_before() {
         .unwrap();
     assert_eq!(polled.len(), 5);
 }
+
+#[test]
+fn a_cors_origin_no_browser_would_send_fails_at_start() {
+    for origin in [
+        "http://app.example/",
+        "app.example",
+        "http://app.example/path",
+        "ftp://app.example",
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_distributed-events-server"))
+            .args([
+                "--database",
+                "memory",
+                "--bind",
+                "127.0.0.1:0",
+                "--cors-origin",
+                origin,
+            ])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{origin} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("invalid CORS origin"), "{origin}: {stderr}");
+    }
+}

@@ -150,11 +150,25 @@ async fn a_since_query_filters_before_the_limit_and_answers_a_cursor_to_go_on_fr
     post_at(&server, "c", "2024-12-04T10:00:05Z").await; // 7
 
     let page = get(&server, "/events?since=2024-12-04T10:00:00Z&limit=2").await;
-    let aggregates: Vec<&str> = page.body.as_array().unwrap().iter().map(|e| e["aggregateId"].as_str().unwrap()).collect();
-    assert_eq!(aggregates, ["a", "b"], "a full page of visible events at or after `since`");
+    let aggregates: Vec<&str> = page
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["aggregateId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        aggregates,
+        ["a", "b"],
+        "a full page of visible events at or after `since`"
+    );
     assert_eq!(page.headers["x-events-cursor"], "6");
     let rest = get(&server, "/events?after=6").await;
-    assert_eq!(rest.body.as_array().unwrap().len(), 1, "cursor mode goes on from there");
+    assert_eq!(
+        rest.body.as_array().unwrap().len(),
+        1,
+        "cursor mode goes on from there"
+    );
     assert_eq!(rest.body[0]["aggregateId"], "c");
 }
 
@@ -813,4 +827,37 @@ async fn post_via_id(client: &reqwest::Client, base: &str, id: Uuid) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_panicking_authenticator_answers_500_with_a_json_error_and_the_server_goes_on() {
+    let server = EventBusServer::builder(Arc::new(MemoryStore::new()))
+        .authenticator(|headers: axum::http::HeaderMap| async move {
+            if headers.contains_key("x-panic") {
+                panic!("the app's authenticator has a bug");
+            }
+            Ok::<_, AuthRejection>(Principal::default())
+        })
+        .build();
+    let request = Request::get("/events?after=0")
+        .header("x-panic", "1")
+        .body(Body::empty())
+        .unwrap();
+    let answer = call(&server, request).await;
+    assert_error(&answer, StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert!(
+        !answer.body["error"].as_str().unwrap().contains("bug"),
+        "no detail in the body"
+    );
+    assert_eq!(get(&server, "/events?after=0").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_method_the_api_does_not_take_answers_405_with_a_json_error() {
+    let request = Request::put("/events").body(Body::empty()).unwrap();
+    assert_error(
+        &call(&server(), request).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
 }

@@ -121,6 +121,10 @@ pub mod codes {
     /// The cursor is past every event the server ever stored (410), as after the store
     /// was replaced; resume from `resumeAfter`.
     pub const CURSOR_AHEAD: &str = "cursor_ahead";
+    /// No such path (404).
+    pub const NOT_FOUND: &str = "not_found";
+    /// The path does not take this method (405).
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     /// The body is larger than the server accepts (413).
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     /// The body is not `application/json` (415).
