@@ -572,6 +572,11 @@ async fn fetch(
         .collect()
 }
 
+/// How long the listener may hear nothing before it checks its connection with a query.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long that query may take before the connection counts as dead.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// First wait of the listener before it connects again; doubles up to 2 s.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -612,7 +617,22 @@ async fn listen(
     tracing::debug!(%channel, "listening for commits of other instances");
     *backoff = FIRST_BACKOFF;
     loop {
-        match listener.try_recv().await {
+        let Ok(received) = tokio::time::timeout(HEARTBEAT, listener.try_recv()).await else {
+            // Quiet for a while. A half-open connection (a firewall that dropped the flow)
+            // would stay quiet for ever, and this instance would never hear of other
+            // instances' commits: a query proves the connection alive, and catches up.
+            match tokio::time::timeout(HEARTBEAT_TIMEOUT, read_head(&mut listener)).await {
+                Ok(Ok(position)) => advance(head, position),
+                Ok(Err(error)) => return error,
+                Err(_) => {
+                    return StoreError::Unavailable(format!(
+                        "the listener's connection did not answer within {HEARTBEAT_TIMEOUT:?}"
+                    ))
+                }
+            }
+            continue;
+        };
+        match received {
             Ok(Some(notification)) => match notification.payload().parse::<u64>() {
                 Ok(position) => advance(head, position),
                 Err(_) => tracing::warn!(
