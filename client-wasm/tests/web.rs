@@ -70,6 +70,11 @@ export function lastAuthorization() {
   const last = globalThis.__fetches[globalThis.__fetches.length - 1];
   return last ? last.request.headers.get("authorization") : null;
 }
+export function urlsWithAuthorization(authorization) {
+  return globalThis.__fetches
+    .filter((f) => f.request.headers.get("authorization") === authorization)
+    .map((f) => f.request.url);
+}
 export function handler(log) {
   return (value) => { log.push(value); };
 }
@@ -82,6 +87,9 @@ extern "C" {
     fn fetches_aborted_while_pending() -> u32;
     #[wasm_bindgen(js_name = lastAuthorization)]
     fn last_authorization() -> Option<String>;
+    /// The URLs of the fetches since `trackFetches()` that carried this `Authorization`.
+    #[wasm_bindgen(js_name = urlsWithAuthorization)]
+    fn urls_with_authorization(authorization: &str) -> js_sys::Array;
     /// A JS function that appends its argument to `log`: a handler as an app writes it.
     fn handler(log: &js_sys::Array) -> Function;
 }
@@ -294,6 +302,10 @@ async fn options_and_arguments_fail_with_js_errors_that_say_what_to_do() {
             "pollingInterval",
         ),
         (
+            self::options(r#", "live": true, "pollingInterval": 1000"#),
+            "set one of them",
+        ),
+        (
             self::options(r#", "initialTimestamp": "yesterday""#),
             "RFC 3339",
         ),
@@ -326,6 +338,33 @@ async fn options_and_arguments_fail_with_js_errors_that_say_what_to_do() {
         )
         .expect_err("undefined is no JSON");
     assert_eq!(get(&not_json, "code"), "invalid_event");
+    settled(client.close()).await.expect("close");
+}
+
+#[wasm_bindgen_test]
+async fn a_polling_interval_alone_polls_instead_of_long_polling() {
+    trackFetches();
+    // A token of its own tells this client's requests from those of other clients.
+    let token = unique("poll");
+    let get_token = Function::new_no_args(&format!("return '{token}';"));
+    let options = js_sys::JSON::parse(&options(r#", "pollingInterval": 50"#)).expect("options");
+    Reflect::set(&options, &"getToken".into(), &get_token).expect("set getToken");
+    let client = distributed_events_client::js::JsEventBusClient::new(options).expect("client");
+    let authorization = format!("Bearer {token}");
+    let polls = || -> Vec<String> {
+        urls_with_authorization(&authorization)
+            .iter()
+            .filter_map(|url| url.as_string())
+            .filter(|url| url.contains("/events?"))
+            .collect()
+    };
+    // A long-polling client would be waiting at the server after its first poll.
+    eventually("three polls", || polls().len() >= 3).await;
+    let polls = polls();
+    assert!(
+        polls.iter().all(|url| !url.contains("wait=")),
+        "no poll waits at the server: {polls:?}"
+    );
     settled(client.close()).await.expect("close");
 }
 

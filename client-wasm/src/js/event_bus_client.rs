@@ -298,8 +298,21 @@ impl Options {
     fn into_builder(self) -> Result<crate::ClientBuilder, JsValue> {
         let mut builder = EventBusClient::builder(self.server_url)
             .auto_forward(self.auto_forward.unwrap_or(false));
-        if !self.live.unwrap_or(true) {
-            let interval = match self.polling_interval {
+        // Polling when asked for by `live: false` or by a `pollingInterval` (the seed's
+        // option) alone; long-polling otherwise.
+        let polling = match (self.live, self.polling_interval) {
+            (Some(true), Some(_)) => {
+                return Err(invalid_options(
+                    "live: true long-polls and pollingInterval polls at a fixed interval; \
+                     set one of them, not both",
+                ))
+            }
+            (Some(false), millis) => Some(millis),
+            (None, Some(millis)) => Some(Some(millis)),
+            (_, None) => None,
+        };
+        if let Some(millis) = polling {
+            let interval = match millis {
                 None => DEFAULT_POLLING_INTERVAL,
                 Some(millis) => Duration::try_from_secs_f64(millis / 1000.0)
                     .ok()

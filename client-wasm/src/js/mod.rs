@@ -24,9 +24,9 @@ export type JsonValue = string | number | boolean | null | JsonValue[] | { [key:
 export interface EventBusClientOptions {
   /** The server's base URL, such as `"https://events.example.com"` (or `"/api"` for the page's own origin). */
   serverUrl: string;
-  /** Long-poll, so that events arrive within milliseconds (default `true`). `false` asks every `pollingInterval` instead, as the seed did. */
+  /** Long-poll, so that events arrive within milliseconds (the default, unless `pollingInterval` is set). `false` asks every `pollingInterval` ms instead (default 5000), as the seed did. */
   live?: boolean;
-  /** With `live: false`: milliseconds between polls (default 5000). */
+  /** Poll every this many milliseconds instead of long-polling, as the seed did; setting it alone is enough. Not together with `live: true` (`invalid_options`). */
   pollingInterval?: number;
   /** Whether `publish` also sends events to the server (default `false`). */
   autoForward?: boolean;
