@@ -1,6 +1,6 @@
 // Types of both entries (index.js and node.js): the declarations wasm-bindgen generated
 // from the Rust binding, without wasm-bindgen's loader functions (the entries load the
-// wasm themselves). test/exports.test.mjs checks that this list stays complete.
+// wasm themselves). test/package.test.mjs checks that this list stays complete.
 export { EventBusClient } from './pkg/distributed_events_client.js';
 export type {
   ClientEvent,

@@ -212,6 +212,12 @@ impl ClientBuilder {
 
     /// Starts the client: it catches up, then follows the server until closed.
     ///
+    /// Its tasks start at once, and a subscription sees only what is dispatched after it
+    /// was made. In the browser (and on a current-thread tokio runtime) they first run
+    /// when the caller yields, so subscribing before the first `.await` misses nothing;
+    /// on a multi-threaded runtime subscribe on your own bus first and pass it with
+    /// [`event_bus`](Self::event_bus), naming its types in [`registry`](Self::registry).
+    ///
     /// Natively this needs the `native` feature and must run inside a tokio runtime.
     pub fn build(self) -> Result<EventBusClient, ClientError> {
         let platform = platform::default_platform()?;

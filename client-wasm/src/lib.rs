@@ -21,7 +21,8 @@
 //!     .auto_forward(true)
 //!     .build()?;
 //!
-//! // Events from the server (and from `publish` here), as a Stream.
+//! // Events from the server (and from `publish` here), as a Stream. Subscribed before
+//! // the first `.await`; on a multi-threaded runtime, see `ClientBuilder::build`.
 //! let mut created = client.on::<UserCreatedEvent>();
 //!
 //! client.publish(DomainEvent::new(
