@@ -1,6 +1,6 @@
 //! The JS `EventBusClient` class.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,6 +22,13 @@ use crate::{
     DEFAULT_POLLING_INTERVAL,
 };
 
+thread_local! {
+    /// Every client not closed yet. A JS client runs until `close()`, like an open
+    /// WebSocket: an app that only registered handlers and dropped its own reference
+    /// still expects events, so garbage collection of the JS object must not stop it.
+    static OPEN: RefCell<Vec<EventBusClient>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A local event bus kept in sync with a distributed-events server.
 ///
 /// ```js
@@ -37,7 +44,8 @@ pub struct JsEventBusClient(EventBusClient);
 
 #[wasm_bindgen(js_class = EventBusClient)]
 impl JsEventBusClient {
-    /// Starts a client: it catches up, then follows the server until `close()`.
+    /// Starts a client: it catches up, then follows the server until `close()`, whether or
+    /// not the app keeps a reference to it.
     /// Throws an `EventBusClientError` (code `invalid_options`) for unusable options.
     #[wasm_bindgen(constructor)]
     pub fn new(
@@ -51,6 +59,7 @@ impl JsEventBusClient {
                     ClientError::Config { message } => invalid_options(&message),
                     other => error_to_js(&other),
                 })?;
+        OPEN.with_borrow_mut(|open| open.push(client.clone()));
         Ok(Self(client))
     }
 
@@ -162,6 +171,8 @@ impl JsEventBusClient {
     /// subscription. Resolves when all of it has stopped.
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn close(&self) -> Promise {
+        let inner = self.0.inner();
+        OPEN.with_borrow_mut(|open| open.retain(|client| !Arc::ptr_eq(client.inner(), inner)));
         let closing = self.0.close();
         wasm_bindgen_futures::future_to_promise(async move {
             closing.await;
