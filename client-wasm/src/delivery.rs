@@ -1,7 +1,7 @@
 //! The delivery core: which received events reach the application, and where the cursor
 //! stands. Pure state, no I/O, so that every rule is tested here directly.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 
 use distributed_events_shared::StoredEvent;
 use uuid::Uuid;
@@ -19,19 +19,19 @@ pub(crate) struct Delivery {
     /// The `after` of the next poll: every event at or below it was dispatched (or the
     /// server said it may be skipped). `None` before the start position is known.
     cursor: Option<u64>,
-    recent: RecentIds,
+    recent: IdRing,
     /// Own events sent to the server, kept apart from `recent` so that other traffic
     /// (a long catch-up, or others publishing while the outbox waits out an outage)
     /// cannot evict them before their echo arrives.
-    awaiting_echo: AwaitingEcho,
+    awaiting_echo: IdRing,
 }
 
 impl Delivery {
     pub(crate) fn new(cursor: Option<u64>, capacity: usize) -> Self {
         Self {
             cursor,
-            recent: RecentIds::new(capacity),
-            awaiting_echo: AwaitingEcho::new(AWAITING_ECHO_CAPACITY),
+            recent: IdRing::new(capacity),
+            awaiting_echo: IdRing::new(AWAITING_ECHO_CAPACITY),
         }
     }
 
@@ -69,7 +69,7 @@ impl Delivery {
     /// How many own events are still to come back.
     #[cfg(test)]
     pub(crate) fn awaiting_echoes(&self) -> usize {
-        self.awaiting_echo.ids.len()
+        self.awaiting_echo.len()
     }
 
     /// Hands the new events of a page to `dispatch`, in order, then moves the cursor to
@@ -118,15 +118,18 @@ impl Delivery {
     }
 }
 
-/// The last `capacity` ids inserted, for duplicate detection in bounded memory.
+/// The last `capacity` ids inserted, in bounded memory: the recent ids (duplicate
+/// detection) and the own events still to come back (which also removes ids).
 #[derive(Debug)]
-struct RecentIds {
+struct IdRing {
+    /// Insertion order. A removed id stays here until it reaches the front; it still
+    /// counts against `capacity`, so memory stays bounded.
     order: VecDeque<Uuid>,
     set: HashSet<Uuid>,
     capacity: usize,
 }
 
-impl RecentIds {
+impl IdRing {
     fn new(capacity: usize) -> Self {
         Self {
             order: VecDeque::new(),
@@ -139,65 +142,29 @@ impl RecentIds {
         self.set.contains(id)
     }
 
-    fn insert(&mut self, id: Uuid) {
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Adds `id`; returns the oldest id still held when it had to go to keep the bound.
+    fn insert(&mut self, id: Uuid) -> Option<Uuid> {
         if !self.set.insert(id) {
-            return;
+            return None;
         }
         self.order.push_back(id);
-        if self.order.len() > self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.set.remove(&oldest);
+        while self.order.len() > self.capacity {
+            let oldest = self.order.pop_front()?;
+            if self.set.remove(&oldest) {
+                return Some(oldest);
             }
         }
-    }
-}
-
-/// Ids in insertion order, bounded, with removal of any of them: the own events that
-/// have not come back yet.
-#[derive(Debug)]
-struct AwaitingEcho {
-    /// Each id with its insertion number, the key of `order`.
-    ids: HashMap<Uuid, u64>,
-    order: BTreeMap<u64, Uuid>,
-    next: u64,
-    capacity: usize,
-}
-
-impl AwaitingEcho {
-    fn new(capacity: usize) -> Self {
-        Self {
-            ids: HashMap::new(),
-            order: BTreeMap::new(),
-            next: 0,
-            capacity: capacity.max(1),
-        }
-    }
-
-    /// Adds `id`; returns the oldest id when that had to go to keep the bound.
-    fn insert(&mut self, id: Uuid) -> Option<Uuid> {
-        if self.ids.contains_key(&id) {
-            return None;
-        }
-        self.ids.insert(id, self.next);
-        self.order.insert(self.next, id);
-        self.next += 1;
-        if self.ids.len() <= self.capacity {
-            return None;
-        }
-        let (_, oldest) = self.order.pop_first()?;
-        self.ids.remove(&oldest);
-        Some(oldest)
+        None
     }
 
     /// Whether `id` was there.
     fn remove(&mut self, id: &Uuid) -> bool {
-        match self.ids.remove(id) {
-            Some(number) => {
-                self.order.remove(&number);
-                true
-            }
-            None => false,
-        }
+        self.set.remove(id)
     }
 }
 
@@ -291,7 +258,7 @@ mod tests {
             "the echo still moves the cursor"
         );
         assert!(
-            delivery.awaiting_echo.ids.is_empty(),
+            delivery.awaiting_echo.len() == 0,
             "nothing left to wait for"
         );
     }
@@ -329,7 +296,7 @@ mod tests {
         let refused = event(1);
         delivery.expect_echo(refused.id);
         delivery.forget_echo(refused.id);
-        assert!(delivery.awaiting_echo.ids.is_empty());
+        assert!(delivery.awaiting_echo.len() == 0);
         // Its id counts as recently dispatched, as before it was sent.
         let mut seen = Vec::new();
         delivery.apply_page(vec![refused], 1, |e| seen.push(e));
@@ -339,15 +306,15 @@ mod tests {
     #[test]
     fn own_events_awaited_are_bounded_and_the_oldest_moves_to_the_recent_ids() {
         let mut delivery = Delivery::new(Some(0), 100);
-        delivery.awaiting_echo = AwaitingEcho::new(2);
+        delivery.awaiting_echo = IdRing::new(2);
         let own: Vec<_> = (1..=3).map(event).collect();
         for event in &own {
             delivery.expect_echo(event.id);
             delivery.expect_echo(event.id);
         }
-        assert_eq!(delivery.awaiting_echo.ids.len(), 2);
+        assert_eq!(delivery.awaiting_echo.len(), 2);
         assert_eq!(delivery.awaiting_echo.order.len(), 2);
-        assert!(!delivery.awaiting_echo.ids.contains_key(&own[0].id));
+        assert!(!delivery.awaiting_echo.contains(&own[0].id));
         assert!(
             delivery.recent.contains(&own[0].id),
             "still dropped for a while"
@@ -355,7 +322,7 @@ mod tests {
         let mut seen = Vec::new();
         delivery.apply_page(own, 3, |e| seen.push(e));
         assert!(seen.is_empty());
-        assert!(delivery.awaiting_echo.order.is_empty());
+        assert_eq!(delivery.awaiting_echo.len(), 0);
     }
 
     #[test]
@@ -365,7 +332,7 @@ mod tests {
         delivery.apply_page(vec![received.clone()], 1, |_| {});
         delivery.expect_echo(received.id);
         assert!(
-            delivery.awaiting_echo.ids.is_empty(),
+            delivery.awaiting_echo.len() == 0,
             "its echo would lie behind the cursor and never come"
         );
     }
@@ -403,7 +370,7 @@ mod tests {
 
     #[test]
     fn recent_ids_are_bounded_and_forget_the_oldest() {
-        let mut recent = RecentIds::new(3);
+        let mut recent = IdRing::new(3);
         let ids: Vec<_> = (0..5).map(|_| Uuid::now_v7()).collect();
         for id in &ids {
             recent.insert(*id);
