@@ -22,8 +22,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "the shared crate builds for wasm32"
 cargo check -p distributed-events-shared --target wasm32-unknown-unknown
 
-step "Rust tests (unit, store conformance, HTTP, binary, cross-crate)"
-cargo test --workspace
+step "Rust tests (unit, store conformance, HTTP, binary, cross-crate; a 3-minute soak)"
+# The soak runs for 20 s in a plain `cargo test`; here for minutes, as issue 6 asks.
+SOAK_SECONDS="${SOAK_SECONDS:-180}" cargo test --workspace
 
 # --- client-wasm: the Rust client on wasm32, in headless Chromium ----------------------
 # (Its native unit tests and tests/tests/client.rs ran with `cargo test --workspace`.)

@@ -2,8 +2,9 @@
 //! for a while; no request fails, every client's handlers get every event exactly once
 //! and in order, and the server's memory stays flat.
 //!
-//! CI runs it for 20 s. For a real soak, run it for minutes, in release mode so that the
-//! test process keeps up (the server binary is the one built next to the tests):
+//! A plain `cargo test` runs it for 20 s; `scripts/test.sh` (so CI) for 3 minutes. For a
+//! longer soak, run it in release mode so that the test process keeps up (the server
+//! binary is the one built next to the tests):
 //!
 //! ```bash
 //! cargo build --release -p distributed-events-server
