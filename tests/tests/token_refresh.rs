@@ -99,22 +99,44 @@ async fn an_expired_token_is_refreshed_without_losing_cursor_or_outbox() {
     // Every token is expired now: posts and polls are refused with 401.
     writer_tokens.expired.store(true, Ordering::SeqCst);
     reader_tokens.expired.store(true, Ordering::SeqCst);
-    for seq in 3..6 {
+    let (mut writer_status, mut reader_status) = (writer.status_changes(), reader.status_changes());
+    // Another caller, with a valid token, posts seq 3: the reader's long-poll (let in
+    // before the expiry) answers with it, and the reader's next poll is refused.
+    let posted = reqwest::Client::new()
+        .post(format!("{}/events", server.url()))
+        .bearer_auth(Tokens::default().source()().into_inner().unwrap().unwrap())
+        .json(&json!({
+            "id": uuid::Uuid::now_v7(),
+            "createdAt": "2024-12-04T10:00:00Z",
+            "aggregateId": "notes",
+            "eventType": "Note",
+            "eventJson": "{\"seq\":3}",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    for seq in 4..6 {
         writer
             .publish(DomainEvent::new("notes", Note { seq }))
             .expect("published");
     }
-    let mut writer_status = writer.status_changes();
-    tokio::time::timeout(PATIENCE, async {
-        while let Some(status) = writer_status.next().await {
-            if matches!(status, Status::BackingOff { .. }) {
-                break;
+    for (who, status) in [
+        ("writer", &mut writer_status),
+        ("reader", &mut reader_status),
+    ] {
+        tokio::time::timeout(PATIENCE, async {
+            while let Some(status) = status.next().await {
+                if matches!(status, Status::BackingOff { .. }) {
+                    break;
+                }
             }
-        }
-    })
-    .await
-    .expect("the writer backs off on 401");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the {who} backs off on 401"));
+    }
     let calls_while_expired = writer_tokens.calls.load(Ordering::SeqCst);
+    let reader_calls_while_expired = reader_tokens.calls.load(Ordering::SeqCst);
 
     // The token source has fresh tokens again: the outbox drains, the reader resumes
     // from its cursor, and nothing arrives twice.
@@ -129,7 +151,11 @@ async fn an_expired_token_is_refreshed_without_losing_cursor_or_outbox() {
     }
     assert!(
         writer_tokens.calls.load(Ordering::SeqCst) > calls_while_expired,
-        "the client asked its token source again after the 401"
+        "the writer asked its token source again after the 401"
+    );
+    assert!(
+        reader_tokens.calls.load(Ordering::SeqCst) > reader_calls_while_expired,
+        "the reader asked its token source again after the 401"
     );
     assert!(
         tokio::time::timeout(Duration::from_millis(300), received.next())
