@@ -135,8 +135,13 @@ impl TestServer {
         self.spawn();
     }
 
+    /// The server's SQLite file.
+    pub fn database_path(&self) -> PathBuf {
+        self.dir.path().join("events.db")
+    }
+
     fn spawn(&mut self) {
-        let database = format!("sqlite://{}", self.dir.path().join("events.db").display());
+        let database = format!("sqlite://{}", self.database_path().display());
         // The port of a killed server can take a moment to be free again.
         for attempt in 0..50 {
             let mut command = if self.ignore_sigxfsz {

@@ -806,3 +806,66 @@ async fn a_failing_sqlite_store_answers_503_exposes_no_partial_write_and_recover
         "the events acknowledged after the store failed are lost in a crash"
     );
 }
+
+/// Another process holds the SQLite file's write lock (a backup tool, the `sqlite3`
+/// shell in a transaction): posts wait out the busy timeout (5 s) and answer 503, reads
+/// go on, and once the lock is released writes succeed again, with nothing of the
+/// refused posts stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_file_locked_by_another_process_answers_503_then_recovers() {
+    use sqlx::Connection;
+
+    let server = TestServer::start(&[]);
+    let base = server.url();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client");
+    let no_failures = AtomicUsize::new(0);
+    let mut acked = Vec::new();
+    for seq in 0..3 {
+        let event = note("before", seq).to_stored().expect("an event");
+        acked.push(post_until_acked(&http, &base, &event, &no_failures).await);
+    }
+
+    let mut other =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", server.database_path().display()))
+            .await
+            .expect("a second connection to the server's file");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("the write lock");
+    let refused = note("while locked", 0).to_stored().expect("an event");
+    assert_unavailable(
+        "a post while another process holds the write lock",
+        &post_once(&http, &base, &refused).await,
+    );
+    assert_holds_exactly(
+        "while the file is locked",
+        &stored_ids(&http, &base).await,
+        &acked,
+        std::slice::from_ref(&refused),
+    );
+
+    sqlx::query("ROLLBACK")
+        .execute(&mut other)
+        .await
+        .expect("the lock released");
+    let failures = AtomicUsize::new(0);
+    for seq in 0..3 {
+        let event = note("after", seq).to_stored().expect("an event");
+        acked.push(post_until_acked(&http, &base, &event, &failures).await);
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "the server recovered at once"
+    );
+    assert_holds_exactly(
+        "once the lock is released",
+        &stored_ids(&http, &base).await,
+        &acked,
+        &[refused],
+    );
+}
