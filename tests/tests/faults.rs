@@ -8,7 +8,11 @@
 //!    nothing is lost or repeated;
 //! 4. the SQLite store fails under a running server (the disk is full, then nearly
 //!    full): `503` with the JSON error, no partial write visible, recovery by itself
-//!    once the disk has room again, and what is acknowledged then survives a crash.
+//!    once the disk has room again, and what is acknowledged then survives a crash;
+//!    and another process holds the file's write lock: `503` for posts, reads go on,
+//!    recovery once it lets go. (A read-only file cannot be made so for root, who
+//!    ignores permissions, and a read-only remount is refused while the server has the
+//!    file open; the write lock is the refusal to write that a test can cause.)
 //!
 //! (3, PostgreSQL restarted under load, which breaks every store connection, is
 //! `postgres_restart.rs`; 5, the bounded soak, is `soak.rs`.)
