@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 import { startServer } from '../js/test/server.mjs';
+import { recordPage } from './page-log.mjs';
 
 const dist = fileURLToPath(new URL('dist', import.meta.url));
 const screenshot = join(tmpdir(), 'distributed-events-demo.png');
@@ -51,17 +52,7 @@ const tabLogs = new WeakMap();
 async function openBoard() {
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
-  const said = [];
-  tabLogs.set(page, said);
-  page.on('pageerror', (error) => {
-    pageErrors.push(error);
-    said.push(`uncaught: ${error.stack ?? error.message}`);
-  });
-  page.on('console', (message) => said.push(`console.${message.type()}: ${message.text()} (${message.location().url})`));
-  page.on('requestfailed', (request) =>
-    said.push(`request failed: ${request.method()} ${request.url()}: ${request.failure()?.errorText}`),
-  );
-  page.on('crash', () => said.push('the tab crashed'));
+  tabLogs.set(page, recordPage(page, pageErrors));
   await page.goto(server.url);
   await waitForStatus(page, 'live');
   return page;

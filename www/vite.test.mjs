@@ -14,6 +14,7 @@ import { chromium } from 'playwright-core';
 import { build } from 'vite';
 
 import { startServer, tempDir } from '../js/test/server.mjs';
+import { recordPage } from './page-log.mjs';
 
 const app = fileURLToPath(new URL('vite-check', import.meta.url));
 const packageDir = fileURLToPath(new URL('node_modules/distributed-events', import.meta.url));
@@ -62,21 +63,12 @@ test('vite build emits the .wasm as an asset of the build', () => {
 test('the built page goes live and lists an event posted to the server, once', async () => {
   const page = await browser.newPage();
   page.setDefaultTimeout(TIMEOUT);
-  const said = [];
   const pageErrors = [];
+  const said = recordPage(page, pageErrors);
   const wasmResponses = [];
-  page.on('pageerror', (error) => {
-    pageErrors.push(error);
-    said.push(`uncaught: ${error.stack ?? error.message}`);
-  });
-  page.on('console', (message) => said.push(`console.${message.type()}: ${message.text()} (${message.location().url})`));
-  page.on('requestfailed', (request) =>
-    said.push(`request failed: ${request.method()} ${request.url()}: ${request.failure()?.errorText}`),
-  );
   page.on('response', (response) => {
     if (new URL(response.url()).pathname.endsWith('.wasm')) wasmResponses.push(response);
   });
-  page.on('crash', () => said.push('the tab crashed'));
   /** What the page showed and logged, for the message of a failed wait. */
   const report = async () => {
     const shown = await page
