@@ -120,7 +120,8 @@ pub struct EventBusServerBuilder {
 
 impl EventBusServerBuilder {
     /// Uses `bus` as the local bus (default: a new one), so that code holding it sees the
-    /// server's events.
+    /// server's events. Events published on the bus directly stay local: only
+    /// [`EventBusServer::publish`] persists and distributes.
     pub fn event_bus(mut self, bus: EventBus) -> Self {
         self.bus = bus;
         self
@@ -281,7 +282,9 @@ impl EventBusServer {
         self.inner.bus.on::<T>()
     }
 
-    /// The local bus, for `subscribe_all` or code that takes an [`EventBus`].
+    /// The local bus, for `subscribe_all` or code that takes an [`EventBus`]. Publishing
+    /// on it directly reaches local subscribers only; use [`publish`](Self::publish) to
+    /// store an event and send it to clients.
     pub fn event_bus(&self) -> &EventBus {
         &self.inner.bus
     }
