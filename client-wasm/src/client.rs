@@ -364,15 +364,18 @@ impl Inner {
         if let Some(typed) = typed {
             self.bus.publish_any(typed);
         }
-        if self.auto_forward {
-            let state = &mut *state;
-            if let Some(outbox) = &state.outbox {
+        let state = &mut *state;
+        match &state.outbox {
+            Some(outbox) if self.auto_forward => {
                 // Under the lock, before the event can reach the server, so that its echo
                 // is recognised.
                 state.delivery.expect_echo(event.id);
                 // The receiver lives as long as the client is open.
                 let _ = outbox.unbounded_send(event.clone());
             }
+            // Not sent from here, but the app may store it another way (its own backend):
+            // then it arrives like any other event, already dispatched.
+            _ => state.delivery.record_dispatched(event.id),
         }
         self.events.send(event);
         Ok(())

@@ -7,7 +7,7 @@ use distributed_events_shared::StoredEvent;
 use uuid::Uuid;
 
 /// At most this many own events are remembered as sent but not back from the server yet
-/// (about 1.5 MiB of ids at most). An echo comes back unless the server refuses the
+/// (under 1 MiB of ids). An echo comes back unless the server refuses the
 /// event (that id is forgotten at once) or hides it from this client, so the bound is
 /// reached only by that or by a very long outage; past it, the oldest id moves to the
 /// recent ids, where `dedup_capacity` other events evict it.
@@ -46,8 +46,7 @@ impl Delivery {
 
     /// Records an event this client dispatched itself (a local publish) and sends to the
     /// server, so that its echo is not dispatched a second time, however many other
-    /// events arrive before it. Events that are not sent need no record: they never come
-    /// back.
+    /// events arrive before it.
     pub(crate) fn expect_echo(&mut self, id: Uuid) {
         // Already dispatched (an app republishing a received event): nothing to wait for.
         if self.recent.contains(&id) {
@@ -56,6 +55,12 @@ impl Delivery {
         if let Some(oldest) = self.awaiting_echo.insert(id) {
             self.recent.insert(oldest);
         }
+    }
+
+    /// Records an event dispatched here that is not sent from here, so that it is not
+    /// dispatched again if it arrives from the server soon after.
+    pub(crate) fn record_dispatched(&mut self, id: Uuid) {
+        self.recent.insert(id);
     }
 
     /// The server refused an event recorded with [`expect_echo`](Self::expect_echo): it

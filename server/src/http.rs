@@ -197,15 +197,19 @@ pub(crate) fn router(server: EventBusServer) -> Router {
         .with_state(server)
 }
 
-/// The JSON `404` for paths the API does not have: the binary's fallback when it serves
-/// no static files, and for files its static folder does not have. An app that mounts
-/// [`EventBusServer::router`] can use it as its own fallback.
-pub async fn not_found() -> Response {
-    AppError::NotFound.into_response()
+/// The JSON `404` for paths the API does not have (and, for methods other than GET and
+/// HEAD, the JSON `405`): the binary's fallback, also for what its static folder does not
+/// have. An app that mounts [`EventBusServer::router`] can use it as its own fallback.
+pub async fn not_found(method: Method) -> Response {
+    if method == Method::GET || method == Method::HEAD {
+        AppError::NotFound.into_response()
+    } else {
+        AppError::MethodNotAllowed.into_response()
+    }
 }
 
-/// Answers `503` when a request outlives its `wait` by more than the request timeout,
-/// as when the store hangs.
+/// Answers `503` when a request outlives the longest `wait` by more than the request
+/// timeout, as when the store hangs.
 async fn deadline(State(server): State<EventBusServer>, request: Request, next: Next) -> Response {
     let limits = &server.inner.limits;
     match tokio::time::timeout(limits.max_wait + limits.request_timeout, next.run(request)).await {
@@ -469,7 +473,7 @@ async fn read_since(
     let visible =
         |event: &StoredEvent| event.created_at >= since && is_visible(filter, event, principal);
     let page = store
-        .read_after(first - 1, limit, tenant, &visible)
+        .read_after(first.saturating_sub(1), limit, tenant, &visible)
         .await
         .map_err(AppError::store)?;
     let events: Vec<Bytes> = page.events.iter().map(json_of).collect();

@@ -66,9 +66,8 @@ impl JwtAuthenticator {
         };
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
-        // Without a configured audience, a token's `aud` is not checked (most providers
-        // set one); with one, it must match (see `audience`).
-        validation.validate_aud = false;
+        // A token that names an audience is refused until `audience` names it too: a
+        // token an identity provider issued for another service must not work here.
         Ok(Self {
             key,
             validation,
@@ -88,7 +87,6 @@ impl JwtAuthenticator {
     #[must_use]
     pub fn audience(mut self, audience: &str) -> Self {
         self.validation.set_audience(&[audience]);
-        self.validation.validate_aud = true;
         self.validation.required_spec_claims.insert("aud".into());
         self
     }
@@ -108,7 +106,9 @@ impl JwtAuthenticator {
                     ErrorKind::ImmatureSignature => "the token is not valid yet".to_owned(),
                     ErrorKind::InvalidSignature => "the token's signature is invalid".to_owned(),
                     ErrorKind::InvalidIssuer => "the token's issuer is not accepted".to_owned(),
-                    ErrorKind::InvalidAudience => "the token's audience is not accepted".to_owned(),
+                    ErrorKind::InvalidAudience => {
+                        "the token's audience is not accepted (a token with an `aud` claim needs the server's --jwt-audience to name it)".to_owned()
+                    }
                     ErrorKind::InvalidAlgorithm => {
                         "the token's algorithm is not accepted".to_owned()
                     }

@@ -373,12 +373,16 @@ impl EventBusServer {
         }
         // Identity comes from authentication, never from the body: with an
         // authenticator, a principal without a user (a token without `sub`) posts events
-        // without one rather than with whatever the body claims.
+        // without one rather than with whatever the body claims, in its fields or in its
+        // `context` (which handlers read merged with the fields).
         if self.inner.authenticator.is_some() {
             event.tenant_id.clone_from(&principal.tenant_id);
             event.user_id.clone_from(&principal.user_id);
+            event.context.remove(CONTEXT_TENANT_ID);
+            event.context.remove(CONTEXT_USER_ID);
             if principal.session_id.is_some() {
                 event.session_id.clone_from(&principal.session_id);
+                event.context.remove(CONTEXT_SESSION_ID);
             }
         }
         event.position = None;

@@ -1,6 +1,7 @@
 //! `distributed-events-server`: the event server on its own, with the demo page.
 
 use std::future::Future;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
@@ -198,7 +199,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.static_dir.is_dir() {
         tracing::info!(dir = %args.static_dir.display(), "serving static files at /");
         app = app.fallback_service(
-            ServeDir::new(&args.static_dir).not_found_service(axum::routing::any(not_found)),
+            ServeDir::new(&args.static_dir)
+                .call_fallback_on_method_not_allowed(true)
+                .not_found_service(axum::routing::any(not_found)),
         );
     } else {
         tracing::info!(dir = %args.static_dir.display(), "no static files to serve (build the demo page first)");
@@ -231,9 +234,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Serves `app` on HTTP/1 until `shutdown` completes, then lets requests in flight finish.
 ///
-/// Not `axum::serve`: its connections go through hyper-util's auto (HTTP/1 or HTTP/2)
-/// builder with upgrades, which costs about 10 KiB more per connection; with 10,000
-/// parked long-polls that is 256 MiB of RSS against 155 MiB here (docs/PERFORMANCE.md).
+/// Not `axum::serve`: it serves each connection through hyper-util's auto builder with
+/// upgrades, whose per-connection state costs about 10 KiB more; with 10,000 parked
+/// long-polls that is 256 MiB of RSS against 155 MiB here (docs/PERFORMANCE.md).
 async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
@@ -241,10 +244,16 @@ async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output 
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
+                // A client that gave up before it was accepted: nothing to do.
+                Err(error) if matches!(
+                    error.kind(),
+                    ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+                ) => continue,
                 Err(error) => {
-                    // Out of file descriptors, say: wait for some to be freed.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors, say: wait for some to be freed (as
+                    // axum::serve does), saying so once a second at most.
+                    tracing::error!(%error, "cannot accept connections; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             },

@@ -59,7 +59,13 @@ async fn tokens_are_verified_and_tenants_isolated() {
         "another-secret-that-is-also-32-bytes-long!",
     );
     let tenantless = hs256(&json!({"sub": "a", "exp": now() + 600}), SECRET);
+    // Meant for another service: no --jwt-audience names it.
+    let for_billing = hs256(
+        &json!({"sub": "a", "tenant_id": "t", "exp": now() + 600, "aud": "billing"}),
+        SECRET,
+    );
     let refused = [
+        Some(format!("Bearer {for_billing}")),
         None,
         Some("Basic dXNlcjpwYXNz".to_owned()),
         Some(format!("Bearer {forged}")),
@@ -424,12 +430,15 @@ async fn issuer_audience_and_not_before_are_enforced_and_a_token_without_sub_cla
         assert_eq!(status(token(extra)).await, 401, "{case}");
     }
 
-    // A verified token without `sub`: the body's userId is not taken instead.
+    // A verified token without `sub`: the body's userId is not taken instead, neither
+    // from its field nor from its context.
     let subless = token(json!({"sub": null}));
+    let mut body = event(0, "t");
+    body["context"] = json!({"userId": "admin", "tenantId": "acme", "role": "clerk"});
     let posted = client
         .post(&events)
         .bearer_auth(&subless)
-        .json(&event(0, "t"))
+        .json(&body)
         .send()
         .await
         .unwrap();
@@ -450,4 +459,9 @@ async fn issuer_audience_and_not_before_are_enforced_and_a_token_without_sub_cla
         "not the body's `someone-else`"
     );
     assert_eq!(seen[0]["tenantId"], "t");
+    assert_eq!(
+        seen[0]["context"],
+        json!({"role": "clerk"}),
+        "identity keys in the body's context are dropped; the app's own entries stay"
+    );
 }

@@ -204,6 +204,10 @@ async fn malformed_requests_get_json_4xx_and_change_nothing() {
                 .to_vec(),
         ),
         (
+            "POST to a static file",
+            b"POST /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ),
+        (
             "DELETE /healthz",
             b"DELETE /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
         ),

@@ -267,6 +267,38 @@ async fn a_restarted_server_serves_what_was_stored_before() {
     assert_eq!(polled.len(), 5);
 }
 
+/// Runs the binary with `args` and returns its stderr once it has exited, unsuccessfully;
+/// fails (and stops it) if it is still running after 30 s.
+fn refused_at_start(args: &[&str]) -> String {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distributed-events-server"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started with {args:?} instead of refusing to");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "{args:?}: exit status {status}");
+    stderr
+}
+
 #[test]
 fn a_cors_origin_no_browser_would_send_fails_at_start() {
     for origin in [
@@ -275,19 +307,14 @@ fn a_cors_origin_no_browser_would_send_fails_at_start() {
         "http://app.example/path",
         "ftp://app.example",
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_distributed-events-server"))
-            .args([
-                "--database",
-                "memory",
-                "--bind",
-                "127.0.0.1:0",
-                "--cors-origin",
-                origin,
-            ])
-            .output()
-            .unwrap();
-        assert!(!output.status.success(), "{origin} was accepted");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = refused_at_start(&[
+            "--database",
+            "memory",
+            "--bind",
+            "127.0.0.1:0",
+            "--cors-origin",
+            origin,
+        ]);
         assert!(stderr.contains("invalid CORS origin"), "{origin}: {stderr}");
     }
 }

@@ -400,22 +400,30 @@ fn an_own_event_published_during_a_long_catch_up_is_dispatched_once() {
 }
 
 #[test]
-fn without_auto_forward_own_events_are_not_awaited_from_the_server() {
+fn without_auto_forward_own_events_are_not_sent_and_not_dispatched_twice_if_stored_elsewhere() {
     let fake = Fake::default();
     let mut pool = LocalPool::new();
     let client = fake.client(|b| b.initial_position(0));
     let mut typed = client.on::<Ping>();
-    for n in 1..=3 {
-        client.publish(DomainEvent::new("a", Ping { n })).unwrap();
+    let own: Vec<_> = (1..=3).map(|n| DomainEvent::new("a", Ping { n })).collect();
+    for event in &own {
+        client.publish(event.clone()).unwrap();
     }
     fake.settle(&mut pool);
     assert!(fake.positions().is_empty(), "nothing was sent");
     assert_eq!(
         client.inner().lock().delivery.awaiting_echoes(),
         0,
-        "an event never sent never comes back, so nothing is kept for it"
+        "an event never sent is not awaited"
     );
     assert_eq!(drain(&mut typed).len(), 3);
+    // The app stored one of them another way (its own backend, say): it arrives from
+    // the server, and is not dispatched a second time.
+    fake.append(own[1].to_stored().unwrap());
+    fake.append(ping(9));
+    fake.settle(&mut pool);
+    let payloads: Vec<_> = drain(&mut typed).iter().map(|e| e.payload.n).collect();
+    assert_eq!(payloads, [9]);
 }
 
 #[test]
