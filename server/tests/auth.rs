@@ -31,6 +31,13 @@ fn claims(user: &str, tenant: &str) -> Value {
     json!({"sub": user, "tenant_id": tenant, "exp": now() + 600, "role": "clerk"})
 }
 
+/// The events a `GET` of `url` with `token` answers.
+async fn read_with(client: &reqwest::Client, url: &str, token: &str) -> Vec<Value> {
+    let response = client.get(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {url}");
+    response.json().await.unwrap()
+}
+
 fn event(n: usize, claimed_tenant: &str) -> Value {
     json!({
         "id": Uuid::now_v7(),
@@ -127,23 +134,8 @@ async fn tokens_are_verified_and_tenants_isolated() {
             .unwrap();
         assert_eq!(response.status(), 201);
     }
-    let read = |token: String| {
-        let client = client.clone();
-        let url = format!("{events}?after=0");
-        async move {
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json::<Vec<Value>>()
-                .await
-                .unwrap()
-        }
-    };
-    let seen_by_alice = read(alice).await;
-    let seen_by_bob = read(bob).await;
+    let seen_by_alice = read_with(&client, &format!("{events}?after=0"), &alice).await;
+    let seen_by_bob = read_with(&client, &format!("{events}?after=0"), &bob).await;
     assert_eq!(seen_by_alice.len(), 3);
     assert_eq!(seen_by_bob.len(), 3);
     for event in &seen_by_alice {
@@ -331,15 +323,12 @@ async fn concurrent_tenants_never_see_each_other() {
             "tenant {t}: its own events, each once, in posting order"
         );
         // Timestamp mode is filtered the same way.
-        let since: Vec<Value> = client
-            .get(format!("{}/events?since=2024-01-01T00:00:00Z", server.base))
-            .bearer_auth(token(t))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let since = read_with(
+            &client,
+            &format!("{}/events?since=2024-01-01T00:00:00Z", server.base),
+            &token(t),
+        )
+        .await;
         assert_eq!(since.len(), POSTS_PER_TENANT, "tenant {t}: since mode");
         assert!(
             since.iter().all(|e| e["tenantId"] == own.as_str()),
@@ -443,15 +432,7 @@ async fn issuer_audience_and_not_before_are_enforced_and_a_token_without_sub_cla
         .await
         .unwrap();
     assert_eq!(posted.status(), 201);
-    let seen: Vec<Value> = client
-        .get(format!("{events}?after=0"))
-        .bearer_auth(&subless)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = read_with(&client, &format!("{events}?after=0"), &subless).await;
     assert_eq!(seen.len(), 1);
     assert_eq!(
         seen[0]["userId"],
