@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Query, Request, State};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::auth::{is_visible, Principal};
 use crate::store::StoreError;
 use crate::tail::json_of;
+use crate::telemetry::{self, LivePoll};
 use crate::EventBusServer;
 
 /// Limits of the HTTP endpoints.
@@ -85,6 +86,7 @@ impl AppError {
     /// A store failure: the detail goes to the log, the caller gets a plain `503`.
     pub(crate) fn store(error: StoreError) -> Self {
         tracing::error!(%error, "event store failed");
+        metrics::counter!(telemetry::STORE_ERRORS, "during" => "request").increment(1);
         Self::Unavailable
     }
 }
@@ -183,6 +185,7 @@ pub(crate) fn router(server: EventBusServer) -> Router {
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(server.clone(), deadline))
+        .layer(middleware::from_fn(record))
         // A panic (in an app's authenticator, say) answers 500 rather than dropping the
         // connection; the detail goes to the log.
         .layer(CatchPanicLayer::custom(|panic: Box<dyn Any + Send>| {
@@ -206,6 +209,31 @@ pub async fn not_found(method: Method) -> Response {
     } else {
         AppError::MethodNotAllowed.into_response()
     }
+}
+
+/// Counts each request and its time to answer, by route (not path: the label's values
+/// stay few) and status.
+async fn record(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "other".to_owned(), |path| path.as_str().to_owned());
+    // Any token is a method in HTTP; only the ones the API knows become label values.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    let status = response.status().as_str().to_owned();
+    metrics::counter!(telemetry::HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(telemetry::HTTP_DURATION, "method" => method, "route" => route)
+        .record(started.elapsed());
+    response
 }
 
 /// Answers `503` when a request outlives the longest `wait` by more than the request
@@ -377,6 +405,8 @@ async fn read_after(
         let events = match from_tail {
             Some(page) => {
                 cursor = page.cursor;
+                metrics::counter!(telemetry::DELIVERED, "source" => "tail")
+                    .increment(page.events.len() as u64);
                 page.events
             }
             None => {
@@ -394,6 +424,8 @@ async fn read_after(
                     });
                 }
                 cursor = page.cursor;
+                metrics::counter!(telemetry::DELIVERED, "source" => "store")
+                    .increment(page.events.len() as u64);
                 page.events.iter().map(json_of).collect()
             }
         };
@@ -414,7 +446,7 @@ async fn read_after(
             return Ok(events_response(&events, cursor));
         }
         if permit.is_none() {
-            permit = Some(
+            permit = Some(LivePoll::new(
                 server
                     .inner
                     .long_polls
@@ -424,7 +456,7 @@ async fn read_after(
                         retry_after: Duration::from_secs(1),
                         reason: "too many long-polls are waiting on this server",
                     })?,
-            );
+            ));
         }
         tokio::select! {
             changed = end.wait_for(|&end| end > cursor) => {
@@ -476,6 +508,7 @@ async fn read_since(
         .read_after(first.saturating_sub(1), limit, tenant, &visible)
         .await
         .map_err(AppError::store)?;
+    metrics::counter!(telemetry::DELIVERED, "source" => "store").increment(page.events.len() as u64);
     let events: Vec<Bytes> = page.events.iter().map(json_of).collect();
     Ok(events_response(&events, page.cursor))
 }

@@ -112,6 +112,17 @@ struct Args {
     /// Largest accepted `POST /events` body, in bytes.
     #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
+
+    // --- operations: metrics ---
+    /// Serve Prometheus metrics at `http://ADDRESS/metrics` (such as `127.0.0.1:9090`).
+    /// A separate address, so that the API's clients cannot reach them. Off by default.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
+
+    /// Longest long-poll, such as `30s`: larger `wait`s are lowered to it.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    max_wait: Duration,
+    // --- end operations ---
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -183,6 +194,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .limits(Limits {
             max_body_bytes: args.max_body_bytes,
             max_long_polls: args.max_long_polls,
+            max_wait: args.max_wait,
             ..Limits::default()
         });
     if let Some(authenticator) = authenticator {
@@ -193,6 +205,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "no --jwt-secret or --jwt-public-key: every caller is anonymous and sees all events"
         );
     }
+    // Before the server starts, so that its metrics are recorded from the first request.
+    let metrics = match args.metrics_bind {
+        Some(address) => Some(metrics_listener(address).await?),
+        None => None,
+    };
     let server = builder.build();
 
     let mut app = server.router();
@@ -221,6 +238,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(database = %redacted(&args.database), retention = ?args.retention, "ready");
 
     let draining = server.clone();
+    if let Some((listener, router)) = metrics {
+        // Answers until the process exits, so that the drain can be watched too.
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "the metrics server failed");
+            }
+        });
+    }
     serve(listener, app, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: answering waiting polls, finishing requests");
@@ -272,6 +297,19 @@ async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output 
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The listener and router of `--metrics-bind`.
+async fn metrics_listener(
+    address: SocketAddr,
+) -> Result<(TcpListener, Router), Box<dyn std::error::Error>> {
+    let router = distributed_events_server::metrics_router()?;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("cannot listen on --metrics-bind {address}: {error}"))?;
+    // Tests and scripts wait for this exact line.
+    eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+    Ok((listener, router))
 }
 
 /// The database URL without its password, for logs.
