@@ -14,8 +14,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use distributed_events_shared::wire::{codes, ErrorBody, CURSOR_HEADER, REPLAYED_HEADER};
-use distributed_events_shared::StoredEvent;
-use serde::Deserialize;
+use distributed_events_shared::{Receipt, StoredEvent};
+use serde::{Deserialize, Serialize};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
@@ -182,6 +182,7 @@ pub(crate) fn router(server: EventBusServer) -> Router {
     Router::new()
         .route("/events", get(get_events).post(post_event))
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(server.clone(), deadline))
@@ -315,14 +316,48 @@ impl FromRequestParts<EventBusServer> for Caller {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct EventsQuery {
+/// The query of `GET /events`. Every field is taken as text and parsed by the handler,
+/// so that a malformed one gets a `400` that names it; the schema says what is valid.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventsQuery {
+    /// Cursor mode: the events after this position; `0` for the start, then the
+    /// `X-Events-Cursor` of the previous answer. Pass `after` or `since`, not both.
+    #[param(value_type = Option<u64>, minimum = 0)]
     after: Option<String>,
+    /// Timestamp mode: the events with `createdAt` at or after this time, from the first
+    /// such event on in position order.
+    #[param(value_type = Option<String>, format = DateTime)]
     since: Option<String>,
+    /// Most events in the answer, from 1; larger values are lowered to the server's cap
+    /// (1000 by default).
+    #[param(value_type = Option<u64>, minimum = 1)]
     limit: Option<String>,
+    /// Cursor mode: when no event is available, wait up to this many seconds for one
+    /// (decimals allowed; larger values are lowered to the server's cap, 30 s by default).
+    #[param(value_type = Option<f64>, minimum = 0)]
     wait: Option<String>,
 }
 
+/// The events after a cursor or since a time.
+#[utoipa::path(
+    get,
+    path = "/events",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "The events, in ascending position order; `[]` when none came within `wait`.",
+            body = Vec<StoredEvent>,
+            headers(("X-Events-Cursor" = u64, description = "The `after` of the next request: at least the last event's position, further when the server skipped events the caller may not see."))),
+        (status = 400, description = "`bad_request`: a parameter is missing or malformed, or `after` and `since` came together.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: credentials are missing or invalid.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "The challenge, such as `Bearer`."))),
+        (status = 410, description = "`cursor_expired` (retention deleted events after `after`) or `cursor_ahead` (`after` is past every position ever assigned): resume with `after` = `resumeAfter`.", body = ErrorBody),
+        (status = 500, description = "`internal`: a server fault; the detail is in the server's log.", body = ErrorBody),
+        (status = 503, description = "`unavailable` (the store cannot be reached) or `overloaded` (at a limit or shutting down); retry later.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "With `overloaded`: seconds to wait before retrying."))),
+    ),
+    security((), ("bearer" = [])),
+)]
 async fn get_events(
     State(server): State<EventBusServer>,
     Caller(principal): Caller,
@@ -508,7 +543,8 @@ async fn read_since(
         .read_after(first.saturating_sub(1), limit, tenant, &visible)
         .await
         .map_err(AppError::store)?;
-    metrics::counter!(telemetry::DELIVERED, "source" => "store").increment(page.events.len() as u64);
+    metrics::counter!(telemetry::DELIVERED, "source" => "store")
+        .increment(page.events.len() as u64);
     let events: Vec<Bytes> = page.events.iter().map(json_of).collect();
     Ok(events_response(&events, page.cursor))
 }
@@ -538,6 +574,28 @@ fn events_response(events: &[Bytes], cursor: u64) -> Response {
         .into_response()
 }
 
+/// Stores one event; posting the same event (same id and content) again is a no-op.
+#[utoipa::path(
+    post,
+    path = "/events",
+    request_body(content = StoredEvent, content_type = "application/json",
+        description = "One event record; `position` is ignored."),
+    responses(
+        (status = 201, description = "Stored and durable; or, with `Idempotent-Replayed: true`, stored before by an earlier post of this event.",
+            body = Receipt,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier post of the same event."))),
+        (status = 400, description = "`bad_request`: invalid JSON, a missing or mistyped field, or an event the server refuses; `error` says which field and why.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: credentials are missing or invalid.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "The challenge, such as `Bearer`."))),
+        (status = 409, description = "`id_conflict`: the id was used before for a different event.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over the server's limit (1 MiB by default).", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`.", body = ErrorBody),
+        (status = 500, description = "`internal`: a server fault; the detail is in the server's log.", body = ErrorBody),
+        (status = 503, description = "`unavailable` (the store cannot be reached) or `overloaded` (at a limit or shutting down); retry later.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "With `overloaded`: seconds to wait before retrying."))),
+    ),
+    security((), ("bearer" = [])),
+)]
 async fn post_event(
     State(server): State<EventBusServer>,
     Caller(principal): Caller,
@@ -584,7 +642,35 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// The answer of `GET /healthz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    status: &'static str,
+    /// The highest position assigned.
+    head: u64,
+}
+
+/// Whether the server and its store answer.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    responses(
+        (status = 200, description = "The store answers.", body = Health),
+        (status = 500, description = "`internal`: a server fault; the detail is in the server's log.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store cannot be reached.", body = ErrorBody),
+    ),
+)]
 async fn healthz(State(server): State<EventBusServer>) -> Result<Response, AppError> {
     let head = server.inner.store.head().await.map_err(AppError::store)?;
-    Ok(Json(serde_json::json!({ "status": "ok", "head": head })).into_response())
+    Ok(Json(Health { status: "ok", head }).into_response())
+}
+
+/// This API's OpenAPI document (docs/openapi.json).
+async fn openapi() -> Response {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        crate::openapi::document(),
+    )
+        .into_response()
 }

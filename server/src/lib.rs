@@ -48,6 +48,7 @@
 mod auth;
 mod http;
 mod jwt;
+mod openapi;
 pub mod store;
 mod tail;
 mod telemetry;

@@ -41,7 +41,8 @@ pub(crate) const CLEANUP_RUNS: &str = "distributed_events_cleanup_runs_total";
 pub(crate) const CLEANUP_DELETED: &str = "distributed_events_cleanup_deleted_total";
 /// Times the PostgreSQL listener (commits of other instances) lost its connection and
 /// connected again.
-pub(crate) const LISTENER_RECONNECTS: &str = "distributed_events_postgres_listener_reconnects_total";
+pub(crate) const LISTENER_RECONNECTS: &str =
+    "distributed_events_postgres_listener_reconnects_total";
 
 /// Histogram buckets of the `_seconds` metrics: from a millisecond to a minute (the
 /// longest long-poll plus the request timeout).
@@ -105,7 +106,10 @@ fn handle() -> Result<&'static PrometheusHandle, MetricsError> {
 /// The help text of every metric, and a first zero for those without labels, so that
 /// they show before anything happened.
 fn describe() {
-    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by method, route and status.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by method, route and status."
+    );
     describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,
@@ -115,16 +119,33 @@ fn describe() {
         APPENDED,
         "Events appended, by outcome: new, replayed (an idempotent repost) or conflict."
     );
-    describe_counter!(DELIVERED, "Events delivered in GET /events answers, by source: tail or store.");
+    describe_counter!(
+        DELIVERED,
+        "Events delivered in GET /events answers, by source: tail or store."
+    );
     describe_gauge!(LIVE_CONNECTIONS, "Connections waiting for events, by kind.");
-    describe_gauge!(TAIL_EVENTS, Unit::Count, "Events in the in-memory tail that live polls are answered from.");
-    describe_gauge!(TAIL_BYTES, Unit::Bytes, "Bytes of JSON in the in-memory tail.");
-    describe_counter!(STORE_ERRORS, "Failed store operations, by during: request, follow or cleanup.");
+    describe_gauge!(
+        TAIL_EVENTS,
+        Unit::Count,
+        "Events in the in-memory tail that live polls are answered from."
+    );
+    describe_gauge!(
+        TAIL_BYTES,
+        Unit::Bytes,
+        "Bytes of JSON in the in-memory tail."
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        "Failed store operations, by during: request, follow or cleanup."
+    );
     describe_counter!(
         STORE_RETRIES,
         "Store operations tried again after a failure, by task: follow or cleanup."
     );
-    describe_counter!(CLEANUP_RUNS, "Retention cleanups run, by outcome: ok or error.");
+    describe_counter!(
+        CLEANUP_RUNS,
+        "Retention cleanups run, by outcome: ok or error."
+    );
     describe_counter!(CLEANUP_DELETED, "Events deleted by retention cleanups.");
     describe_counter!(
         LISTENER_RECONNECTS,
