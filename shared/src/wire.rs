@@ -23,10 +23,13 @@ pub struct StoredEvent {
     /// When the event happened (RFC 3339, UTC).
     pub created_at: DateTime<Utc>,
     /// The aggregate the event belongs to.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub aggregate_id: String,
     /// The event type's wire name, such as `UserCreatedEvent`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub event_type: String,
     /// The payload, as a string of JSON.
+    #[cfg_attr(feature = "openapi", schema(content_media_type = "application/json"))]
     pub event_json: String,
     /// The `userId` of the event's context.
     #[serde(default)]
