@@ -339,6 +339,22 @@ pub(crate) struct EventsQuery {
     wait: Option<String>,
 }
 
+/// The error answers that `/events` may give to any request.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only documents: `AppError` builds these answers
+enum CommonErrors {
+    /// `unauthorized`: credentials are missing or invalid.
+    #[response(status = 401, headers(("WWW-Authenticate" = String, description = "The challenge, such as `Bearer`.")))]
+    Unauthorized(ErrorBody),
+    /// `internal`: a server fault; the detail is in the server's log.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// `unavailable` (the store cannot be reached) or `overloaded` (at a limit or shutting
+    /// down); retry later.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "With `overloaded`: seconds to wait before retrying.")))]
+    Unavailable(ErrorBody),
+}
+
 /// The events after a cursor or since a time.
 #[utoipa::path(
     get,
@@ -349,12 +365,8 @@ pub(crate) struct EventsQuery {
             body = Vec<StoredEvent>,
             headers(("X-Events-Cursor" = u64, description = "The `after` of the next request: at least the last event's position, further when the server skipped events the caller may not see."))),
         (status = 400, description = "`bad_request`: a parameter is missing or malformed, or `after` and `since` came together.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: credentials are missing or invalid.", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "The challenge, such as `Bearer`."))),
+        CommonErrors,
         (status = 410, description = "`cursor_expired` (retention deleted events after `after`) or `cursor_ahead` (`after` is past every position ever assigned): resume with `after` = `resumeAfter`.", body = ErrorBody),
-        (status = 500, description = "`internal`: a server fault; the detail is in the server's log.", body = ErrorBody),
-        (status = 503, description = "`unavailable` (the store cannot be reached) or `overloaded` (at a limit or shutting down); retry later.", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "With `overloaded`: seconds to wait before retrying."))),
     ),
     security((), ("bearer" = [])),
 )]
@@ -585,14 +597,10 @@ fn events_response(events: &[Bytes], cursor: u64) -> Response {
             body = Receipt,
             headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier post of the same event."))),
         (status = 400, description = "`bad_request`: invalid JSON, a missing or mistyped field, or an event the server refuses; `error` says which field and why.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: credentials are missing or invalid.", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "The challenge, such as `Bearer`."))),
+        CommonErrors,
         (status = 409, description = "`id_conflict`: the id was used before for a different event.", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over the server's limit (1 MiB by default).", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`.", body = ErrorBody),
-        (status = 500, description = "`internal`: a server fault; the detail is in the server's log.", body = ErrorBody),
-        (status = 503, description = "`unavailable` (the store cannot be reached) or `overloaded` (at a limit or shutting down); retry later.", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "With `overloaded`: seconds to wait before retrying."))),
     ),
     security((), ("bearer" = [])),
 )]
