@@ -525,7 +525,10 @@ fn a_wrong_server_url_keeps_the_outbox_and_says_what_to_check() {
         Method::Post,
         wrong_place(404, r#"{"error":"no such path","code":"not_found"}"#),
     ));
-    fake.script(Scripted::Answer(Method::Post, wrong_place(404, "Not Found")));
+    fake.script(Scripted::Answer(
+        Method::Post,
+        wrong_place(404, "Not Found"),
+    ));
     let event = DomainEvent::new("a", Ping { n: 1 });
     client.publish(event.clone()).unwrap();
     fake.settle(&mut pool);
