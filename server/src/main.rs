@@ -247,7 +247,7 @@ async fn static_file(files: ServeDir<MethodRouter>, mut request: Request) -> Res
     *request.method_mut() = Method::HEAD;
     let Ok(found) = files.oneshot(request).await;
     if found.status().is_success() || found.status().is_redirection() {
-        method_not_allowed("GET, HEAD")
+        method_not_allowed("GET,HEAD")
     } else {
         not_found(uri).await
     }

@@ -384,7 +384,7 @@ async fn unknown_paths_answer_404_for_every_method_and_known_ones_405_with_allow
         answer_of(client.post(format!("{}/index.html", with_files.base))).await;
     assert_eq!(
         (status, body["code"].as_str(), allow.as_deref()),
-        (405, Some("method_not_allowed"), Some("GET, HEAD")),
+        (405, Some("method_not_allowed"), Some("GET,HEAD")),
         "a POST to a static file: {body}"
     );
     let page = client
