@@ -6,8 +6,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -76,7 +76,8 @@ pub(crate) enum AppError {
         retry_after: Duration,
         reason: &'static str,
     },
-    NotFound,
+    /// The path, which the answer names.
+    NotFound(String),
     MethodNotAllowed,
     Internal,
 }
@@ -138,16 +139,21 @@ impl IntoResponse for AppError {
                 "the event store is unavailable; retry later".to_owned(),
                 None,
             ),
-            Self::NotFound => (
+            Self::NotFound(path) => (
                 StatusCode::NOT_FOUND,
                 codes::NOT_FOUND,
-                "no such resource; the API is `GET /events`, `POST /events` and `GET /healthz`".to_owned(),
+                format!(
+                    "no such path {path:?}: the API is `GET /events`, `POST /events` and `GET /healthz` \
+                     at the server's root; check that the client's server URL has no extra path"
+                ),
                 None,
             ),
+            // The router adds the `Allow` header with the methods the path takes.
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 codes::METHOD_NOT_ALLOWED,
-                "method not allowed here: `/events` takes GET and POST, `/healthz` GET".to_owned(),
+                "this path does not take this method; the `Allow` header lists the ones it takes"
+                    .to_owned(),
                 None,
             ),
             Self::Internal => (
@@ -197,15 +203,21 @@ pub(crate) fn router(server: EventBusServer) -> Router {
         .with_state(server)
 }
 
-/// The JSON `404` for paths the API does not have (and, for methods other than GET and
-/// HEAD, the JSON `405`): the binary's fallback, also for what its static folder does not
-/// have. An app that mounts [`EventBusServer::router`] can use it as its own fallback.
-pub async fn not_found(method: Method) -> Response {
-    if method == Method::GET || method == Method::HEAD {
-        AppError::NotFound.into_response()
-    } else {
-        AppError::MethodNotAllowed.into_response()
-    }
+/// The JSON `404 not_found` for paths the API does not have, whatever the method: the
+/// binary's fallback, also for what its static folder does not have. An app that mounts
+/// [`EventBusServer::router`] can use it as its own fallback.
+pub async fn not_found(uri: Uri) -> Response {
+    AppError::NotFound(uri.path().to_owned()).into_response()
+}
+
+/// The JSON `405 method_not_allowed` with `Allow: <allow>`, for a path that exists but
+/// does not take the request's method (a static file that gets a POST, say).
+pub fn method_not_allowed(allow: &'static str) -> Response {
+    let mut response = AppError::MethodNotAllowed.into_response();
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 /// Answers `503` when a request outlives the longest `wait` by more than the request
@@ -551,7 +563,20 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-async fn healthz(State(server): State<EventBusServer>) -> Result<Response, AppError> {
-    let head = server.inner.store.head().await.map_err(AppError::store)?;
-    Ok(Json(serde_json::json!({ "status": "ok", "head": head })).into_response())
+/// `200` while the store answers, with whether it accepts writes. The head only for a
+/// caller who may read: with authentication, one with a valid token, since the head of
+/// the shared sequence tells how much every tenant has written (docs/PROTOCOL.md).
+async fn healthz(
+    State(server): State<EventBusServer>,
+    caller: Result<Caller, AppError>,
+) -> Result<Response, AppError> {
+    let store = &server.inner.store;
+    let head = store.head().await.map_err(AppError::store)?;
+    let writable = store.accepts_writes().await.map_err(AppError::store)?;
+    let status = if writable { "ok" } else { "read_only" };
+    let mut body = serde_json::json!({ "status": status, "writable": writable });
+    if caller.is_ok() {
+        body["head"] = head.into();
+    }
+    Ok(Json(body).into_response())
 }

@@ -60,7 +60,7 @@ use uuid::Uuid;
 
 pub use auth::{AuthRejection, Authenticator, FilterOutcome, Principal};
 pub use distributed_events_shared::*;
-pub use http::{cors_layer, not_found, InvalidOrigin, Limits};
+pub use http::{cors_layer, method_not_allowed, not_found, InvalidOrigin, Limits};
 pub use jwt::{JwtAuthenticator, JwtKey, JwtKeyError};
 
 use auth::AuthorizationFilter;

@@ -8,16 +8,22 @@ use std::pin::pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use axum::Router;
 use clap::Parser;
 use distributed_events_server::{
-    cors_layer, not_found, store, EventBusServer, JwtAuthenticator, JwtKey, Limits,
+    cors_layer, method_not_allowed, not_found, store, EventBusServer, JwtAuthenticator, JwtKey,
+    Limits,
 };
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
@@ -198,11 +204,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut app = server.router();
     if args.static_dir.is_dir() {
         tracing::info!(dir = %args.static_dir.display(), "serving static files at /");
-        app = app.fallback_service(
-            ServeDir::new(&args.static_dir)
-                .call_fallback_on_method_not_allowed(true)
-                .not_found_service(axum::routing::any(not_found)),
-        );
+        let files = ServeDir::new(&args.static_dir).fallback(axum::routing::any(not_found));
+        app = app.fallback(move |request: Request| static_file(files.clone(), request));
     } else {
         tracing::info!(dir = %args.static_dir.display(), "no static files to serve (build the demo page first)");
         app = app.fallback(not_found);
@@ -230,6 +233,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     server.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A file of the static folder; for what it does not have, the JSON `404`. A method
+/// other than GET or HEAD answers the JSON `405` where there is a file, else the `404`
+/// (an unknown path is unknown whatever the method).
+async fn static_file(files: ServeDir<MethodRouter>, mut request: Request) -> Response {
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        let Ok(response) = files.oneshot(request).await;
+        return response.into_response();
+    }
+    let uri = request.uri().clone();
+    *request.method_mut() = Method::HEAD;
+    let Ok(found) = files.oneshot(request).await;
+    if found.status().is_success() || found.status().is_redirection() {
+        method_not_allowed("GET,HEAD")
+    } else {
+        not_found(uri).await
+    }
 }
 
 /// Serves `app` on HTTP/1 until `shutdown` completes, then lets requests in flight finish.

@@ -66,6 +66,13 @@ async fn tokens_are_verified_and_tenants_isolated() {
         "another-secret-that-is-also-32-bytes-long!",
     );
     let tenantless = hs256(&json!({"sub": "a", "exp": now() + 600}), SECRET);
+    // A blank tenant would make every such token one shared tenant.
+    let blank_tenant = |tenant: &str| {
+        hs256(
+            &json!({"sub": "a", "tenant_id": tenant, "exp": now() + 600}),
+            SECRET,
+        )
+    };
     // Meant for another service: no --jwt-audience names it.
     let for_billing = hs256(
         &json!({"sub": "a", "tenant_id": "t", "exp": now() + 600, "aud": "billing"}),
@@ -78,6 +85,8 @@ async fn tokens_are_verified_and_tenants_isolated() {
         Some(format!("Bearer {forged}")),
         Some(format!("Bearer {expired}")),
         Some(format!("Bearer {tenantless}")),
+        Some(format!("Bearer {}", blank_tenant(""))),
+        Some(format!("Bearer {}", blank_tenant(" \t"))),
         Some("Bearer not.a.jwt".to_owned()),
     ];
     for authorization in refused {
@@ -105,20 +114,31 @@ async fn tokens_are_verified_and_tenants_isolated() {
         .to_str()
         .unwrap()
         .contains("expired"));
-    // Health checks need no token.
-    assert_eq!(
-        client
-            .get(format!("{}/healthz", server.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    // Health checks need no token, and without one say nothing of the traffic: the
+    // head tells how much every tenant has written.
+    let health = |token: Option<String>| {
+        let mut request = client.get(format!("{}/healthz", server.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let anonymous = health(None).await;
+    assert_eq!(anonymous, json!({"status": "ok", "writable": true}));
+    assert_eq!(health(Some(expired.clone())).await, anonymous);
 
     // Alice (tenant-a) claims tenant-b in the body; Bob posts in tenant-b.
     let alice = hs256(&claims("alice", "tenant-a"), SECRET);
     let bob = hs256(&claims("bob", "tenant-b"), SECRET);
+    assert_eq!(
+        health(Some(alice.clone())).await,
+        json!({"status": "ok", "writable": true, "head": 0}),
+        "a caller with a valid token sees the head, where a client starts from now"
+    );
     for n in 0..6 {
         let (token, tenant) = if n % 2 == 0 {
             (&alice, "tenant-b")

@@ -122,6 +122,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Flushes and releases the store. Later calls fail with [`StoreError::Closed`].
     async fn close(&self);
 
+    /// Whether a write would be taken now, for `/healthz`. `false` while the store
+    /// answers reads but refuses writes (SQLite: another process holds the write lock).
+    async fn accepts_writes(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
     /// Stores one event; see [`EventStore::append_batch`].
     async fn append(&self, event: StoredEvent) -> Result<Appended, StoreError> {
         let mut appended = self.append_batch(vec![event]).await?;
