@@ -14,7 +14,7 @@ use distributed_events_shared::StoredEvent;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{SharedStore, Visibility};
+use crate::store::{event_size, SharedStore, Visibility};
 
 /// Most events the tail keeps.
 const MAX_EVENTS: usize = 8192;
@@ -108,7 +108,8 @@ impl Tail {
     }
 
     /// Up to `limit` events after `after` that `tenant` (when given) owns and `visible`
-    /// accepts, whose JSON adds up to at most `max_bytes` (but at least one event), or
+    /// accepts, whose sizes ([`event_size`]) add up to at most `max_bytes` (but at least
+    /// one event), or
     /// `None` when `after` lies before the tail (read the store then).
     pub(crate) fn read(
         &self,
@@ -132,7 +133,7 @@ impl Tail {
         for entry in state.events.range(first..) {
             let owned = tenant.is_none_or(|t| entry.event.tenant_id.as_deref() == Some(t));
             if owned && visible(&entry.event) {
-                bytes = bytes.saturating_add(entry.json.len());
+                bytes = bytes.saturating_add(event_size(&entry.event));
                 if !page.events.is_empty() && bytes > max_bytes {
                     // This event starts the next page.
                     page.cursor = last;
@@ -353,8 +354,8 @@ mod tests {
             event.event_json = format!("{{\"pad\":\"{}\"}}", "x".repeat(10_000));
             Serialized::new(event)
         };
-        // Two-digit positions throughout, so that every event has the same size.
-        let size = big(10).json.len();
+        // Two-digit positions throughout, so that every event's JSON has the same length.
+        let size = event_size(&big(10).event);
         let tail = Tail::new(10, 10 * big(10).weight());
         tail.extend((11..=30).map(big).collect(), 30);
         let all = |_: &StoredEvent| true;

@@ -9,7 +9,7 @@ use distributed_events_shared::StoredEvent;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{json_len, Appended, EventStore, StoreError};
+use super::{event_size, Appended, EventStore, StoreError};
 
 /// Keeps events in memory.
 #[derive(Debug)]
@@ -100,7 +100,7 @@ impl EventStore for MemoryStore {
             .take(limit)
             .take_while(|(event, _)| {
                 let more = bytes < max_bytes.max(1);
-                bytes = bytes.saturating_add(json_len(event));
+                bytes = bytes.saturating_add(event_size(event));
                 more
             })
             .map(|(event, _)| event.clone())

@@ -81,8 +81,8 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Up to `limit` events with `position > after`, in position order; with a
     /// `tenant`, only that tenant's events (filtered in the query, through an index).
-    /// Stops early, without reading further rows, once the events' JSON
-    /// ([`json_len`]) reaches `max_bytes` in total, so a read holds about `max_bytes`
+    /// Stops early, without reading further rows, once the events' sizes
+    /// ([`event_size`]) reach `max_bytes` in total, so a read holds about `max_bytes`
     /// plus one event however large events are.
     async fn read_range(
         &self,
@@ -135,7 +135,7 @@ pub trait EventStore: Send + Sync + 'static {
     }
 
     /// Up to `limit` events after `after` (of `tenant`, when given) for which `visible`
-    /// holds, in position order, whose JSON ([`json_len`]) adds up to at most
+    /// holds, in position order, whose sizes ([`event_size`]) add up to at most
     /// `max_bytes`; a page holds at least one event all the same, so a reader always
     /// progresses.
     /// The predicate runs before the limits, so a page is full whenever enough visible
@@ -165,7 +165,7 @@ pub trait EventStore: Send + Sync + 'static {
             let mut read_bytes = 0usize;
             let count = batch.len();
             for event in batch {
-                let size = json_len(&event);
+                let size = event_size(&event);
                 read_bytes = read_bytes.saturating_add(size);
                 if visible(&event) {
                     if !page.events.is_empty() && bytes.saturating_add(size) > max_bytes {
@@ -191,8 +191,10 @@ pub trait EventStore: Send + Sync + 'static {
     }
 }
 
-/// The length of an event's JSON, as a page carries it: what byte limits count.
-pub fn json_len(event: &StoredEvent) -> usize {
+/// What an event counts for against a byte limit: about the length of its JSON (its text,
+/// its context's JSON, and 256 bytes for the keys, id, time and position; characters
+/// that JSON escapes count once). Cheap: no pass over the payload.
+pub fn event_size(event: &StoredEvent) -> usize {
     struct Counter(usize);
     impl std::io::Write for Counter {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -203,10 +205,21 @@ pub fn json_len(event: &StoredEvent) -> usize {
             Ok(())
         }
     }
-    let mut counter = Counter(0);
-    // A `StoredEvent` is strings, numbers and a map of JSON values: it always serializes.
-    let _ = serde_json::to_writer(&mut counter, event);
-    counter.0
+    let mut context = Counter(0);
+    if !event.context.is_empty() {
+        // A map of JSON values always serializes.
+        let _ = serde_json::to_writer(&mut context, &event.context);
+    }
+    let optional = [&event.user_id, &event.tenant_id, &event.session_id]
+        .into_iter()
+        .flatten()
+        .map(String::len)
+        .sum::<usize>();
+    256 + event.aggregate_id.len()
+        + event.event_type.len()
+        + event.event_json.len()
+        + optional
+        + context.0
 }
 
 /// Whether the reader may see an event (see [`EventStore::read_after`]).

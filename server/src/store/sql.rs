@@ -6,7 +6,7 @@ use futures::TryStreamExt;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use uuid::Uuid;
 
-use super::{from_micros, json_len, StoreError};
+use super::{event_size, from_micros, StoreError};
 
 /// A stored position from its SQL integer.
 pub(super) fn to_position(value: i64) -> Result<u64, StoreError> {
@@ -52,8 +52,8 @@ where
     })
 }
 
-/// Events decoded from `rows` as they arrive, until `limit` of them or until their JSON
-/// reaches `max_bytes` (see `EventStore::read_range`); the rows after that are never read.
+/// Events decoded from `rows` as they arrive, until `limit` of them or until their sizes
+/// reach `max_bytes` (see `EventStore::read_range`); the rows after that are never read.
 pub(super) async fn decode_until<R>(
     mut rows: BoxStream<'_, Result<R, sqlx::Error>>,
     max_bytes: usize,
@@ -68,7 +68,7 @@ where
     let mut bytes = 0usize;
     while let Some(row) = rows.try_next().await? {
         let event = decode(&row)?;
-        bytes = bytes.saturating_add(json_len(&event));
+        bytes = bytes.saturating_add(event_size(&event));
         events.push(event);
         if bytes >= max_bytes {
             break;

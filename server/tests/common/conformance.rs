@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use distributed_events_server::store::{json_len, Appended, SharedStore};
+use distributed_events_server::store::{event_size, Appended, SharedStore};
 use distributed_events_server::StoredEvent;
 use uuid::Uuid;
 
@@ -230,7 +230,7 @@ pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStor
     let max_bytes = 8000;
 
     let batch = store.read_range(0, 100, max_bytes, None).await.unwrap();
-    let sizes: Vec<usize> = batch.iter().map(json_len).collect();
+    let sizes: Vec<usize> = batch.iter().map(event_size).collect();
     let before_last: usize = sizes[..sizes.len() - 1].iter().sum();
     assert!(
         before_last < max_bytes && sizes.iter().sum::<usize>() >= max_bytes,
@@ -248,7 +248,7 @@ pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStor
         let Some(last) = page.events.last() else {
             break;
         };
-        let bytes: usize = page.events.iter().map(json_len).sum();
+        let bytes: usize = page.events.iter().map(event_size).sum();
         assert!(
             bytes <= max_bytes || page.events.len() == 1,
             "page of {} events holds {bytes} bytes, over the limit of {max_bytes}",
