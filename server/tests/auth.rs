@@ -524,14 +524,14 @@ async fn a_tenant_holding_its_long_poll_share_leaves_the_others_theirs() {
         let token = token_b.clone();
         tokio::spawn(async move { client.get(&url).bearer_auth(&token).send().await.unwrap() })
     };
-    let posted = client
-        .post(&events)
-        .bearer_auth(&token_b)
-        .json(&event(1, "tenant-b"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(posted.status(), 201);
+    let post = |token: &str, n: usize, tenant: &str| {
+        client
+            .post(&events)
+            .bearer_auth(token)
+            .json(&event(n, tenant))
+            .send()
+    };
+    assert_eq!(post(&token_b, 1, "tenant-b").await.unwrap().status(), 201);
     let answer = b_poll.await.unwrap();
     assert_eq!(
         answer.status(),
@@ -543,14 +543,7 @@ async fn a_tenant_holding_its_long_poll_share_leaves_the_others_theirs() {
     assert_eq!(page[0]["tenantId"], "tenant-b");
 
     // A's waiting polls are served as usual when A's event comes.
-    let posted = client
-        .post(&events)
-        .bearer_auth(&token_a)
-        .json(&event(2, "tenant-a"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(posted.status(), 201);
+    assert_eq!(post(&token_a, 2, "tenant-a").await.unwrap().status(), 201);
     for holder in holders {
         let page = holder.await.unwrap();
         assert_eq!(page.len(), 1);

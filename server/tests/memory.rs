@@ -37,28 +37,17 @@ async fn read_all(client: reqwest::Client, base: String) -> Vec<StoredEvent> {
     let mut all = Vec::new();
     let mut after = 0;
     loop {
-        let response = client
-            .get(format!("{base}/events?after={after}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let cursor: u64 = response.headers()["x-events-cursor"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let body = response.bytes().await.unwrap();
-        let page: Vec<StoredEvent> = serde_json::from_slice(&body).unwrap();
+        let url = format!("{base}/events?after={after}");
+        let (page, cursor, body_len) = common::read_page(&client, &url).await;
         if page.is_empty() {
             return all;
         }
         // (The few quotes in each payload, escaped, fit in the cap's allowance for keys.)
         assert!(
-            body.len() <= PAGE_BYTES + 2 || page.len() == 1,
+            body_len <= PAGE_BYTES + 2 || page.len() == 1,
             "a page of {} events is {} bytes, over --max-page-bytes {PAGE_BYTES}",
             page.len(),
-            body.len()
+            body_len
         );
         assert_eq!(
             Some(cursor),
