@@ -33,11 +33,12 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most events in one answer; larger `limit`s are lowered to it (default 1000).
     pub max_page: usize,
-    /// Most bytes of events (their JSON) in one answer (default 1 MiB). An answer carries
-    /// at least one event all the same, so a reader always progresses.
+    /// Most bytes of events in one answer, each counted by
+    /// [`event_size`](crate::store::event_size), about its JSON (default 1 MiB). An
+    /// answer carries at least one event all the same, so a reader always progresses.
     pub max_page_bytes: usize,
     /// Most memory the tail of recent events, from which live polls are answered, may
-    /// hold (default 32 MiB).
+    /// hold, counting each event and its JSON (default 32 MiB).
     pub tail_bytes: usize,
     /// Longest long-poll; larger `wait`s are lowered to it (default 30 s).
     pub max_wait: Duration,
