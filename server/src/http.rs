@@ -1,12 +1,13 @@
 //! The HTTP edge: `GET /events`, `POST /events` and `GET /healthz` (docs/PROTOCOL.md).
 
 use std::any::Any;
+use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
-use axum::http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -32,11 +33,23 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most events in one answer; larger `limit`s are lowered to it (default 1000).
     pub max_page: usize,
+    /// Most bytes of events in one answer, each counted by
+    /// [`event_size`](crate::store::event_size), about its JSON (default 1 MiB). An
+    /// answer carries at least one event all the same, so a reader always progresses.
+    pub max_page_bytes: usize,
+    /// Most memory the tail of recent events, from which live polls are answered, may
+    /// hold, counting each event and its JSON (default 32 MiB).
+    pub tail_bytes: usize,
     /// Longest long-poll; larger `wait`s are lowered to it (default 30 s).
     pub max_wait: Duration,
     /// Most long-polls waiting at once; past it a poll that would wait answers `503`
     /// with `Retry-After` (default 10,000).
     pub max_long_polls: usize,
+    /// Most long-polls of one tenant waiting at once (anonymous callers count as one
+    /// tenant); past it that tenant's polls answer `503` with `Retry-After` while other
+    /// tenants still wait. `None` (the default) is a quarter of
+    /// [`max_long_polls`](Self::max_long_polls). Applies only with an authenticator.
+    pub max_long_polls_per_tenant: Option<usize>,
     /// Longest time a request may take beyond the longest `wait` ([`max_wait`](Self::max_wait))
     /// before it is answered `503` (default 30 s, so 60 s in all).
     pub request_timeout: Duration,
@@ -47,10 +60,21 @@ impl Default for Limits {
         Self {
             max_body_bytes: 1024 * 1024,
             max_page: 1000,
+            max_page_bytes: 1024 * 1024,
+            tail_bytes: 32 * 1024 * 1024,
             max_wait: Duration::from_secs(30),
             max_long_polls: 10_000,
+            max_long_polls_per_tenant: None,
             request_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl Limits {
+    /// The share of [`max_long_polls`](Self::max_long_polls) one tenant may hold.
+    pub(crate) fn long_polls_per_tenant(&self) -> usize {
+        self.max_long_polls_per_tenant
+            .unwrap_or((self.max_long_polls / 4).max(1))
     }
 }
 
@@ -371,6 +395,7 @@ async fn read_after(
     let tail = &server.inner.tail;
     let tenant = principal.tenant_id.as_deref();
     let filter = server.inner.filter.as_deref();
+    let max_bytes = server.inner.limits.max_page_bytes;
     let visible = |event: &StoredEvent| is_visible(filter, event, principal);
     // Subscribe before the first read so that no commit between read and wait is missed.
     let mut end = tail.watch_end();
@@ -384,7 +409,7 @@ async fn read_after(
         // The tail answers unless the cursor lies before it, or it has nothing yet for a
         // commit the store already acknowledged (read your own writes).
         let from_tail = tail
-            .read(cursor, limit, tenant, &visible)
+            .read(cursor, limit, max_bytes, tenant, &visible)
             .filter(|page| !page.events.is_empty() || page.cursor >= *committed.borrow());
         let events = match from_tail {
             Some(page) => {
@@ -393,7 +418,7 @@ async fn read_after(
             }
             None => {
                 let page = store
-                    .read_after(cursor, limit, tenant, &visible)
+                    .read_after(cursor, limit, max_bytes, tenant, &visible)
                     .await
                     .map_err(AppError::store)?;
                 // Checked after the read: a cleanup that ran before it (on any instance)
@@ -406,7 +431,11 @@ async fn read_after(
                     });
                 }
                 cursor = page.cursor;
-                page.events.iter().map(json_of).collect()
+                // Each event is dropped once serialized: the page is held about once.
+                page.events
+                    .into_iter()
+                    .map(|event| json_of(&event))
+                    .collect()
             }
         };
         if events.is_empty() && !checked_ahead && cursor > *end.borrow() {
@@ -423,25 +452,24 @@ async fn read_after(
             || tokio::time::Instant::now() >= deadline
             || server.inner.shutdown.is_cancelled()
         {
-            return Ok(events_response(&events, cursor));
+            return Ok(events_response(events, cursor));
         }
         if permit.is_none() {
             permit = Some(
                 server
                     .inner
                     .long_polls
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| AppError::Overloaded {
+                    .try_acquire(tenant)
+                    .map_err(|refusal| AppError::Overloaded {
                         retry_after: Duration::from_secs(1),
-                        reason: "too many long-polls are waiting on this server",
+                        reason: refusal.reason(),
                     })?,
             );
         }
         tokio::select! {
             changed = end.wait_for(|&end| end > cursor) => {
                 if changed.is_err() {
-                    return Ok(events_response(&[], cursor));
+                    return Ok(events_response(Vec::new(), cursor));
                 }
             }
             () = tokio::time::sleep_until(deadline) => {}
@@ -480,33 +508,43 @@ async fn read_since(
         .first()
         .and_then(|event| event.position);
     let Some(first) = first else {
-        return Ok(events_response(&[], head));
+        return Ok(events_response(Vec::new(), head));
     };
     let visible =
         |event: &StoredEvent| event.created_at >= since && is_visible(filter, event, principal);
+    let max_bytes = server.inner.limits.max_page_bytes;
     let page = store
-        .read_after(first.saturating_sub(1), limit, tenant, &visible)
+        .read_after(first.saturating_sub(1), limit, max_bytes, tenant, &visible)
         .await
         .map_err(AppError::store)?;
-    let events: Vec<Bytes> = page.events.iter().map(json_of).collect();
-    Ok(events_response(&events, page.cursor))
+    let events = page
+        .events
+        .into_iter()
+        .map(|event| json_of(&event))
+        .collect();
+    Ok(events_response(events, page.cursor))
 }
 
-/// A JSON array of already serialized events, with the cursor header.
-fn events_response(events: &[Bytes], cursor: u64) -> Response {
-    let size = events.iter().map(Bytes::len).sum::<usize>() + events.len() + 2;
-    let mut body = Vec::with_capacity(size);
-    body.push(b'[');
-    for (i, event) in events.iter().enumerate() {
+/// A JSON array of already serialized events, with the cursor header. The body is sent
+/// as the events' own buffers, not copied into one, and each is freed once written.
+fn events_response(events: Vec<Bytes>, cursor: u64) -> Response {
+    let size = events.iter().map(Bytes::len).sum::<usize>() + events.len().max(1) + 1;
+    let mut chunks = Vec::with_capacity(2 * events.len() + 1);
+    chunks.push(Bytes::from_static(b"["));
+    for (i, event) in events.into_iter().enumerate() {
         if i > 0 {
-            body.push(b',');
+            chunks.push(Bytes::from_static(b","));
         }
-        body.extend_from_slice(event);
+        chunks.push(event);
     }
-    body.push(b']');
+    chunks.push(Bytes::from_static(b"]"));
+    let body = Body::from_stream(futures::stream::iter(
+        chunks.into_iter().map(Ok::<_, Infallible>),
+    ));
     (
         [
             (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (CONTENT_LENGTH, HeaderValue::from(size)),
             (
                 HeaderName::from_static(CURSOR_HEADER),
                 HeaderValue::from(cursor),

@@ -118,6 +118,20 @@ struct Args {
     /// Largest accepted `POST /events` body, in bytes.
     #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
+
+    // Memory per request, and fairness between tenants.
+    /// Most bytes of events in one `GET /events` answer (one event is sent even if larger).
+    #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_PAGE_BYTES", default_value_t = Limits::default().max_page_bytes)]
+    max_page_bytes: usize,
+
+    /// Most memory the in-memory tail of recent events (for live polls) may hold, in bytes.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_TAIL_BYTES", default_value_t = Limits::default().tail_bytes)]
+    tail_bytes: usize,
+
+    /// Most long-polls of one tenant waiting at once (with JWT auth); past it that tenant's
+    /// polls are answered 503 with Retry-After. Default: a quarter of --max-long-polls.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_LONG_POLLS_PER_TENANT")]
+    max_long_polls_per_tenant: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -189,6 +203,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .limits(Limits {
             max_body_bytes: args.max_body_bytes,
             max_long_polls: args.max_long_polls,
+            max_page_bytes: args.max_page_bytes,
+            tail_bytes: args.tail_bytes,
+            max_long_polls_per_tenant: args.max_long_polls_per_tenant,
             ..Limits::default()
         });
     if let Some(authenticator) = authenticator {

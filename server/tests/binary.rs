@@ -24,18 +24,8 @@ async fn read_all(client: &reqwest::Client, base: &str) -> Vec<StoredEvent> {
     let mut all = Vec::new();
     let mut after = 0;
     loop {
-        let response = client
-            .get(format!("{base}/events?after={after}&limit=500"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let cursor: u64 = response.headers()["x-events-cursor"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let page: Vec<StoredEvent> = response.json().await.unwrap();
+        let url = format!("{base}/events?after={after}&limit=500");
+        let (page, cursor, _) = common::read_page(client, &url).await;
         if page.is_empty() {
             return all;
         }

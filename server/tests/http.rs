@@ -742,10 +742,11 @@ impl distributed_events_server::store::EventStore for CountingStore {
         &self,
         after: u64,
         limit: usize,
+        max_bytes: usize,
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, distributed_events_server::store::StoreError> {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.read_range(after, limit, tenant).await
+        self.inner.read_range(after, limit, max_bytes, tenant).await
     }
     async fn read_since(
         &self,

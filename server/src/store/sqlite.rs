@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::sql::{decode, decode_all, sql_limit, sql_position, to_position};
+use super::sql::{decode, decode_all, decode_until, sql_limit, sql_position, to_position};
 use super::{to_micros, Appended, EventStore, StoreError};
 
 /// Most events one transaction takes, so that one huge burst does not starve readers of
@@ -117,7 +117,9 @@ impl SqliteStore {
             .max_connections(4)
             // A local file has no connection to go stale: skip the ping on every acquire.
             .test_before_acquire(false)
-            .connect_with(options.read_only(true))
+            // Rows wait in a channel for the reader; a short one keeps a read that stops
+            // at its byte limit from holding many large rows it will not use.
+            .connect_with(options.read_only(true).row_buffer_size(2))
             .await?;
 
         let head: i64 = sqlx::query_scalar(
@@ -506,6 +508,7 @@ impl EventStore for SqliteStore {
         &self,
         after: u64,
         limit: usize,
+        max_bytes: usize,
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = format!(
@@ -516,9 +519,8 @@ impl EventStore for SqliteStore {
             .bind(tenant)
             .bind(sql_position(after))
             .bind(sql_limit(limit))
-            .fetch_all(&self.readers)
-            .await?;
-        decode_all(&rows)
+            .fetch(&self.readers);
+        decode_until(rows, max_bytes).await
     }
 
     async fn read_since(
