@@ -98,8 +98,10 @@ pub(crate) async fn run(server: &Server, args: TailArgs) -> Result<(), Failure> 
                 Status::BackingOff { error, retry_at } => {
                     // Before the first answer, no answer means a wrong URL or a server
                     // that is not running: say so rather than wait forever.
-                    if !was_live && matches!(error, ClientError::Network { .. } | ClientError::Timeout { .. }) {
-                        break Err(unreachable(server.url(), &error.to_string()));
+                    match &error {
+                        ClientError::Network { message } if !was_live => break Err(unreachable(server.url(), message)),
+                        ClientError::Timeout { .. } if !was_live => break Err(unreachable(server.url(), &error.to_string())),
+                        _ => {}
                     }
                     if let Some(failure) = fatal(server, &error) {
                         break Err(failure);
