@@ -85,7 +85,10 @@ fn assert_failed(output: &Output, code: i32, needle: &str) {
         stderr.contains(needle),
         "stderr does not say {needle:?}:\n{stderr}"
     );
-    assert!(!stderr.contains('\x1b'), "colour codes on a pipe:\n{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes on a pipe:\n{stderr}"
+    );
 }
 
 fn assert_ok(output: &Output) -> String {
@@ -221,7 +224,13 @@ fn posted_events_come_back_from_tail_as_json_lines_in_order() {
 fn a_post_that_is_not_json_is_refused_before_sending() {
     // No server at all: the payload is checked first.
     let output = cli(
-        &["post", "--url", "http://127.0.0.1:9", "OrderPlaced", "{item"],
+        &[
+            "post",
+            "--url",
+            "http://127.0.0.1:9",
+            "OrderPlaced",
+            "{item",
+        ],
         None,
     );
     assert_failed(&output, 2, "the payload must be JSON");
@@ -245,7 +254,15 @@ fn a_missing_or_wrong_token_exits_4_and_says_so() {
     // With a valid token the same commands work, and the server stamps the tenant.
     let token = token("tenant-1");
     assert_ok(&cli(
-        &["post", "OrderPlaced", "{}", "--url", &url, "--token", &token],
+        &[
+            "post",
+            "OrderPlaced",
+            "{}",
+            "--url",
+            &url,
+            "--token",
+            &token,
+        ],
         None,
     ));
     let tailed = json_lines(&assert_ok(&cli(
@@ -323,12 +340,20 @@ fn stats_prints_the_metrics_that_matter() {
         .unwrap();
     });
     let stats = assert_ok(&cli(
-        &["stats", "--url", &server.url(), "--metrics-url", &metrics_url],
+        &[
+            "stats",
+            "--url",
+            &server.url(),
+            "--metrics-url",
+            &metrics_url,
+        ],
         None,
     ));
     serving.join().unwrap();
     assert!(
-        stats.lines().any(|l| l.starts_with("head") && l.trim_end().ends_with(" 0")),
+        stats
+            .lines()
+            .any(|l| l.starts_with("head") && l.trim_end().ends_with(" 0")),
         "{stats}"
     );
     assert!(stats.contains("events_stored_total 12"), "{stats}");

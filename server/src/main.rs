@@ -213,7 +213,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(origins = ?args.cors_origins, "browsers may call the API from these origins");
         app = app.layer(cors);
     } else {
-        tracing::info!("no --cors-origin: browsers may call the API only from pages this server serves");
+        tracing::info!(
+            "no --cors-origin: browsers may call the API only from pages this server serves"
+        );
     }
     let app = app.layer(TraceLayer::new_for_http());
 

@@ -101,7 +101,12 @@ impl Server {
             Ok(error) => (error.code, error.error),
             Err(_) => ("http_error".to_owned(), body.trim().to_owned()),
         };
-        Err(refusal(status.as_u16(), &code, &message, self.token.is_some()))
+        Err(refusal(
+            status.as_u16(),
+            &code,
+            &message,
+            self.token.is_some(),
+        ))
     }
 }
 

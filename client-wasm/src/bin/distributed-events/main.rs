@@ -221,7 +221,10 @@ async fn stats(server: &Server, args: StatsArgs) -> Result<(), Failure> {
             rfc3339(oldest.created_at),
             oldest.position.unwrap_or_default().saturating_sub(1),
         ),
-        None => println!("{} no events (or none this token may see)", label("retained")),
+        None => println!(
+            "{} no events (or none this token may see)",
+            label("retained")
+        ),
     }
     if let Some(metrics_url) = args.metrics_url {
         let metrics = term::while_waiting(

@@ -151,12 +151,9 @@ fn fatal(server: &Server, error: &ClientError) -> Option<Failure> {
             status,
             code,
             message,
-        } if !error.is_transient() => Some(refusal(
-            *status,
-            code,
-            message,
-            server.token().is_some(),
-        )),
+        } if !error.is_transient() => {
+            Some(refusal(*status, code, message, server.token().is_some()))
+        }
         _ => None,
     }
 }

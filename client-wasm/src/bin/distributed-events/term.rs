@@ -59,7 +59,9 @@ impl Spinner {
                 let mut shown = false;
                 for frame in FRAMES.iter().cycle() {
                     // Ends when the spinner is dropped.
-                    let Some(message) = message.upgrade() else { break };
+                    let Some(message) = message.upgrade() else {
+                        break;
+                    };
                     draw(&message, *frame, &mut shown);
                     drop(message);
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -90,7 +92,10 @@ impl Spinner {
 
 /// One frame: `text` after the spinner, or a cleared line once it is hidden.
 fn draw(message: &Mutex<Option<String>>, frame: char, shown: &mut bool) {
-    let text = message.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let text = message
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let mut stderr = std::io::stderr().lock();
     match text {
         Some(text) => {
