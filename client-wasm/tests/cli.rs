@@ -131,7 +131,7 @@ fn posted_events_come_back_from_tail_as_json_lines_in_order() {
             &[
                 "post",
                 "OrderPlaced",
-                r#"{"item":"Latte"}"#,
+                r#"{"size":"large","item":"Latte"}"#,
                 "--aggregate-id",
                 "order-1",
                 "--context",
@@ -167,7 +167,7 @@ fn posted_events_come_back_from_tail_as_json_lines_in_order() {
     assert_eq!(
         seen,
         [
-            (Some(1), "OrderPlaced", r#"{"item":"Latte"}"#),
+            (Some(1), "OrderPlaced", r#"{"size":"large","item":"Latte"}"#),
             (Some(2), "OrderPlaced", r#"{"item":"Tea"}"#),
             (Some(3), "OrderShipped", r#"{"carrier":"post"}"#),
         ]

@@ -151,7 +151,9 @@ async fn post(server: &Server, args: PostArgs) -> Result<(), Failure> {
         Some(payload) if payload != "-" => payload.to_owned(),
         _ => read_stdin()?,
     };
-    let payload: serde_json::Value = serde_json::from_str(&payload).map_err(|error| {
+    // Checked here, sent as written (key order and all).
+    let payload = payload.trim();
+    serde_json::from_str::<serde::de::IgnoredAny>(payload).map_err(|error| {
         Failure::Usage(format!(
             "the payload must be JSON, such as '{{\"item\":\"Latte\"}}' ({error})"
         ))
@@ -163,7 +165,7 @@ async fn post(server: &Server, args: PostArgs) -> Result<(), Failure> {
             .aggregate_id
             .unwrap_or_else(|| Uuid::now_v7().to_string()),
         event_type: args.event_type,
-        event_json: payload.to_string(),
+        event_json: payload.to_owned(),
         user_id: None,
         tenant_id: None,
         session_id: None,
@@ -214,13 +216,20 @@ async fn stats(server: &Server, args: StatsArgs) -> Result<(), Failure> {
     println!("{} {}", label("server"), server.url());
     println!("{} {head}", label("head"));
     match oldest {
-        Some(oldest) => println!(
-            "{} positions {} to {head}, the oldest created {}; a cursor below {} gets 410",
-            label("retained"),
-            oldest.position.unwrap_or_default(),
-            rfc3339(oldest.created_at),
-            oldest.position.unwrap_or_default().saturating_sub(1),
-        ),
+        Some(oldest) => {
+            let first = oldest.position.unwrap_or_default();
+            // Below `first - 1`, the events right after the cursor were deleted.
+            let expired = if first > 1 {
+                format!("; `tail --after` below {} gets 410", first - 1)
+            } else {
+                String::new()
+            };
+            println!(
+                "{} positions {first} to {head}, the oldest created {}{expired}",
+                label("retained"),
+                rfc3339(oldest.created_at),
+            );
+        }
         None => println!(
             "{} no events (or none this token may see)",
             label("retained")

@@ -172,19 +172,31 @@ fn table_row(event: &StoredEvent, colour: bool) -> String {
     let created = event
         .created_at
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let payload = if event.event_json.chars().count() > PAYLOAD_WIDTH {
-        let cut: String = event.event_json.chars().take(PAYLOAD_WIDTH - 1).collect();
-        format!("{cut}…")
-    } else {
-        event.event_json.clone()
-    };
     format!(
-        "{}  {}  {}  {}  {payload}",
+        "{}  {}  {}  {}  {}",
         term::colour(colour, "33", &format!("{position:>8}")),
         term::colour(colour, "2", &format!("{created:<20}")),
-        term::colour(colour, "1;36", &format!("{:<24}", event.event_type)),
-        term::colour(colour, "32", &format!("{:<20}", event.aggregate_id)),
+        term::colour(
+            colour,
+            "1;36",
+            &format!("{:<24}", fit(&event.event_type, 24))
+        ),
+        term::colour(
+            colour,
+            "32",
+            &format!("{:<20}", fit(&event.aggregate_id, 20))
+        ),
+        fit(&event.event_json, PAYLOAD_WIDTH),
     )
+}
+
+/// `text`, cut to `width` characters with an ellipsis if longer.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let cut: String = text.chars().take(width - 1).collect();
+    format!("{cut}…")
 }
 
 fn output_failed(error: std::io::Error) -> Failure {
