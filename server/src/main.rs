@@ -173,6 +173,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal; plain text in a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,11 +226,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let files = ServeDir::new(&args.static_dir).fallback(axum::routing::any(not_found));
         app = app.fallback(move |request: Request| static_file(files.clone(), request));
     } else {
-        tracing::info!(dir = %args.static_dir.display(), "no static files to serve (build the demo page first)");
+        tracing::warn!(dir = %args.static_dir.display(), "--static-dir does not exist: the demo page is not served and `/` answers 404 (build it with ./scripts/build-web.sh, or point --static-dir at it)");
         app = app.fallback(not_found);
     }
     if let Some(cors) = cors {
+        tracing::info!(origins = ?args.cors_origins, "browsers may call the API from these origins");
         app = app.layer(cors);
+    } else {
+        tracing::info!(
+            "no --cors-origin: browsers may call the API only from pages this server serves"
+        );
     }
     let app = app.layer(TraceLayer::new_for_http());
 

@@ -418,3 +418,40 @@ async fn a_second_server_on_the_same_sqlite_file_is_refused_at_start() {
     let second = ServerProcess::sqlite(&db, &[]);
     assert_eq!(read_all(&client, &second.base).await.len(), 1);
 }
+
+/// The start-up log as a file or a pipe gets it: plain text (no colour codes), the CORS
+/// origins in effect, and a warning when the demo page's folder is missing.
+#[test]
+fn the_start_up_log_is_plain_text_and_says_what_is_served() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distributed-events-server"))
+        .args(["--database", "memory", "--bind", "127.0.0.1:0"])
+        .args(["--static-dir", "/nonexistent/www/dist"])
+        .args(["--cors-origin", "http://app.example"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Everything up to the address line; a server that exits first ends the lines.
+    let log: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|line| !line.starts_with("listening on "))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.join("\n");
+    assert!(!log.contains('\x1b'), "colour codes in a piped log:\n{log}");
+    assert!(
+        log.lines()
+            .any(|line| line.contains("WARN") && line.contains("the demo page is not served")),
+        "no warning about the missing --static-dir:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|line| line.contains("origins") && line.contains("http://app.example")),
+        "the CORS origins in effect are not logged:\n{log}"
+    );
+}
