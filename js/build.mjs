@@ -11,7 +11,7 @@
 //
 // wasm-pack's own wasm-opt is off (`--no-opt`): it would download binaryen, and this
 // build must run offline. `--mode no-install` makes wasm-pack use the wasm-bindgen CLI
-// that scripts/setup.sh installed instead of downloading one.
+// that scripts/setup-web.sh installed instead of downloading one.
 //
 // wasm-opt comes from the npm package `binaryen`, pinned in package-lock.json (`npm ci`
 // first), not from Debian: Debian 12's binaryen 108 writes the export of wasm-bindgen's
@@ -47,7 +47,7 @@ function run(command, args) {
   console.error(`$ ${command} ${args.join(' ')}`);
   const { status, error } = spawnSync(command, args, { stdio: 'inherit' });
   if (error) {
-    console.error(`build.mjs: cannot run ${command} (${error.message}); run scripts/setup.sh and \`npm ci\` in js/ first`);
+    console.error(`build.mjs: cannot run ${command} (${error.message}); run scripts/setup-web.sh and \`npm ci\` in js/ first`);
     process.exit(1);
   }
   if (status !== 0) process.exit(status ?? 1);

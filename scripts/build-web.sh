@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the web side, idempotently: the npm package `distributed-events` (js/pkg: the
 # wasm client through wasm-pack and wasm-opt, then its gzipped size) and the demo page
-# (www/dist, which the server serves at /). Needs what scripts/setup.sh installs.
+# (www/dist, which the server serves at /). Needs what scripts/setup-web.sh installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

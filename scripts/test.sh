@@ -26,6 +26,9 @@ step "Rust tests (unit, store conformance, HTTP, binary, cross-crate; a 3-minute
 # The soak runs for 20 s in a plain `cargo test`; here for minutes, as issue 6 asks.
 SOAK_SECONDS="${SOAK_SECONDS:-180}" cargo test --workspace
 
+step "examples: the server, client and end-to-end examples, each briefly"
+./scripts/examples-smoke.sh
+
 # --- client-wasm: the Rust client on wasm32, in headless Chromium ----------------------
 # (Its native unit tests and tests/tests/client.rs ran with `cargo test --workspace`.)
 step "client-wasm: lints for wasm32, without and with the JS binding"

@@ -581,8 +581,8 @@ async fn receive(inner: Arc<Inner>) {
                 inner.back_off(Side::Receive, error, delay).await;
             }
             Err(Failure::Refused(error)) => {
-                // A request the server will not take (a wrong URL, say): the app hears
-                // of it; retrying slowly lets a fixed server pick up again.
+                // A query the server will not take: the app hears of it; retrying slowly
+                // lets a fixed server pick up again.
                 let delay = inner.next_delay(&mut backoff, None);
                 inner.back_off(Side::Receive, error, delay).await;
             }

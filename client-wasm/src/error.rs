@@ -34,6 +34,16 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
+    /// The server URL leads to no events API: the answer was `404` or `405`, which says
+    /// the address is wrong, not the request. Retried, and events to send wait in the
+    /// outbox, until the address answers (the server or a proxy in between is fixed).
+    #[error("the server answered {status} ({message}): the server URL does not lead to the events API; check that it is the server's root, such as http://localhost:8080 with no path after it, and that a proxy in between passes /events and /healthz on. Events to send wait in the outbox meanwhile")]
+    WrongServerUrl {
+        /// The HTTP status.
+        status: u16,
+        /// What the server said, or `no error body`.
+        message: String,
+    },
     /// The server's answer could not be read, as when a proxy answers instead. Retried.
     #[error("the server's answer could not be read: {message}")]
     InvalidResponse {
@@ -107,13 +117,15 @@ pub enum ClientError {
 impl ClientError {
     /// A stable code: the server's code for [`Http`](Self::Http) and
     /// [`Rejected`](Self::Rejected), `cursor_expired`/`cursor_ahead` for a reset, and
-    /// otherwise one of `network_error`, `timeout`, `invalid_response`, `token_failed`,
+    /// otherwise one of `network_error`, `timeout`, `wrong_server_url`,
+    /// `invalid_response`, `token_failed`,
     /// `unknown_event_type`, `undecodable_payload`, `cursor_store_failed`,
     /// `invalid_config`, `invalid_event`, `closed`.
     pub fn code(&self) -> &str {
         match self {
             Self::Network { .. } => "network_error",
             Self::Timeout { .. } => "timeout",
+            Self::WrongServerUrl { .. } => "wrong_server_url",
             Self::Http { code, .. }
             | Self::Rejected { code, .. }
             | Self::CursorReset { code, .. } => code,

@@ -78,7 +78,9 @@ pub(crate) enum Failure {
     },
     /// `410`: the cursor is gone; poll again with `after = resume_after`.
     Reset { code: String, resume_after: u64 },
-    /// Sending the same request again cannot succeed (`400`, `409`, `413`, ...).
+    /// The server refused the request itself (`400`, `409`, `413`): sending it again
+    /// cannot succeed. Any other status says nothing against the request, not even
+    /// against an event: a `404` or `405` means the client is pointed at the wrong place.
     Refused(ClientError),
 }
 
@@ -170,22 +172,25 @@ fn success(response: HttpResponse) -> Result<HttpResponse, Failure> {
             format!("no error body (HTTP {status})"),
         ),
     };
-    let error = ClientError::Http {
-        status,
-        code,
-        message,
+    let error = match status {
+        404 | 405 => ClientError::WrongServerUrl { status, message },
+        _ => ClientError::Http {
+            status,
+            code,
+            message,
+        },
     };
-    // 401: the token source may have a fresh token by the next attempt.
-    if error.is_transient() || status == 401 {
-        let retry_after = response
-            .retry_after
-            .as_deref()
-            .and_then(|value| value.trim().parse().ok())
-            .map(Duration::from_secs);
-        Err(Failure::Retry { error, retry_after })
-    } else {
-        Err(Failure::Refused(error))
+    if matches!(status, 400 | 409 | 413) {
+        return Err(Failure::Refused(error));
     }
+    // Anything else may pass: the server recovers, the token source has a fresh token
+    // (401), the address or a proxy is fixed (404, 405).
+    let retry_after = response
+        .retry_after
+        .as_deref()
+        .and_then(|value| value.trim().parse().ok())
+        .map(Duration::from_secs);
+    Err(Failure::Retry { error, retry_after })
 }
 
 #[cfg(test)]
@@ -263,6 +268,29 @@ mod tests {
         assert!(matches!(
             read_receipt(answer(409, r#"{"error":"used","code":"id_conflict"}"#)).unwrap_err(),
             Failure::Refused(error) if error.code() == "id_conflict"
+        ));
+        for (status, code) in [(400, "bad_request"), (413, "payload_too_large")] {
+            let body = format!(r#"{{"error":"no","code":"{code}"}}"#);
+            assert!(matches!(
+                read_receipt(answer(status, &body)).unwrap_err(),
+                Failure::Refused(error) if error.code() == code
+            ));
+        }
+        // Not a refusal of the event: the client is pointed at the wrong place, or a
+        // proxy stands in the way. The event stays in the outbox.
+        for wrong_place in [
+            answer(404, r#"{"error":"no such path","code":"not_found"}"#),
+            answer(405, r#"{"error":"no","code":"method_not_allowed"}"#),
+            answer(404, "<html>Not Found</html>"),
+        ] {
+            assert!(matches!(
+                read_receipt(wrong_place).unwrap_err(),
+                Failure::Retry { error, .. } if error.code() == "wrong_server_url" && !error.is_transient()
+            ));
+        }
+        assert!(matches!(
+            read_receipt(answer(403, "forbidden")).unwrap_err(),
+            Failure::Retry { error, .. } if error.code() == "http_error"
         ));
         assert!(matches!(
             read_head(answer(200, r#"{"status":"ok","head":9}"#)),

@@ -123,6 +123,23 @@ test('an event published while the server is down is stored once it is back, and
   assert.deepEqual((await received.waitFor(2)).map((event) => event.id), [during, afterwards]);
 });
 
+test('a serverUrl with a path the server does not serve keeps the event, and the status says what to check', async () => {
+  const misdirected = client({ serverUrl: `${server.url}/api`, autoForward: true });
+  const errors = [];
+  misdirected.onError((error) => errors.push(error));
+  misdirected.publish('Misdirected', { n: 1 }, { aggregateId: 'misdirected' });
+
+  const backingOff = await statusReaches(misdirected, 'backingOff');
+  assert.equal(backingOff.error.code, 'wrong_server_url');
+  assert.equal(backingOff.error.status, 404);
+  assert.match(backingOff.error.message, /server URL/);
+  // Not dropped as refused: no error names the event.
+  assert.ok(
+    errors.every((error) => error.code === 'wrong_server_url' && error.event === undefined),
+    errors.map((error) => error.code).join(', '),
+  );
+});
+
 test('invalid input throws an Error with a code', () => {
   assert.throws(() => new EventBusClient({ serverUrl: 'localhost:8080' }), (error) => {
     assert.ok(error instanceof Error);

@@ -1,13 +1,14 @@
 //! The HTTP edge: `GET /events`, `POST /events` and `GET /healthz` (docs/PROTOCOL.md).
 
 use std::any::Any;
+use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Query, Request, State};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -33,11 +34,23 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most events in one answer; larger `limit`s are lowered to it (default 1000).
     pub max_page: usize,
+    /// Most bytes of events in one answer, each counted by
+    /// [`event_size`](crate::store::event_size), about its JSON (default 1 MiB). An
+    /// answer carries at least one event all the same, so a reader always progresses.
+    pub max_page_bytes: usize,
+    /// Most memory the tail of recent events, from which live polls are answered, may
+    /// hold, counting each event and its JSON (default 32 MiB).
+    pub tail_bytes: usize,
     /// Longest long-poll; larger `wait`s are lowered to it (default 30 s).
     pub max_wait: Duration,
     /// Most long-polls waiting at once; past it a poll that would wait answers `503`
     /// with `Retry-After` (default 10,000).
     pub max_long_polls: usize,
+    /// Most long-polls of one tenant waiting at once (anonymous callers count as one
+    /// tenant); past it that tenant's polls answer `503` with `Retry-After` while other
+    /// tenants still wait. `None` (the default) is a quarter of
+    /// [`max_long_polls`](Self::max_long_polls). Applies only with an authenticator.
+    pub max_long_polls_per_tenant: Option<usize>,
     /// Longest time a request may take beyond the longest `wait` ([`max_wait`](Self::max_wait))
     /// before it is answered `503` (default 30 s, so 60 s in all).
     pub request_timeout: Duration,
@@ -48,10 +61,21 @@ impl Default for Limits {
         Self {
             max_body_bytes: 1024 * 1024,
             max_page: 1000,
+            max_page_bytes: 1024 * 1024,
+            tail_bytes: 32 * 1024 * 1024,
             max_wait: Duration::from_secs(30),
             max_long_polls: 10_000,
+            max_long_polls_per_tenant: None,
             request_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl Limits {
+    /// The share of [`max_long_polls`](Self::max_long_polls) one tenant may hold.
+    pub(crate) fn long_polls_per_tenant(&self) -> usize {
+        self.max_long_polls_per_tenant
+            .unwrap_or((self.max_long_polls / 4).max(1))
     }
 }
 
@@ -77,7 +101,8 @@ pub(crate) enum AppError {
         retry_after: Duration,
         reason: &'static str,
     },
-    NotFound,
+    /// The path, which the answer names.
+    NotFound(String),
     MethodNotAllowed,
     Internal,
 }
@@ -140,16 +165,21 @@ impl IntoResponse for AppError {
                 "the event store is unavailable; retry later".to_owned(),
                 None,
             ),
-            Self::NotFound => (
+            Self::NotFound(path) => (
                 StatusCode::NOT_FOUND,
                 codes::NOT_FOUND,
-                "no such resource; the API is `GET /events`, `POST /events` and `GET /healthz`".to_owned(),
+                format!(
+                    "no such path {path:?}: the API is `GET /events`, `POST /events` and `GET /healthz` \
+                     at the server's root; check that the client's server URL has no extra path"
+                ),
                 None,
             ),
+            // The router adds the `Allow` header with the methods the path takes.
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 codes::METHOD_NOT_ALLOWED,
-                "method not allowed here: `/events` takes GET and POST, `/healthz` GET".to_owned(),
+                "this path does not take this method; the `Allow` header lists the ones it takes"
+                    .to_owned(),
                 None,
             ),
             Self::Internal => (
@@ -201,15 +231,21 @@ pub(crate) fn router(server: EventBusServer) -> Router {
         .with_state(server)
 }
 
-/// The JSON `404` for paths the API does not have (and, for methods other than GET and
-/// HEAD, the JSON `405`): the binary's fallback, also for what its static folder does not
-/// have. An app that mounts [`EventBusServer::router`] can use it as its own fallback.
-pub async fn not_found(method: Method) -> Response {
-    if method == Method::GET || method == Method::HEAD {
-        AppError::NotFound.into_response()
-    } else {
-        AppError::MethodNotAllowed.into_response()
-    }
+/// The JSON `404 not_found` for paths the API does not have, whatever the method: the
+/// binary's fallback, also for what its static folder does not have. An app that mounts
+/// [`EventBusServer::router`] can use it as its own fallback.
+pub async fn not_found(uri: Uri) -> Response {
+    AppError::NotFound(uri.path().to_owned()).into_response()
+}
+
+/// The JSON `405 method_not_allowed` with `Allow: <allow>`, for a path that exists but
+/// does not take the request's method (a static file that gets a POST, say).
+pub fn method_not_allowed(allow: &'static str) -> Response {
+    let mut response = AppError::MethodNotAllowed.into_response();
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 /// Counts each request and its time to answer, by route (not path: the label's values
@@ -434,6 +470,7 @@ async fn read_after(
     let tail = &server.inner.tail;
     let tenant = principal.tenant_id.as_deref();
     let filter = server.inner.filter.as_deref();
+    let max_bytes = server.inner.limits.max_page_bytes;
     let visible = |event: &StoredEvent| is_visible(filter, event, principal);
     // Subscribe before the first read so that no commit between read and wait is missed.
     let mut end = tail.watch_end();
@@ -447,7 +484,7 @@ async fn read_after(
         // The tail answers unless the cursor lies before it, or it has nothing yet for a
         // commit the store already acknowledged (read your own writes).
         let from_tail = tail
-            .read(cursor, limit, tenant, &visible)
+            .read(cursor, limit, max_bytes, tenant, &visible)
             .filter(|page| !page.events.is_empty() || page.cursor >= *committed.borrow());
         let events = match from_tail {
             Some(page) => {
@@ -458,7 +495,7 @@ async fn read_after(
             }
             None => {
                 let page = store
-                    .read_after(cursor, limit, tenant, &visible)
+                    .read_after(cursor, limit, max_bytes, tenant, &visible)
                     .await
                     .map_err(AppError::store)?;
                 // Checked after the read: a cleanup that ran before it (on any instance)
@@ -473,7 +510,11 @@ async fn read_after(
                 cursor = page.cursor;
                 metrics::counter!(telemetry::DELIVERED, "source" => "store")
                     .increment(page.events.len() as u64);
-                page.events.iter().map(json_of).collect()
+                // Each event is dropped once serialized: the page is held about once.
+                page.events
+                    .into_iter()
+                    .map(|event| json_of(&event))
+                    .collect()
             }
         };
         if events.is_empty() && !checked_ahead && cursor > *end.borrow() {
@@ -490,25 +531,24 @@ async fn read_after(
             || tokio::time::Instant::now() >= deadline
             || server.inner.shutdown.is_cancelled()
         {
-            return Ok(events_response(&events, cursor));
+            return Ok(events_response(events, cursor));
         }
         if permit.is_none() {
             permit = Some(LivePoll::new(
                 server
                     .inner
                     .long_polls
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| AppError::Overloaded {
+                    .try_acquire(tenant)
+                    .map_err(|refusal| AppError::Overloaded {
                         retry_after: Duration::from_secs(1),
-                        reason: "too many long-polls are waiting on this server",
+                        reason: refusal.reason(),
                     })?,
             ));
         }
         tokio::select! {
             changed = end.wait_for(|&end| end > cursor) => {
                 if changed.is_err() {
-                    return Ok(events_response(&[], cursor));
+                    return Ok(events_response(Vec::new(), cursor));
                 }
             }
             () = tokio::time::sleep_until(deadline) => {}
@@ -547,35 +587,45 @@ async fn read_since(
         .first()
         .and_then(|event| event.position);
     let Some(first) = first else {
-        return Ok(events_response(&[], head));
+        return Ok(events_response(Vec::new(), head));
     };
     let visible =
         |event: &StoredEvent| event.created_at >= since && is_visible(filter, event, principal);
+    let max_bytes = server.inner.limits.max_page_bytes;
     let page = store
-        .read_after(first.saturating_sub(1), limit, tenant, &visible)
+        .read_after(first.saturating_sub(1), limit, max_bytes, tenant, &visible)
         .await
         .map_err(AppError::store)?;
     metrics::counter!(telemetry::DELIVERED, "source" => "store")
         .increment(page.events.len() as u64);
-    let events: Vec<Bytes> = page.events.iter().map(json_of).collect();
-    Ok(events_response(&events, page.cursor))
+    let events = page
+        .events
+        .into_iter()
+        .map(|event| json_of(&event))
+        .collect();
+    Ok(events_response(events, page.cursor))
 }
 
-/// A JSON array of already serialized events, with the cursor header.
-fn events_response(events: &[Bytes], cursor: u64) -> Response {
-    let size = events.iter().map(Bytes::len).sum::<usize>() + events.len() + 2;
-    let mut body = Vec::with_capacity(size);
-    body.push(b'[');
-    for (i, event) in events.iter().enumerate() {
+/// A JSON array of already serialized events, with the cursor header. The body is sent
+/// as the events' own buffers, not copied into one, and each is freed once written.
+fn events_response(events: Vec<Bytes>, cursor: u64) -> Response {
+    let size = events.iter().map(Bytes::len).sum::<usize>() + events.len().max(1) + 1;
+    let mut chunks = Vec::with_capacity(2 * events.len() + 1);
+    chunks.push(Bytes::from_static(b"["));
+    for (i, event) in events.into_iter().enumerate() {
         if i > 0 {
-            body.push(b',');
+            chunks.push(Bytes::from_static(b","));
         }
-        body.extend_from_slice(event);
+        chunks.push(event);
     }
-    body.push(b']');
+    chunks.push(Bytes::from_static(b"]"));
+    let body = Body::from_stream(futures::stream::iter(
+        chunks.into_iter().map(Ok::<_, Infallible>),
+    ));
     (
         [
             (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (CONTENT_LENGTH, HeaderValue::from(size)),
             (
                 HeaderName::from_static(CURSOR_HEADER),
                 HeaderValue::from(cursor),
@@ -653,13 +703,19 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// The answer of `GET /healthz`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Health {
-    /// Always `ok`.
+    /// `ok`, or `read_only` when the store does not take writes.
     status: &'static str,
-    /// The highest position assigned.
-    head: u64,
+    /// Whether the store takes writes.
+    writable: bool,
+    /// The highest position assigned: only for a caller who may read (with
+    /// authentication, one with a valid token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<u64>,
 }
 
-/// Whether the server and its store answer.
+/// Whether the server and its store answer. The head only for a caller who may read:
+/// with authentication, one with a valid token, since the head of the shared sequence
+/// tells how much every tenant has written (docs/PROTOCOL.md).
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -668,10 +724,23 @@ pub(crate) struct Health {
         (status = 500, description = "`internal`: a server fault; the detail is in the server's log.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the store cannot be reached.", body = ErrorBody),
     ),
+    security((), ("bearer" = [])),
 )]
-async fn healthz(State(server): State<EventBusServer>) -> Result<Response, AppError> {
-    let head = server.inner.store.head().await.map_err(AppError::store)?;
-    Ok(Json(Health { status: "ok", head }).into_response())
+async fn healthz(
+    State(server): State<EventBusServer>,
+    caller: Result<Caller, AppError>,
+) -> Result<Response, AppError> {
+    let store = &server.inner.store;
+    let head = store.head().await.map_err(AppError::store)?;
+    let writable = store.accepts_writes().await.map_err(AppError::store)?;
+    let status = if writable { "ok" } else { "read_only" };
+    let head = caller.is_ok().then_some(head);
+    Ok(Json(Health {
+        status,
+        writable,
+        head,
+    })
+    .into_response())
 }
 
 /// This API's OpenAPI document (docs/openapi.json).

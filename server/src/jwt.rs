@@ -127,6 +127,13 @@ impl JwtAuthenticator {
                 self.tenant_claim
             ))
         })?;
+        // Else every token with a blank tenant would share one tenant.
+        if tenant_id.trim().is_empty() {
+            return Err(invalid_token(format!(
+                "the token's `{}` claim is blank; it must name a tenant",
+                self.tenant_claim
+            )));
+        }
         Ok(Principal {
             user_id: text("sub"),
             tenant_id: Some(tenant_id),

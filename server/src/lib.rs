@@ -48,6 +48,7 @@
 mod auth;
 mod http;
 mod jwt;
+mod long_polls;
 mod openapi;
 pub mod store;
 mod tail;
@@ -62,7 +63,7 @@ use uuid::Uuid;
 
 pub use auth::{AuthRejection, Authenticator, FilterOutcome, Principal};
 pub use distributed_events_shared::*;
-pub use http::{cors_layer, not_found, InvalidOrigin, Limits};
+pub use http::{cors_layer, method_not_allowed, not_found, InvalidOrigin, Limits};
 pub use jwt::{JwtAuthenticator, JwtKey, JwtKeyError};
 pub use telemetry::{metrics_router, MetricsError};
 
@@ -100,8 +101,8 @@ struct Inner {
     authenticator: Option<Arc<dyn Authenticator>>,
     filter: Option<Arc<AuthorizationFilter>>,
     shutdown: CancellationToken,
-    /// One permit per long-poll allowed to wait at once.
-    long_polls: Arc<tokio::sync::Semaphore>,
+    /// The long-polls waiting at once, in all and per tenant.
+    long_polls: Arc<long_polls::LongPolls>,
     /// The recent events, from which live polls are answered.
     tail: Arc<tail::Tail>,
     /// The periodic cleanup and the tail's follower.
@@ -182,8 +183,17 @@ impl EventBusServerBuilder {
     /// The server. Starts the periodic cleanup when configured, so it must be called
     /// inside a tokio runtime.
     pub fn build(self) -> EventBusServer {
-        let long_polls = Arc::new(tokio::sync::Semaphore::new(self.limits.max_long_polls));
-        let tail = Arc::new(tail::Tail::new(*self.store.watch_head().borrow()));
+        // Without an authenticator every caller is the same anonymous principal: a share
+        // would only lower the cap.
+        let per_tenant = match self.authenticator {
+            Some(_) => self.limits.long_polls_per_tenant(),
+            None => self.limits.max_long_polls,
+        };
+        let long_polls = long_polls::LongPolls::new(self.limits.max_long_polls, per_tenant);
+        let tail = Arc::new(tail::Tail::new(
+            *self.store.watch_head().borrow(),
+            self.limits.tail_bytes,
+        ));
         let shutdown = CancellationToken::new();
         let follower = tokio::spawn(tail::follow(
             tail.clone(),

@@ -8,16 +8,22 @@ use std::pin::pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use axum::Router;
 use clap::Parser;
 use distributed_events_server::{
-    cors_layer, not_found, store, EventBusServer, JwtAuthenticator, JwtKey, Limits,
+    cors_layer, method_not_allowed, not_found, store, EventBusServer, JwtAuthenticator, JwtKey,
+    Limits,
 };
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
@@ -113,6 +119,20 @@ struct Args {
     #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
 
+    // Memory per request, and fairness between tenants.
+    /// Most bytes of events in one `GET /events` answer (one event is sent even if larger).
+    #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_PAGE_BYTES", default_value_t = Limits::default().max_page_bytes)]
+    max_page_bytes: usize,
+
+    /// Most memory the in-memory tail of recent events (for live polls) may hold, in bytes.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_TAIL_BYTES", default_value_t = Limits::default().tail_bytes)]
+    tail_bytes: usize,
+
+    /// Most long-polls of one tenant waiting at once (with JWT auth); past it that tenant's
+    /// polls are answered 503 with Retry-After. Default: a quarter of --max-long-polls.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_LONG_POLLS_PER_TENANT")]
+    max_long_polls_per_tenant: Option<usize>,
+
     // --- operations: metrics ---
     /// Serve Prometheus metrics at `http://ADDRESS/metrics` (such as `127.0.0.1:9090`).
     /// A separate address, so that the API's clients cannot reach them. Off by default.
@@ -164,6 +184,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal; plain text in a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -194,6 +216,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .limits(Limits {
             max_body_bytes: args.max_body_bytes,
             max_long_polls: args.max_long_polls,
+            max_page_bytes: args.max_page_bytes,
+            tail_bytes: args.tail_bytes,
+            max_long_polls_per_tenant: args.max_long_polls_per_tenant,
             max_wait: args.max_wait,
             ..Limits::default()
         });
@@ -215,17 +240,19 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut app = server.router();
     if args.static_dir.is_dir() {
         tracing::info!(dir = %args.static_dir.display(), "serving static files at /");
-        app = app.fallback_service(
-            ServeDir::new(&args.static_dir)
-                .call_fallback_on_method_not_allowed(true)
-                .not_found_service(axum::routing::any(not_found)),
-        );
+        let files = ServeDir::new(&args.static_dir).fallback(axum::routing::any(not_found));
+        app = app.fallback(move |request: Request| static_file(files.clone(), request));
     } else {
-        tracing::info!(dir = %args.static_dir.display(), "no static files to serve (build the demo page first)");
+        tracing::warn!(dir = %args.static_dir.display(), "--static-dir does not exist: the demo page is not served and `/` answers 404 (build it with ./scripts/build-web.sh, or point --static-dir at it)");
         app = app.fallback(not_found);
     }
     if let Some(cors) = cors {
+        tracing::info!(origins = ?args.cors_origins, "browsers may call the API from these origins");
         app = app.layer(cors);
+    } else {
+        tracing::info!(
+            "no --cors-origin: browsers may call the API only from pages this server serves"
+        );
     }
     let app = app.layer(TraceLayer::new_for_http());
 
@@ -255,6 +282,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     server.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A file of the static folder; for what it does not have, the JSON `404`. A method
+/// other than GET or HEAD answers the JSON `405` where there is a file, else the `404`
+/// (an unknown path is unknown whatever the method).
+async fn static_file(files: ServeDir<MethodRouter>, mut request: Request) -> Response {
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        let Ok(response) = files.oneshot(request).await;
+        return response.into_response();
+    }
+    let uri = request.uri().clone();
+    *request.method_mut() = Method::HEAD;
+    let Ok(found) = files.oneshot(request).await;
+    if found.status().is_success() || found.status().is_redirection() {
+        method_not_allowed("GET,HEAD")
+    } else {
+        not_found(uri).await
+    }
 }
 
 /// Serves `app` on HTTP/1 until `shutdown` completes, then lets requests in flight finish.

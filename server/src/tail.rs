@@ -14,15 +14,18 @@ use distributed_events_shared::StoredEvent;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{SharedStore, Visibility};
+use crate::store::{event_size, SharedStore, Visibility};
 use crate::telemetry;
 
 /// Most events the tail keeps.
 const MAX_EVENTS: usize = 8192;
-/// Most bytes of JSON the tail keeps.
-const MAX_BYTES: usize = 32 * 1024 * 1024;
 /// Most events the follower reads at once.
 const FOLLOW_BATCH: usize = 1024;
+/// Most bytes of JSON the follower reads at once (and then holds twice, briefly).
+const FOLLOW_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// What an entry costs besides its JSON and the event's strings: the event's fields and
+/// the tail's bookkeeping.
+const ENTRY_OVERHEAD: usize = 256;
 
 /// An event and its JSON.
 #[derive(Clone, Debug)]
@@ -40,12 +43,23 @@ impl Serialized {
     fn position(&self) -> u64 {
         self.event.position.unwrap_or_default()
     }
+
+    /// The memory the entry holds, erring high: its JSON, the event (whose strings are
+    /// no longer than the JSON that carries them) and the overhead.
+    fn weight(&self) -> usize {
+        2 * self.json.len() + ENTRY_OVERHEAD
+    }
 }
 
 /// The JSON of an event. A `StoredEvent` is strings, numbers and a map of JSON values,
 /// so it always serializes.
 pub(crate) fn json_of(event: &StoredEvent) -> Bytes {
-    Bytes::from(serde_json::to_vec(event).unwrap_or_default())
+    // As a boxed slice, so that the buffer holds no spare capacity.
+    Bytes::from(
+        serde_json::to_vec(event)
+            .unwrap_or_default()
+            .into_boxed_slice(),
+    )
 }
 
 /// A page answered from the tail.
@@ -59,6 +73,8 @@ pub(crate) struct TailPage {
 #[derive(Debug)]
 pub(crate) struct Tail {
     state: RwLock<State>,
+    /// Most memory the entries may hold (their [`weight`](Serialized::weight)).
+    max_bytes: usize,
     /// `end`, for polls waiting for it to pass their cursor.
     end: watch::Sender<u64>,
 }
@@ -72,8 +88,9 @@ struct State {
 }
 
 impl Tail {
-    /// An empty tail that starts at `head`: it covers what is committed after it.
-    pub(crate) fn new(head: u64) -> Self {
+    /// An empty tail that starts at `head`: it covers what is committed after it, and
+    /// keeps about `max_bytes` of the latest events.
+    pub(crate) fn new(head: u64, max_bytes: usize) -> Self {
         Self {
             state: RwLock::new(State {
                 start: head,
@@ -81,6 +98,7 @@ impl Tail {
                 events: VecDeque::new(),
                 bytes: 0,
             }),
+            max_bytes,
             end: watch::Sender::new(head),
         }
     }
@@ -91,11 +109,14 @@ impl Tail {
     }
 
     /// Up to `limit` events after `after` that `tenant` (when given) owns and `visible`
-    /// accepts, or `None` when `after` lies before the tail (read the store then).
+    /// accepts, whose sizes ([`event_size`]) add up to at most `max_bytes` (but at least
+    /// one event), or
+    /// `None` when `after` lies before the tail (read the store then).
     pub(crate) fn read(
         &self,
         after: u64,
         limit: usize,
+        max_bytes: usize,
         tenant: Option<&str>,
         visible: &Visibility<'_>,
     ) -> Option<TailPage> {
@@ -108,38 +129,46 @@ impl Tail {
             events: Vec::new(),
             cursor: after.max(state.end),
         };
+        let mut bytes = 0usize;
+        let mut last = after;
         for entry in state.events.range(first..) {
             let owned = tenant.is_none_or(|t| entry.event.tenant_id.as_deref() == Some(t));
             if owned && visible(&entry.event) {
+                bytes = bytes.saturating_add(event_size(&entry.event));
+                if !page.events.is_empty() && bytes > max_bytes {
+                    // This event starts the next page.
+                    page.cursor = last;
+                    break;
+                }
                 page.events.push(entry.json.clone());
                 if page.events.len() == limit {
                     page.cursor = entry.position();
                     break;
                 }
             }
+            last = entry.position();
         }
         Some(page)
     }
 
     /// Appends events read after `end`, then moves `end` to `covered`: the follower
     /// read everything up to it.
-    fn extend(&self, events: Vec<StoredEvent>, covered: u64) {
+    fn extend(&self, entries: Vec<Serialized>, covered: u64) {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        for event in events {
-            if event.position.unwrap_or_default() <= state.end {
+        for entry in entries {
+            if entry.position() <= state.end {
                 continue;
             }
-            let entry = Serialized::new(event);
             state.end = entry.position();
-            state.bytes += entry.json.len();
+            state.bytes += entry.weight();
             state.events.push_back(entry);
         }
         state.end = state.end.max(covered);
-        while state.events.len() > MAX_EVENTS || state.bytes > MAX_BYTES {
+        while state.events.len() > MAX_EVENTS || state.bytes > self.max_bytes {
             let Some(oldest) = state.events.pop_front() else {
                 break;
             };
-            state.bytes -= oldest.json.len();
+            state.bytes -= oldest.weight();
             state.start = oldest.position();
         }
         let end = state.end;
@@ -165,7 +194,7 @@ impl Tail {
             .is_some_and(|e| e.position() <= position)
         {
             if let Some(oldest) = state.events.pop_front() {
-                state.bytes -= oldest.json.len();
+                state.bytes -= oldest.weight();
             }
         }
         state.start = position;
@@ -200,7 +229,9 @@ pub(crate) async fn follow(tail: Arc<Tail>, store: SharedStore, shutdown: Cancel
         // Everything up to the head seen before the read is committed, so a short read
         // covers up to it (positions in between were spent without an event).
         let target = *store_head.borrow();
-        let read = store.read_range(end, FOLLOW_BATCH, None).await;
+        let read = store
+            .read_range(end, FOLLOW_BATCH, FOLLOW_BATCH_BYTES, None)
+            .await;
         let pruned = store.pruned_through().await;
         match (read, pruned) {
             (Ok(events), Ok(pruned)) => {
@@ -208,12 +239,15 @@ pub(crate) async fn follow(tail: Arc<Tail>, store: SharedStore, shutdown: Cancel
                 if pruned > end {
                     tail.forget_through(pruned);
                 }
-                let covered = if events.len() < FOLLOW_BATCH {
+                let read_all = events.len() < FOLLOW_BATCH;
+                let entries: Vec<Serialized> = events.into_iter().map(Serialized::new).collect();
+                let bytes: usize = entries.iter().map(|entry| entry.json.len()).sum();
+                let covered = if read_all && bytes < FOLLOW_BATCH_BYTES {
                     target
                 } else {
                     0
                 };
-                tail.extend(events, covered);
+                tail.extend(entries, covered);
             }
             (Err(error), _) | (_, Err(error)) => {
                 failures = failures.saturating_add(1);
@@ -263,52 +297,94 @@ mod tests {
 
     #[test]
     fn serves_what_it_covers_and_refuses_what_lies_before() {
-        let tail = Tail::new(10);
+        let tail = Tail::new(10, usize::MAX);
         tail.extend(
             (11..=15)
-                .map(|p| event(p, if p % 2 == 0 { "a" } else { "b" }))
+                .map(|p| Serialized::new(event(p, if p % 2 == 0 { "a" } else { "b" })))
                 .collect(),
             17,
         );
         let all = |_: &StoredEvent| true;
         assert!(
-            tail.read(9, 100, None, &all).is_none(),
+            tail.read(9, 100, usize::MAX, None, &all).is_none(),
             "before the tail: read the store"
         );
-        let page = tail.read(10, 100, None, &all).unwrap();
+        let page = tail.read(10, 100, usize::MAX, None, &all).unwrap();
         assert_eq!(positions(&page), [11, 12, 13, 14, 15]);
         assert_eq!(
             page.cursor, 17,
             "covered through 17, though 16 and 17 hold no event"
         );
-        let page = tail.read(11, 2, None, &all).unwrap();
+        let page = tail.read(11, 2, usize::MAX, None, &all).unwrap();
         assert_eq!((positions(&page), page.cursor), (vec![12, 13], 13));
-        let page = tail.read(10, 100, Some("a"), &all).unwrap();
+        let page = tail.read(10, 100, usize::MAX, Some("a"), &all).unwrap();
         assert_eq!(positions(&page), [12, 14]);
         let none = |_: &StoredEvent| false;
-        assert_eq!(tail.read(12, 5, None, &none).unwrap().cursor, 17);
+        assert_eq!(
+            tail.read(12, 5, usize::MAX, None, &none).unwrap().cursor,
+            17
+        );
     }
 
     #[test]
     fn forgetting_a_pruned_range_sends_older_cursors_to_the_store() {
-        let tail = Tail::new(0);
-        tail.extend((1..=5).map(|p| event(p, "a")).collect(), 5);
+        let tail = Tail::new(0, usize::MAX);
+        tail.extend((1..=5).map(|p| Serialized::new(event(p, "a"))).collect(), 5);
         tail.forget_through(3);
         let all = |_: &StoredEvent| true;
-        assert!(tail.read(2, 10, None, &all).is_none());
-        assert_eq!(positions(&tail.read(3, 10, None, &all).unwrap()), [4, 5]);
+        assert!(tail.read(2, 10, usize::MAX, None, &all).is_none());
+        assert_eq!(
+            positions(&tail.read(3, 10, usize::MAX, None, &all).unwrap()),
+            [4, 5]
+        );
     }
 
     #[test]
     fn keeps_at_most_its_capacity() {
-        let tail = Tail::new(0);
+        let tail = Tail::new(0, usize::MAX);
         let count = MAX_EVENTS as u64 + 10;
-        tail.extend((1..=count).map(|p| event(p, "a")).collect(), count);
+        tail.extend(
+            (1..=count)
+                .map(|p| Serialized::new(event(p, "a")))
+                .collect(),
+            count,
+        );
         let all = |_: &StoredEvent| true;
-        assert!(tail.read(5, 10, None, &all).is_none());
+        assert!(tail.read(5, 10, usize::MAX, None, &all).is_none());
         assert_eq!(
-            tail.read(count - 2, 10, None, &all).unwrap().events.len(),
+            tail.read(count - 2, 10, usize::MAX, None, &all)
+                .unwrap()
+                .events
+                .len(),
             2
+        );
+    }
+
+    #[test]
+    fn pages_and_memory_are_bounded_in_bytes() {
+        let big = |p: u64| {
+            let mut event = event(p, "a");
+            event.event_json = format!("{{\"pad\":\"{}\"}}", "x".repeat(10_000));
+            Serialized::new(event)
+        };
+        // Two-digit positions throughout, so that every event's JSON has the same length.
+        let size = event_size(&big(10).event);
+        let tail = Tail::new(10, 10 * big(10).weight());
+        tail.extend((11..=30).map(big).collect(), 30);
+        let all = |_: &StoredEvent| true;
+        assert!(
+            tail.read(19, 100, usize::MAX, None, &all).is_none(),
+            "the tail keeps no more than its bytes: 10 of 20 events"
+        );
+        let page = tail.read(20, 100, 3 * size, None, &all).unwrap();
+        assert_eq!((positions(&page), page.cursor), (vec![21, 22, 23], 23));
+        let page = tail.read(23, 100, 3 * size - 1, None, &all).unwrap();
+        assert_eq!((positions(&page), page.cursor), (vec![24, 25], 25));
+        let page = tail.read(25, 100, 1, None, &all).unwrap();
+        assert_eq!(
+            (positions(&page), page.cursor),
+            (vec![26], 26),
+            "a page carries one event even when it alone is over the limit"
         );
     }
 }

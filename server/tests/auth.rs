@@ -66,6 +66,13 @@ async fn tokens_are_verified_and_tenants_isolated() {
         "another-secret-that-is-also-32-bytes-long!",
     );
     let tenantless = hs256(&json!({"sub": "a", "exp": now() + 600}), SECRET);
+    // A blank tenant would make every such token one shared tenant.
+    let blank_tenant = |tenant: &str| {
+        hs256(
+            &json!({"sub": "a", "tenant_id": tenant, "exp": now() + 600}),
+            SECRET,
+        )
+    };
     // Meant for another service: no --jwt-audience names it.
     let for_billing = hs256(
         &json!({"sub": "a", "tenant_id": "t", "exp": now() + 600, "aud": "billing"}),
@@ -78,6 +85,8 @@ async fn tokens_are_verified_and_tenants_isolated() {
         Some(format!("Bearer {forged}")),
         Some(format!("Bearer {expired}")),
         Some(format!("Bearer {tenantless}")),
+        Some(format!("Bearer {}", blank_tenant(""))),
+        Some(format!("Bearer {}", blank_tenant(" \t"))),
         Some("Bearer not.a.jwt".to_owned()),
     ];
     for authorization in refused {
@@ -105,20 +114,31 @@ async fn tokens_are_verified_and_tenants_isolated() {
         .to_str()
         .unwrap()
         .contains("expired"));
-    // Health checks need no token.
-    assert_eq!(
-        client
-            .get(format!("{}/healthz", server.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    // Health checks need no token, and without one say nothing of the traffic: the
+    // head tells how much every tenant has written.
+    let health = |token: Option<String>| {
+        let mut request = client.get(format!("{}/healthz", server.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let anonymous = health(None).await;
+    assert_eq!(anonymous, json!({"status": "ok", "writable": true}));
+    assert_eq!(health(Some(expired.clone())).await, anonymous);
 
     // Alice (tenant-a) claims tenant-b in the body; Bob posts in tenant-b.
     let alice = hs256(&claims("alice", "tenant-a"), SECRET);
     let bob = hs256(&claims("bob", "tenant-b"), SECRET);
+    assert_eq!(
+        health(Some(alice.clone())).await,
+        json!({"status": "ok", "writable": true, "head": 0}),
+        "a caller with a valid token sees the head, where a client starts from now"
+    );
     for n in 0..6 {
         let (token, tenant) = if n % 2 == 0 {
             (&alice, "tenant-b")
@@ -445,4 +465,108 @@ async fn issuer_audience_and_not_before_are_enforced_and_a_token_without_sub_cla
         json!({"role": "clerk"}),
         "identity keys in the body's context are dropped; the app's own entries stay"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_holding_its_long_poll_share_leaves_the_others_theirs() {
+    // Three slots in all, two per tenant: without shares, tenant A's third poll would
+    // take the last slot and B's poll would be refused.
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--jwt-secret",
+        SECRET,
+        "--max-long-polls",
+        "3",
+        "--max-long-polls-per-tenant",
+        "2",
+    ]);
+    let client = reqwest::Client::new();
+    let events = format!("{}/events", server.base);
+    let token_a = hs256(&claims("alice", "tenant-a"), SECRET);
+    let token_b = hs256(&claims("bob", "tenant-b"), SECRET);
+
+    // A long-poll that retries on 503 as a client does, until it gets events.
+    let poll = |token: String| {
+        let client = client.clone();
+        let url = format!("{events}?after=0&wait=30");
+        tokio::spawn(async move {
+            for _ in 0..1500 {
+                let response = client.get(&url).bearer_auth(&token).send().await.unwrap();
+                if response.status() == 503 {
+                    // Refused while the probe below held a slot: back off a little.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+                assert_eq!(response.status(), 200);
+                let page: Vec<Value> = response.json().await.unwrap();
+                if !page.is_empty() {
+                    return page;
+                }
+            }
+            panic!("the long-poll never got an event");
+        })
+    };
+    let holders = [poll(token_a.clone()), poll(token_a.clone())];
+
+    // Once both of A's polls wait, A's next one is refused at once.
+    let mut refusal = None;
+    for _ in 0..600 {
+        let response = client
+            .get(format!("{events}?after=0&wait=0.05"))
+            .bearer_auth(&token_a)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 503 {
+            refusal = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+    }
+    let refusal = refusal.expect("tenant A's third long-poll was never refused");
+    assert!(
+        refusal.headers().contains_key("retry-after"),
+        "503 without Retry-After"
+    );
+    let body: Value = refusal.json().await.unwrap();
+    assert_eq!(body["code"], "overloaded", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("tenant"),
+        "the refusal says the tenant's share is used up: {body}"
+    );
+
+    // Tenant B's long-poll is not refused: it waits for B's event (or, if it comes in
+    // after the post, finds it at once) and gets it.
+    let b_poll = {
+        let client = client.clone();
+        let url = format!("{events}?after=0&wait=30");
+        let token = token_b.clone();
+        tokio::spawn(async move { client.get(&url).bearer_auth(&token).send().await.unwrap() })
+    };
+    let post = |token: &str, n: usize, tenant: &str| {
+        client
+            .post(&events)
+            .bearer_auth(token)
+            .json(&event(n, tenant))
+            .send()
+    };
+    assert_eq!(post(&token_b, 1, "tenant-b").await.unwrap().status(), 201);
+    let answer = b_poll.await.unwrap();
+    assert_eq!(
+        answer.status(),
+        200,
+        "tenant B's long-poll answered normally"
+    );
+    let page: Vec<Value> = answer.json().await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0]["tenantId"], "tenant-b");
+
+    // A's waiting polls are served as usual when A's event comes.
+    assert_eq!(post(&token_a, 2, "tenant-a").await.unwrap().status(), 201);
+    for holder in holders {
+        let page = holder.await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0]["tenantId"], "tenant-a");
+    }
 }

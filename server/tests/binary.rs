@@ -24,18 +24,8 @@ async fn read_all(client: &reqwest::Client, base: &str) -> Vec<StoredEvent> {
     let mut all = Vec::new();
     let mut after = 0;
     loop {
-        let response = client
-            .get(format!("{base}/events?after={after}&limit=500"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let cursor: u64 = response.headers()["x-events-cursor"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let page: Vec<StoredEvent> = response.json().await.unwrap();
+        let url = format!("{base}/events?after={after}&limit=500");
+        let (page, cursor, _) = common::read_page(client, &url).await;
         if page.is_empty() {
             return all;
         }
@@ -317,4 +307,151 @@ fn a_cors_origin_no_browser_would_send_fails_at_start() {
         ]);
         assert!(stderr.contains("invalid CORS origin"), "{origin}: {stderr}");
     }
+}
+
+/// What a request answered: its status, `Allow` header and error code.
+async fn answer_of(request: reqwest::RequestBuilder) -> (u16, Option<String>, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let allow = response
+        .headers()
+        .get("allow")
+        .map(|value| value.to_str().unwrap().to_owned());
+    (status, allow, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Unknown paths answer the JSON `404` whatever the method, with or without a static
+/// folder; a path that exists answers a method it does not take with the JSON `405` and
+/// `Allow`. A client pointed at `http://host/api` must hear "not found", never a `405`
+/// that sounds like a refusal of its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_answer_404_for_every_method_and_known_ones_405_with_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "<h1>demo</h1>").unwrap();
+    let static_dir = dir.path().to_str().unwrap();
+    let with_files = ServerProcess::start(&["--database", "memory", "--static-dir", static_dir]);
+    let without_files =
+        ServerProcess::start(&["--database", "memory", "--static-dir", "/no/such/dir"]);
+    let client = reqwest::Client::new();
+    for server in [&with_files, &without_files] {
+        let base = &server.base;
+        for method in [
+            reqwest::Method::GET,
+            reqwest::Method::POST,
+            reqwest::Method::PUT,
+            reqwest::Method::DELETE,
+        ] {
+            for path in ["/api/events", "/nope.html"] {
+                let (status, _, body) = answer_of(
+                    client
+                        .request(method.clone(), format!("{base}{path}"))
+                        .json(&event(0)),
+                )
+                .await;
+                assert_eq!(
+                    (status, body["code"].as_str()),
+                    (404, Some("not_found")),
+                    "{method} {path}: {body}"
+                );
+                assert!(
+                    body["error"].as_str().unwrap().contains(path),
+                    "{method} {path}: the message names the path: {body}"
+                );
+            }
+        }
+        let (status, allow, body) =
+            answer_of(client.put(format!("{base}/events")).json(&event(0))).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (405, Some("method_not_allowed"))
+        );
+        let allow = allow.expect("an Allow header");
+        assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+        let stored = read_all(&client, base).await;
+        assert!(stored.is_empty(), "nothing was stored: {stored:?}");
+    }
+    let (status, allow, body) =
+        answer_of(client.post(format!("{}/index.html", with_files.base))).await;
+    assert_eq!(
+        (status, body["code"].as_str(), allow.as_deref()),
+        (405, Some("method_not_allowed"), Some("GET,HEAD")),
+        "a POST to a static file: {body}"
+    );
+    let page = client
+        .get(format!("{}/index.html", with_files.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.text().await.unwrap(), "<h1>demo</h1>");
+}
+
+/// Two servers on one SQLite file would each keep their own head and recent events in
+/// memory and miss the other's commits: the second is refused at start, with a message
+/// that says why, and the file is free again once the first has gone (even by SIGKILL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_sqlite_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let database = format!("sqlite://{}", db.display());
+    let client = reqwest::Client::new();
+    let first = ServerProcess::sqlite(&db, &[]);
+    let posted = client
+        .post(format!("{}/events", first.base))
+        .json(&event(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+
+    let stderr = refused_at_start(&["--database", &database, "--bind", "127.0.0.1:0"]);
+    assert!(
+        stderr.contains("another server is using"),
+        "the second server says why it stops: {stderr}"
+    );
+    assert_eq!(
+        read_all(&client, &first.base).await.len(),
+        1,
+        "the first server goes on"
+    );
+
+    first.kill_hard();
+    let second = ServerProcess::sqlite(&db, &[]);
+    assert_eq!(read_all(&client, &second.base).await.len(), 1);
+}
+
+/// The start-up log as a file or a pipe gets it: plain text (no colour codes), the CORS
+/// origins in effect, and a warning when the demo page's folder is missing.
+#[test]
+fn the_start_up_log_is_plain_text_and_says_what_is_served() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distributed-events-server"))
+        .args(["--database", "memory", "--bind", "127.0.0.1:0"])
+        .args(["--static-dir", "/nonexistent/www/dist"])
+        .args(["--cors-origin", "http://app.example"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Everything up to the address line; a server that exits first ends the lines.
+    let log: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|line| !line.starts_with("listening on "))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.join("\n");
+    assert!(!log.contains('\x1b'), "colour codes in a piped log:\n{log}");
+    assert!(
+        log.lines()
+            .any(|line| line.contains("WARN") && line.contains("the demo page is not served")),
+        "no warning about the missing --static-dir:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|line| line.contains("origins") && line.contains("http://app.example")),
+        "the CORS origins in effect are not logged:\n{log}"
+    );
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::{header, Method, Request, StatusCode};
 use distributed_events_server::store::{MemoryStore, SharedStore};
 use distributed_events_server::{
     AuthRejection, DomainEvent, Event, EventBusServer, Limits, Principal, StoredEvent,
@@ -537,7 +537,10 @@ async fn healthz_reports_the_head_and_a_dead_store_answers_503() {
     post(&server, &post_body(Uuid::now_v7(), "Thing", "{}")).await;
     let health = get(&server, "/healthz").await;
     assert_eq!(health.status, StatusCode::OK);
-    assert_eq!(health.body, json!({"status": "ok", "head": 1}));
+    assert_eq!(
+        health.body,
+        json!({"status": "ok", "writable": true, "head": 1})
+    );
 
     server.store().close().await;
     let health = get(&server, "/healthz").await;
@@ -739,10 +742,11 @@ impl distributed_events_server::store::EventStore for CountingStore {
         &self,
         after: u64,
         limit: usize,
+        max_bytes: usize,
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, distributed_events_server::store::StoreError> {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.read_range(after, limit, tenant).await
+        self.inner.read_range(after, limit, max_bytes, tenant).await
     }
     async fn read_since(
         &self,
@@ -853,11 +857,64 @@ async fn a_panicking_authenticator_answers_500_with_a_json_error_and_the_server_
 }
 
 #[tokio::test]
-async fn a_method_the_api_does_not_take_answers_405_with_a_json_error() {
-    let request = Request::put("/events").body(Body::empty()).unwrap();
-    assert_error(
-        &call(&server(), request).await,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+async fn a_method_the_api_does_not_take_answers_405_with_a_json_error_and_allow() {
+    for (method, path, allowed) in [
+        (Method::PUT, "/events", &["GET", "POST"][..]),
+        (Method::DELETE, "/events", &["GET", "POST"]),
+        (Method::POST, "/healthz", &["GET"]),
+    ] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let answer = call(&server(), request).await;
+        assert_error(
+            &answer,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        );
+        let allow = answer.headers[header::ALLOW].to_str().unwrap();
+        for method in allowed {
+            assert!(allow.contains(method), "{method} {path}: Allow: {allow}");
+        }
+    }
+}
+
+/// A client pointed at a path the server does not serve hears `404` whatever the
+/// method: a `405` would say the path exists, and a client would take it as a refusal
+/// of its event.
+#[tokio::test]
+async fn an_unknown_path_answers_404_for_every_method_and_names_the_path() {
+    let server = server();
+    for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri("/api/events?after=0")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                post_body(Uuid::now_v7(), "Thing", "{}").to_string(),
+            ))
+            .unwrap();
+        let response = server
+            .router()
+            .fallback(distributed_events_server::not_found)
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{method}");
+        let body: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_eq!(body["code"], "not_found", "{method}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("/api/events"),
+            "{method}: the message names the path: {body}"
+        );
+    }
+    assert_eq!(
+        get(&server, "/events?after=0").await.body,
+        json!([]),
+        "nothing was stored"
     );
 }

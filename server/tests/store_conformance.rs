@@ -154,7 +154,9 @@ mod postgres_only {
         );
         assert_eq!(seen, position);
         assert_eq!(
-            b.read_range(0, 10, None).await.expect("read on b"),
+            b.read_range(0, 10, usize::MAX, None)
+                .await
+                .expect("read on b"),
             vec![stored.clone()]
         );
         assert_eq!(b.head().await.expect("head on b"), position);
@@ -193,7 +195,10 @@ mod postgres_only {
                 assert_eq!(new, 1, "exactly one store stored {}", x.event().id);
             }
         }
-        let all = a.read_range(0, 10 * ROUNDS + 1, None).await.expect("read");
+        let all = a
+            .read_range(0, 10 * ROUNDS + 1, usize::MAX, None)
+            .await
+            .expect("read");
         assert_eq!(all.len(), 10 * ROUNDS, "each id once");
         let unused = a.head().await.expect("head") - all.len() as u64;
         eprintln!("{unused} positions left unused by lost races (the lookup before the lock catches the rest)");
@@ -222,7 +227,11 @@ mod postgres_only {
             "the good events of the group are stored: {good:?}"
         );
         assert_eq!(
-            store.read_range(0, 100, None).await.expect("read").len(),
+            store
+                .read_range(0, 100, usize::MAX, None)
+                .await
+                .expect("read")
+                .len(),
             20
         );
         store.close().await;

@@ -269,6 +269,69 @@ async fn the_outbox_keeps_events_while_the_server_is_down_and_stores_each_once()
     .await;
 }
 
+/// A new user's mistake: `serverUrl` with a path the server does not serve. The server
+/// answers `404` to the polls and to the posts, and the client hears "wrong server URL":
+/// the event is not dropped as refused, and the status says what to check. (That the
+/// kept event is sent once the address answers is proven in the client's unit tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_url_with_a_wrong_path_keeps_the_event_and_says_what_to_check() {
+    let server = TestServer::start(&[]);
+    let misdirected = EventBusClient::builder(format!("{}/api", server.url()))
+        .auto_forward(true)
+        .backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .build()
+        .expect("a client");
+    let mut errors = misdirected.errors();
+    let mut status = misdirected.status_changes();
+    misdirected
+        .publish(DomainEvent::new("agg", Note { writer: 0, seq: 0 }))
+        .expect("publish");
+
+    let reported = within("several reports of the wrong server URL", async {
+        let mut reported = Vec::new();
+        while reported.len() < 6 {
+            let error = errors.next().await.expect("the error stream goes on");
+            assert!(
+                !matches!(error, ClientError::Rejected { .. }),
+                "the event was dropped as refused: {error}"
+            );
+            reported.push(error);
+        }
+        reported
+    })
+    .await;
+    for error in &reported {
+        assert_eq!(error.code(), "wrong_server_url", "{error}");
+        assert!(
+            error.to_string().contains("\"/api/"),
+            "the message names the path that is not served: {error}"
+        );
+    }
+    within("the status to show the wrong server URL", async {
+        loop {
+            match status.next().await {
+                Some(Status::BackingOff { error, .. }) if error.code() == "wrong_server_url" => {
+                    break
+                }
+                Some(_) => {}
+                None => panic!("status stream ended"),
+            }
+        }
+    })
+    .await;
+    misdirected.close().await;
+    let http = reqwest::Client::new();
+    let stored: Vec<StoredEvent> = http
+        .get(format!("{}/events?after=0", server.url()))
+        .send()
+        .await
+        .expect("a read")
+        .json()
+        .await
+        .expect("events");
+    assert!(stored.is_empty(), "nothing reached the store: {stored:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_events_reach_local_subscribers_once() {
     let server = TestServer::start(&[]);

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use distributed_events_client::StoredEvent;
 use distributed_events_tests::TestServer;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -615,6 +615,17 @@ async fn post_once(http: &reqwest::Client, base: &str, event: &StoredEvent) -> A
     }
 }
 
+/// `GET /healthz`, which must answer `200`.
+async fn health_of(http: &reqwest::Client, base: &str) -> Value {
+    let response = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("the server itself stays up");
+    assert_eq!(response.status(), reqwest::StatusCode::OK, "/healthz");
+    response.json().await.expect("a JSON health report")
+}
+
 /// Asserts that a post failed the way a store failure must: `503 unavailable`.
 fn assert_unavailable(what: &str, answer: &Answer) {
     assert!(
@@ -840,6 +851,14 @@ async fn a_sqlite_file_locked_by_another_process_answers_503_then_recovers() {
         .execute(&mut other)
         .await
         .expect("the write lock");
+    // The health check says so at once (it is up: reads are served), not only after a
+    // post has failed.
+    let health = health_of(&http, &base).await;
+    assert_eq!(
+        (&health["status"], &health["writable"]),
+        (&json!("read_only"), &json!(false)),
+        "/healthz while another process holds the write lock: {health}"
+    );
     let refused = note("while locked", 0).to_stored().expect("an event");
     assert_unavailable(
         "a post while another process holds the write lock",
@@ -865,6 +884,12 @@ async fn a_sqlite_file_locked_by_another_process_answers_503_then_recovers() {
         failures.load(Ordering::Relaxed),
         0,
         "the server recovered at once"
+    );
+    let health = health_of(&http, &base).await;
+    assert_eq!(
+        (&health["status"], &health["writable"]),
+        (&json!("ok"), &json!(true)),
+        "/healthz once the lock is released: {health}"
     );
     assert_holds_exactly(
         "once the lock is released",

@@ -502,6 +502,61 @@ fn an_event_the_server_refuses_is_reported_and_dropped() {
     );
 }
 
+/// A client pointed at a path the server does not serve gets `404`s and `405`s: that
+/// says the address is wrong, not the event. The event stays in the outbox, the status
+/// says what to check, and once the address answers (a proxy fixed, say) it is stored.
+#[test]
+fn a_wrong_server_url_keeps_the_outbox_and_says_what_to_check() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = fake.client(|b| b.initial_position(0).auto_forward(true));
+    let mut errors = client.errors();
+    let mut status = client.status_changes();
+    let wrong_place = |status: u16, body: &str| HttpResponse {
+        status,
+        body: body.into(),
+        ..HttpResponse::default()
+    };
+    fake.script(Scripted::Answer(
+        Method::Post,
+        wrong_place(405, r#"{"error":"no","code":"method_not_allowed"}"#),
+    ));
+    fake.script(Scripted::Answer(
+        Method::Post,
+        wrong_place(404, r#"{"error":"no such path","code":"not_found"}"#),
+    ));
+    fake.script(Scripted::Answer(
+        Method::Post,
+        wrong_place(404, "Not Found"),
+    ));
+    let event = DomainEvent::new("a", Ping { n: 1 });
+    client.publish(event.clone()).unwrap();
+    fake.settle(&mut pool);
+
+    let ids: Vec<_> = fake.state().log.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [event.id], "stored once the address answered");
+    let errors = drain(&mut errors);
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    for error in &errors {
+        assert_eq!(error.code(), "wrong_server_url", "{errors:?}");
+        assert!(error.to_string().contains("server URL"), "{error}");
+    }
+    let changes = drain(&mut status);
+    assert!(
+        changes.iter().any(|s| matches!(
+            s,
+            Status::BackingOff { error, .. } if error.code() == "wrong_server_url"
+        )),
+        "{changes:?}"
+    );
+    assert_eq!(changes.last(), Some(&Status::Live));
+    assert_eq!(
+        client.inner().lock().delivery.awaiting_echoes(),
+        0,
+        "the echo of the stored event came back"
+    );
+}
+
 #[test]
 fn an_expired_cursor_resets_and_the_app_hears_of_it() {
     let fake = Fake::default();

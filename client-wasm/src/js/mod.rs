@@ -83,7 +83,7 @@ export interface StoredEventRecord {
 
 /** The `code` of an `EventBusClientError`: the server's code, or one of the client's. */
 export type EventBusClientErrorCode =
-  | "network_error" | "timeout" | "invalid_response" | "http_error" | "token_failed"
+  | "network_error" | "timeout" | "wrong_server_url" | "invalid_response" | "http_error" | "token_failed"
   | "bad_request" | "unauthorized" | "id_conflict" | "payload_too_large" | "unsupported_media_type"
   | "unavailable" | "overloaded" | "internal"
   | "cursor_expired" | "cursor_ahead"
@@ -136,7 +136,9 @@ fn js_error(message: &str, code: &str) -> js_sys::Error {
 pub(crate) fn error_to_js(error: &ClientError) -> JsValue {
     let js = js_error(&error.to_string(), error.code());
     match error {
-        ClientError::Http { status, .. } => set(&js, "status", *status),
+        ClientError::Http { status, .. } | ClientError::WrongServerUrl { status, .. } => {
+            set(&js, "status", *status)
+        }
         ClientError::Rejected { status, .. } => set(&js, "status", *status),
         ClientError::CursorReset {
             from, resume_after, ..

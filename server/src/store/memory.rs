@@ -9,7 +9,7 @@ use distributed_events_shared::StoredEvent;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{Appended, EventStore, StoreError};
+use super::{event_size, Appended, EventStore, StoreError};
 
 /// Keeps events in memory.
 #[derive(Debug)]
@@ -87,15 +87,22 @@ impl EventStore for MemoryStore {
         &self,
         after: u64,
         limit: usize,
+        max_bytes: usize,
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let state = self.state()?;
         let start = state.index_of(after);
+        let mut bytes = 0usize;
         Ok(state
             .events
             .range(start..)
             .filter(|(event, _)| of_tenant(event, tenant))
             .take(limit)
+            .take_while(|(event, _)| {
+                let more = bytes < max_bytes.max(1);
+                bytes = bytes.saturating_add(event_size(event));
+                more
+            })
             .map(|(event, _)| event.clone())
             .collect())
     }

@@ -81,10 +81,14 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Up to `limit` events with `position > after`, in position order; with a
     /// `tenant`, only that tenant's events (filtered in the query, through an index).
+    /// Stops early, without reading further rows, once the events' sizes
+    /// ([`event_size`]) reach `max_bytes` in total, so a read holds about `max_bytes`
+    /// plus one event however large events are.
     async fn read_range(
         &self,
         after: u64,
         limit: usize,
+        max_bytes: usize,
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
@@ -122,6 +126,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Flushes and releases the store. Later calls fail with [`StoreError::Closed`].
     async fn close(&self);
 
+    /// Whether a write would be taken now, for `/healthz`. `false` while the store
+    /// answers reads but refuses writes (SQLite: another process holds the write lock).
+    async fn accepts_writes(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
     /// Stores one event; see [`EventStore::append_batch`].
     async fn append(&self, event: StoredEvent) -> Result<Appended, StoreError> {
         let mut appended = self.append_batch(vec![event]).await?;
@@ -131,14 +141,18 @@ pub trait EventStore: Send + Sync + 'static {
     }
 
     /// Up to `limit` events after `after` (of `tenant`, when given) for which `visible`
-    /// holds, in position order.
-    /// The predicate runs before the limit, so a page is full whenever enough visible
+    /// holds, in position order, whose sizes ([`event_size`]) add up to at most
+    /// `max_bytes`; a page holds at least one event all the same, so a reader always
+    /// progresses.
+    /// The predicate runs before the limits, so a page is full whenever enough visible
     /// events exist; the scan stops after examining `limit * 16` events, and the cursor
-    /// then lies past what was examined so that the next read goes on from there.
+    /// then lies past what was examined so that the next read goes on from there. When
+    /// the byte limit ends the page, the cursor is the last event's position.
     async fn read_after(
         &self,
         after: u64,
         limit: usize,
+        max_bytes: usize,
         tenant: Option<&str>,
         visible: &Visibility<'_>,
     ) -> Result<Page, StoreError> {
@@ -147,28 +161,71 @@ pub trait EventStore: Send + Sync + 'static {
             events: Vec::new(),
             cursor: after,
         };
+        let mut bytes = 0usize;
         let mut budget = limit.saturating_mul(SCAN_FACTOR);
         while page.events.len() < limit && budget > 0 {
-            let batch = self
-                .read_range(page.cursor, limit.min(budget), tenant)
-                .await?;
-            let exhausted = batch.len() < limit.min(budget);
+            let wanted = limit.min(budget);
+            let room = max_bytes.saturating_sub(bytes).max(1);
+            let batch = self.read_range(page.cursor, wanted, room, tenant).await?;
             budget = budget.saturating_sub(batch.len());
+            let mut read_bytes = 0usize;
+            let count = batch.len();
             for event in batch {
-                page.cursor = event.position.unwrap_or(page.cursor);
+                let size = event_size(&event);
+                read_bytes = read_bytes.saturating_add(size);
                 if visible(&event) {
-                    page.events.push(event);
-                    if page.events.len() == limit {
+                    if !page.events.is_empty() && bytes.saturating_add(size) > max_bytes {
+                        // Full: this event starts the next page.
                         return Ok(page);
                     }
+                    bytes += size;
+                    page.cursor = event.position.unwrap_or(page.cursor);
+                    page.events.push(event);
+                    if page.events.len() == limit || bytes >= max_bytes {
+                        return Ok(page);
+                    }
+                } else {
+                    page.cursor = event.position.unwrap_or(page.cursor);
                 }
             }
-            if exhausted {
+            // A batch that stopped short of both limits found the end.
+            if count < wanted && read_bytes < room {
                 break;
             }
         }
         Ok(page)
     }
+}
+
+/// What an event counts for against a byte limit: about the length of its JSON (its text,
+/// its context's JSON, and 256 bytes for the keys, id, time and position; characters
+/// that JSON escapes count once). Cheap: no pass over the payload.
+pub fn event_size(event: &StoredEvent) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut context = Counter(0);
+    if !event.context.is_empty() {
+        // A map of JSON values always serializes.
+        let _ = serde_json::to_writer(&mut context, &event.context);
+    }
+    let optional = [&event.user_id, &event.tenant_id, &event.session_id]
+        .into_iter()
+        .flatten()
+        .map(String::len)
+        .sum::<usize>();
+    256 + event.aggregate_id.len()
+        + event.event_type.len()
+        + event.event_json.len()
+        + optional
+        + context.0
 }
 
 /// Whether the reader may see an event (see [`EventStore::read_after`]).

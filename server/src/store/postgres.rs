@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::sql::{decode, decode_all, sql_limit, sql_position, to_position};
+use super::sql::{decode, decode_all, decode_until, sql_limit, sql_position, to_position};
 use super::{to_micros, Appended, EventStore, StoreError};
 
 /// Most events one append statement takes, so that one huge burst does not delay the
@@ -681,6 +681,7 @@ impl EventStore for PostgresStore {
         &self,
         after: u64,
         limit: usize,
+        max_bytes: usize,
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = format!(
@@ -691,9 +692,8 @@ impl EventStore for PostgresStore {
             .bind(tenant)
             .bind(sql_position(after))
             .bind(sql_limit(limit))
-            .fetch_all(self.pool()?)
-            .await?;
-        decode_all(&rows)
+            .fetch(self.pool()?);
+        decode_until(rows, max_bytes).await
     }
 
     async fn read_since(

@@ -1,10 +1,12 @@
 //! What the SQL backends share: rows to events, and integer conversions.
 
 use distributed_events_shared::StoredEvent;
+use futures::stream::BoxStream;
+use futures::TryStreamExt;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use uuid::Uuid;
 
-use super::{from_micros, StoreError};
+use super::{event_size, from_micros, StoreError};
 
 /// A stored position from its SQL integer.
 pub(super) fn to_position(value: i64) -> Result<u64, StoreError> {
@@ -50,6 +52,30 @@ where
     })
 }
 
+/// Events decoded from `rows` as they arrive, until `limit` of them or until their sizes
+/// reach `max_bytes` (see `EventStore::read_range`); the rows after that are never read.
+pub(super) async fn decode_until<R>(
+    mut rows: BoxStream<'_, Result<R, sqlx::Error>>,
+    max_bytes: usize,
+) -> Result<Vec<StoredEvent>, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let mut events = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.try_next().await? {
+        let event = decode(&row)?;
+        bytes = bytes.saturating_add(event_size(&event));
+        events.push(event);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(events)
+}
 /// Events from rows; see [`decode`].
 pub(super) fn decode_all<R>(rows: &[R]) -> Result<Vec<StoredEvent>, StoreError>
 where

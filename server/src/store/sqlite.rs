@@ -4,23 +4,30 @@
 //! All writes go through one writer task. It takes every append that is waiting when it
 //! starts a transaction and commits them together (group commit), so many concurrent
 //! producers share one fsync. Reads use a separate pool and never wait for the writer.
+//!
+//! One server per file: the store holds an OS lock on a file beside the database
+//! (`PATH-lock`) for as long as it is open, and a second server on the same file is
+//! refused at start. SQLite would let it in, but each server keeps the head and the
+//! recent events in memory, so neither would see the other's commits.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use distributed_events_shared::StoredEvent;
+use fs4::fs_std::FileExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::sql::{decode, decode_all, sql_limit, sql_position, to_position};
+use super::sql::{decode, decode_all, decode_until, sql_limit, sql_position, to_position};
 use super::{to_micros, Appended, EventStore, StoreError};
 
 /// Most events one transaction takes, so that one huge burst does not starve readers of
@@ -30,6 +37,14 @@ const MAX_GROUP: usize = 4096;
 /// Most rows one statement takes: 10 columns each stays far below SQLite's limit of
 /// 32,766 parameters.
 const MAX_ROWS_PER_STATEMENT: usize = 1000;
+
+/// How long a write waits for another process's write lock before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the `/healthz` write probe waits for the write lock, and how long its
+/// answer is reused, so that frequent health checks cost the writer little.
+const PROBE_WAIT: Duration = Duration::from_millis(200);
+const PROBE_REUSE: Duration = Duration::from_secs(1);
 
 const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = "
@@ -67,6 +82,11 @@ pub struct SqliteStore {
     head: watch::Sender<u64>,
     pruned_through: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The last write probe: when, and whether the write lock could be had.
+    last_probe: Mutex<Option<(Instant, bool)>>,
+    /// The lock that keeps a second server off this file; `None` for an in-memory
+    /// database, and once closed.
+    owner_lock: std::sync::Mutex<Option<File>>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -74,25 +94,32 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 enum Command {
     Append(Vec<StoredEvent>, Reply<Vec<Appended>>),
     Prune(DateTime<Utc>, Reply<u64>),
+    /// Answers whether the write lock can be had now.
+    Probe(Reply<bool>),
     /// Ends the writer once the commands queued before it are done.
     Close,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
+    ///
+    /// Fails when another process (another server) has the file open as a store.
     pub async fn open(path: &str) -> Result<Self, StoreError> {
+        let owner_lock = lock_owner(path)?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(BUSY_TIMEOUT);
         let mut writer = SqliteConnection::connect_with(&options).await?;
         migrate(&mut writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             // A local file has no connection to go stale: skip the ping on every acquire.
             .test_before_acquire(false)
-            .connect_with(options.read_only(true))
+            // Rows wait in a channel for the reader; a short one keeps a read that stops
+            // at its byte limit from holding many large rows it will not use.
+            .connect_with(options.read_only(true).row_buffer_size(2))
             .await?;
 
         let head: i64 = sqlx::query_scalar(
@@ -119,6 +146,8 @@ impl SqliteStore {
             head,
             pruned_through,
             writer: Mutex::new(Some(task)),
+            last_probe: Mutex::new(None),
+            owner_lock: std::sync::Mutex::new(owner_lock),
         })
     }
 
@@ -129,6 +158,33 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Takes the lock file beside the database at `path` (`None` for an in-memory one).
+/// An OS lock: it goes away with the process, however the process ends.
+fn lock_owner(path: &str) -> Result<Option<File>, StoreError> {
+    let file = path.split('?').next().unwrap_or_default();
+    if file.is_empty() || file == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = format!("{file}-lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| StoreError::Unavailable(format!("cannot open {lock_path}: {error}")))?;
+    match lock.try_lock_exclusive() {
+        Ok(true) => Ok(Some(lock)),
+        Ok(false) => Err(StoreError::Unavailable(format!(
+            "another server is using {file} (it holds {lock_path}): stop it, or give this \
+             server a database of its own; two servers on one SQLite file would not see each \
+             other's events (for several instances, use PostgreSQL)"
+        ))),
+        Err(error) => Err(StoreError::Unavailable(format!(
+            "cannot lock {lock_path}: {error}"
+        ))),
     }
 }
 
@@ -201,6 +257,9 @@ async fn run_writer(
                             prune_or_roll_back(&mut connection, cutoff, &pruned_through).await,
                         );
                     }
+                    Some(Command::Probe(reply)) => {
+                        let _ = reply.send(Ok(probe(&mut connection).await));
+                    }
                     Some(Command::Close) => break,
                     _ => {}
                 }
@@ -208,6 +267,9 @@ async fn run_writer(
             Command::Prune(cutoff, reply) => {
                 let _ =
                     reply.send(prune_or_roll_back(&mut connection, cutoff, &pruned_through).await);
+            }
+            Command::Probe(reply) => {
+                let _ = reply.send(Ok(probe(&mut connection).await));
             }
             Command::Close => break,
         }
@@ -395,6 +457,27 @@ async fn commit(connection: &mut SqliteConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether the write lock can be had within [`PROBE_WAIT`]: an empty write transaction,
+/// rolled back. Writes nothing.
+async fn probe(connection: &mut SqliteConnection) -> bool {
+    let _ = set_busy_timeout(connection, PROBE_WAIT).await;
+    let writable = begin(connection).await.is_ok();
+    roll_back(connection).await;
+    if let Err(error) = set_busy_timeout(connection, BUSY_TIMEOUT).await {
+        tracing::warn!(%error, "cannot restore the SQLite busy timeout after a write probe");
+    }
+    writable
+}
+
+async fn set_busy_timeout(
+    connection: &mut SqliteConnection,
+    timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    let pragma = format!("PRAGMA busy_timeout = {}", timeout.as_millis());
+    sqlx::query(&pragma).execute(&mut *connection).await?;
+    Ok(())
+}
+
 /// Ends whatever transaction a failed write left open.
 async fn roll_back(connection: &mut SqliteConnection) {
     if let Err(error) = sqlx::query("ROLLBACK").execute(&mut *connection).await {
@@ -425,6 +508,7 @@ impl EventStore for SqliteStore {
         &self,
         after: u64,
         limit: usize,
+        max_bytes: usize,
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = format!(
@@ -435,9 +519,8 @@ impl EventStore for SqliteStore {
             .bind(tenant)
             .bind(sql_position(after))
             .bind(sql_limit(limit))
-            .fetch_all(&self.readers)
-            .await?;
-        decode_all(&rows)
+            .fetch(&self.readers);
+        decode_until(rows, max_bytes).await
     }
 
     async fn read_since(
@@ -495,5 +578,25 @@ impl EventStore for SqliteStore {
             let _ = task.await;
         }
         self.readers.close().await;
+        // Dropping the file releases the lock: another server may open the file now.
+        drop(
+            self.owner_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+    }
+
+    async fn accepts_writes(&self) -> Result<bool, StoreError> {
+        // One probe at a time; callers within PROBE_REUSE share its answer.
+        let mut last = self.last_probe.lock().await;
+        if let Some((at, writable)) = *last {
+            if at.elapsed() < PROBE_REUSE {
+                return Ok(writable);
+            }
+        }
+        let writable = self.send(Command::Probe).await?;
+        *last = Some((Instant::now(), writable));
+        Ok(writable)
     }
 }

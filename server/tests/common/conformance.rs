@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use distributed_events_server::store::{Appended, SharedStore};
+use distributed_events_server::store::{event_size, Appended, SharedStore};
 use distributed_events_server::StoredEvent;
 use uuid::Uuid;
 
@@ -40,7 +40,10 @@ fn new_position(appended: &Appended) -> u64 {
 }
 
 async fn read_all(store: &SharedStore) -> Vec<StoredEvent> {
-    store.read_range(0, usize::MAX >> 1, None).await.unwrap()
+    store
+        .read_range(0, usize::MAX >> 1, usize::MAX, None)
+        .await
+        .unwrap()
 }
 
 pub async fn appends_get_increasing_positions_and_read_back_equal(store: SharedStore) {
@@ -84,7 +87,7 @@ pub async fn read_range_pages_without_gaps_or_repeats(store: SharedStore) {
     let mut after = 0;
     let mut seen = Vec::new();
     loop {
-        let page = store.read_range(after, 7, None).await.unwrap();
+        let page = store.read_range(after, 7, usize::MAX, None).await.unwrap();
         assert!(page.len() <= 7);
         let Some(last) = page.last() else { break };
         after = last.position.unwrap();
@@ -184,7 +187,10 @@ pub async fn read_after_filters_before_the_limit(store: SharedStore) {
         .collect();
     store.append_batch(events).await.unwrap();
     let only_a = |e: &StoredEvent| e.tenant_id.as_deref() == Some("a");
-    let page = store.read_after(0, 5, None, &only_a).await.unwrap();
+    let page = store
+        .read_after(0, 5, usize::MAX, None, &only_a)
+        .await
+        .unwrap();
     assert_eq!(
         page.events.iter().map(n_of).collect::<Vec<_>>(),
         [0, 3, 6, 9, 12],
@@ -195,16 +201,82 @@ pub async fn read_after_filters_before_the_limit(store: SharedStore) {
     // Continuing from the cursor gives the rest, and the last page's cursor lies past
     // the trailing invisible events, so a poller does not re-scan them.
     let rest = store
-        .read_after(page.cursor, 100, None, &only_a)
+        .read_after(page.cursor, 100, usize::MAX, None, &only_a)
         .await
         .unwrap();
     assert_eq!(rest.events.len(), 15);
     assert_eq!(rest.cursor, store.head().await.unwrap());
 
     let nobody = |_: &StoredEvent| false;
-    let empty = store.read_after(0, 2, None, &nobody).await.unwrap();
+    let empty = store
+        .read_after(0, 2, usize::MAX, None, &nobody)
+        .await
+        .unwrap();
     assert!(empty.events.is_empty());
     assert!(empty.cursor > 0, "the cursor moves past what was examined");
+}
+
+pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStore) {
+    // Sizes vary from a few bytes to 12 KB; every fourth event is invisible.
+    let events: Vec<_> = (0..40)
+        .map(|n| {
+            let mut e = event(n, None);
+            e.event_json = format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat((n % 5) * 3000));
+            e
+        })
+        .collect();
+    store.append_batch(events).await.unwrap();
+    let visible = |e: &StoredEvent| n_of(e) % 4 != 3;
+    let max_bytes = 8000;
+
+    let batch = store.read_range(0, 100, max_bytes, None).await.unwrap();
+    let sizes: Vec<usize> = batch.iter().map(event_size).collect();
+    let before_last: usize = sizes[..sizes.len() - 1].iter().sum();
+    assert!(
+        before_last < max_bytes && sizes.iter().sum::<usize>() >= max_bytes,
+        "read_range stops once its events reach the limit: sizes {sizes:?}"
+    );
+
+    let mut cursor = 0;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = store
+            .read_after(cursor, 100, max_bytes, None, &visible)
+            .await
+            .unwrap();
+        let Some(last) = page.events.last() else {
+            break;
+        };
+        let bytes: usize = page.events.iter().map(event_size).sum();
+        assert!(
+            bytes <= max_bytes || page.events.len() == 1,
+            "page of {} events holds {bytes} bytes, over the limit of {max_bytes}",
+            page.events.len()
+        );
+        assert!(
+            page.cursor >= last.position.unwrap(),
+            "the cursor is at or past the last event"
+        );
+        seen.extend(page.events.iter().map(n_of));
+        cursor = page.cursor;
+        pages += 1;
+        assert!(pages < 100, "paging does not end: {seen:?}");
+    }
+    let expected: Vec<usize> = (0..40).filter(|n| n % 4 != 3).collect();
+    assert_eq!(seen, expected, "every visible event once, in order");
+    assert!(
+        pages > 5,
+        "the byte limit split the read into pages ({pages})"
+    );
+
+    let huge = store.read_after(0, 100, 1, None, &visible).await.unwrap();
+    assert_eq!(
+        huge.events.iter().map(n_of).collect::<Vec<_>>(),
+        [0],
+        "a page carries one event even when that is over the limit"
+    );
+    assert_eq!(huge.cursor, huge.events[0].position.unwrap());
 }
 
 pub async fn tenant_reads_see_only_that_tenant_in_order(store: SharedStore) {
@@ -219,7 +291,10 @@ pub async fn tenant_reads_see_only_that_tenant_in_order(store: SharedStore) {
         let mut seen = Vec::new();
         // Small pages: paging by the last position must neither skip nor repeat.
         loop {
-            let page = store.read_range(after, 3, Some(tenant)).await.unwrap();
+            let page = store
+                .read_range(after, 3, usize::MAX, Some(tenant))
+                .await
+                .unwrap();
             let Some(last) = page.last() else { break };
             after = last.position.unwrap();
             assert!(page.iter().all(|e| e.tenant_id.as_deref() == Some(tenant)));
@@ -231,7 +306,10 @@ pub async fn tenant_reads_see_only_that_tenant_in_order(store: SharedStore) {
         assert_eq!(seen, expected, "tenant {tenant}");
     }
     // The page is full of the tenant's events even though most events are others'.
-    let page = store.read_after(0, 5, Some("a"), &|_| true).await.unwrap();
+    let page = store
+        .read_after(0, 5, usize::MAX, Some("a"), &|_| true)
+        .await
+        .unwrap();
     assert_eq!(
         page.events.iter().map(n_of).collect::<Vec<_>>(),
         [0, 5, 10, 15, 20]
@@ -241,11 +319,18 @@ pub async fn tenant_reads_see_only_that_tenant_in_order(store: SharedStore) {
     assert_eq!(c.len(), 10);
     assert!(c.iter().all(|e| e.tenant_id.as_deref() == Some("c")));
     assert!(store
-        .read_range(0, 100, Some("nobody"))
+        .read_range(0, 100, usize::MAX, Some("nobody"))
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(store.read_range(0, 100, None).await.unwrap().len(), 50);
+    assert_eq!(
+        store
+            .read_range(0, 100, usize::MAX, None)
+            .await
+            .unwrap()
+            .len(),
+        50
+    );
 }
 
 pub async fn read_since_uses_created_at_in_position_order(store: SharedStore) {
@@ -348,6 +433,7 @@ macro_rules! conformance_suite {
                 append_is_idempotent_by_id,
                 concurrent_appends_lose_and_repeat_nothing,
                 read_after_filters_before_the_limit,
+                pages_are_capped_in_bytes_without_gaps_or_repeats,
                 read_since_uses_created_at_in_position_order,
                 tenant_reads_see_only_that_tenant_in_order,
                 deleting_old_events_removes_a_prefix_and_never_reuses_positions,

@@ -9,6 +9,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// One `GET` of `url` (a cursor read): the page's events, its `X-Events-Cursor` and
+/// the length of its body.
+pub async fn read_page(
+    client: &reqwest::Client,
+    url: &str,
+) -> (Vec<distributed_events_server::StoredEvent>, u64, usize) {
+    let response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {url}");
+    let cursor: u64 = response.headers()["x-events-cursor"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = response.bytes().await.unwrap();
+    let page = serde_json::from_slice(&body).unwrap();
+    (page, cursor, body.len())
+}
+
 /// The real `distributed-events-server` binary, running on a free port.
 pub struct ServerProcess {
     pub child: Child,
