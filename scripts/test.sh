@@ -47,6 +47,9 @@ step "web: build the npm package and the demo page"
 cargo build -p distributed-events-server
 export DISTRIBUTED_EVENTS_SERVER="${CARGO_TARGET_DIR:-$PWD/target}/debug/distributed-events-server"
 
+step "web: Schemathesis against the server binary with docs/openapi.json"
+./scripts/schemathesis.sh
+
 step "web: the npm package in Node, against the server binary"
 (cd js && npm test)
 

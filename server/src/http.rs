@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Query, Request, State};
 use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -15,8 +15,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use distributed_events_shared::wire::{codes, ErrorBody, CURSOR_HEADER, REPLAYED_HEADER};
-use distributed_events_shared::StoredEvent;
-use serde::Deserialize;
+use distributed_events_shared::{Receipt, StoredEvent};
+use serde::{Deserialize, Serialize};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::auth::{is_visible, Principal};
 use crate::store::StoreError;
 use crate::tail::json_of;
+use crate::telemetry::{self, LivePoll};
 use crate::EventBusServer;
 
 /// Limits of the HTTP endpoints.
@@ -110,6 +111,7 @@ impl AppError {
     /// A store failure: the detail goes to the log, the caller gets a plain `503`.
     pub(crate) fn store(error: StoreError) -> Self {
         tracing::error!(%error, "event store failed");
+        metrics::counter!(telemetry::STORE_ERRORS, "during" => "request").increment(1);
         Self::Unavailable
     }
 }
@@ -210,9 +212,11 @@ pub(crate) fn router(server: EventBusServer) -> Router {
     Router::new()
         .route("/events", get(get_events).post(post_event))
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(server.clone(), deadline))
+        .layer(middleware::from_fn(record))
         // A panic (in an app's authenticator, say) answers 500 rather than dropping the
         // connection; the detail goes to the log.
         .layer(CatchPanicLayer::custom(|panic: Box<dyn Any + Send>| {
@@ -241,6 +245,31 @@ pub fn method_not_allowed(allow: &'static str) -> Response {
     response
         .headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// Counts each request and its time to answer, by route (not path: the label's values
+/// stay few) and status.
+async fn record(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "other".to_owned(), |path| path.as_str().to_owned());
+    // Any token is a method in HTTP; only the ones the API knows become label values.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    let status = response.status().as_str().to_owned();
+    metrics::counter!(telemetry::HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(telemetry::HTTP_DURATION, "method" => method, "route" => route)
+        .record(started.elapsed());
     response
 }
 
@@ -323,14 +352,60 @@ impl FromRequestParts<EventBusServer> for Caller {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct EventsQuery {
+/// The query of `GET /events`. Every field is taken as text and parsed by the handler,
+/// so that a malformed one gets a `400` that names it; the schema says what is valid.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventsQuery {
+    /// Cursor mode: the events after this position; `0` for the start, then the
+    /// `X-Events-Cursor` of the previous answer. Pass `after` or `since`, not both.
+    #[param(value_type = Option<u64>, minimum = 0)]
     after: Option<String>,
+    /// Timestamp mode: the events with `createdAt` at or after this time, from the first
+    /// such event on in position order.
+    #[param(value_type = Option<String>, format = DateTime)]
     since: Option<String>,
+    /// Most events in the answer, from 1; larger values are lowered to the server's cap
+    /// (1000 by default).
+    #[param(value_type = Option<u64>, minimum = 1)]
     limit: Option<String>,
+    /// Cursor mode: when no event is available, wait up to this many seconds for one
+    /// (decimals allowed; larger values are lowered to the server's cap, 30 s by default).
+    #[param(value_type = Option<f64>, minimum = 0)]
     wait: Option<String>,
 }
 
+/// The error answers that `/events` may give to any request.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only documents: `AppError` builds these answers
+enum CommonErrors {
+    /// `unauthorized`: credentials are missing or invalid.
+    #[response(status = 401, headers(("WWW-Authenticate" = String, description = "The challenge, such as `Bearer`.")))]
+    Unauthorized(ErrorBody),
+    /// `internal`: a server fault; the detail is in the server's log.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// `unavailable` (the store cannot be reached) or `overloaded` (at a limit or shutting
+    /// down); retry later.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "With `overloaded`: seconds to wait before retrying.")))]
+    Unavailable(ErrorBody),
+}
+
+/// The events after a cursor or since a time.
+#[utoipa::path(
+    get,
+    path = "/events",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "The events, in ascending position order; `[]` when none came within `wait`.",
+            body = Vec<StoredEvent>,
+            headers(("X-Events-Cursor" = u64, description = "The `after` of the next request: at least the last event's position, further when the server skipped events the caller may not see."))),
+        (status = 400, description = "`bad_request`: a parameter is missing or malformed, or `after` and `since` came together.", body = ErrorBody),
+        CommonErrors,
+        (status = 410, description = "`cursor_expired` (retention deleted events after `after`) or `cursor_ahead` (`after` is past every position ever assigned): resume with `after` = `resumeAfter`.", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])),
+)]
 async fn get_events(
     State(server): State<EventBusServer>,
     Caller(principal): Caller,
@@ -414,6 +489,8 @@ async fn read_after(
         let events = match from_tail {
             Some(page) => {
                 cursor = page.cursor;
+                metrics::counter!(telemetry::DELIVERED, "source" => "tail")
+                    .increment(page.events.len() as u64);
                 page.events
             }
             None => {
@@ -431,6 +508,8 @@ async fn read_after(
                     });
                 }
                 cursor = page.cursor;
+                metrics::counter!(telemetry::DELIVERED, "source" => "store")
+                    .increment(page.events.len() as u64);
                 // Each event is dropped once serialized: the page is held about once.
                 page.events
                     .into_iter()
@@ -455,7 +534,7 @@ async fn read_after(
             return Ok(events_response(events, cursor));
         }
         if permit.is_none() {
-            permit = Some(
+            permit = Some(LivePoll::new(
                 server
                     .inner
                     .long_polls
@@ -464,7 +543,7 @@ async fn read_after(
                         retry_after: Duration::from_secs(1),
                         reason: refusal.reason(),
                     })?,
-            );
+            ));
         }
         tokio::select! {
             changed = end.wait_for(|&end| end > cursor) => {
@@ -517,6 +596,8 @@ async fn read_since(
         .read_after(first.saturating_sub(1), limit, max_bytes, tenant, &visible)
         .await
         .map_err(AppError::store)?;
+    metrics::counter!(telemetry::DELIVERED, "source" => "store")
+        .increment(page.events.len() as u64);
     let events = page
         .events
         .into_iter()
@@ -555,6 +636,24 @@ fn events_response(events: Vec<Bytes>, cursor: u64) -> Response {
         .into_response()
 }
 
+/// Stores one event; posting the same event (same id and content) again is a no-op.
+#[utoipa::path(
+    post,
+    path = "/events",
+    request_body(content = StoredEvent, content_type = "application/json",
+        description = "One event record; `position` is ignored."),
+    responses(
+        (status = 201, description = "Stored and durable; or, with `Idempotent-Replayed: true`, stored before by an earlier post of this event.",
+            body = Receipt,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier post of the same event."))),
+        (status = 400, description = "`bad_request`: invalid JSON, a missing or mistyped field, or an event the server refuses; `error` says which field and why.", body = ErrorBody),
+        CommonErrors,
+        (status = 409, description = "`id_conflict`: the id was used before for a different event.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over the server's limit (1 MiB by default).", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`.", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])),
+)]
 async fn post_event(
     State(server): State<EventBusServer>,
     Caller(principal): Caller,
@@ -601,9 +700,32 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// `200` while the store answers, with whether it accepts writes. The head only for a
-/// caller who may read: with authentication, one with a valid token, since the head of
-/// the shared sequence tells how much every tenant has written (docs/PROTOCOL.md).
+/// The answer of `GET /healthz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// `ok`, or `read_only` when the store does not take writes.
+    status: &'static str,
+    /// Whether the store takes writes.
+    writable: bool,
+    /// The highest position assigned: only for a caller who may read (with
+    /// authentication, one with a valid token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<u64>,
+}
+
+/// Whether the server and its store answer. The head only for a caller who may read:
+/// with authentication, one with a valid token, since the head of the shared sequence
+/// tells how much every tenant has written (docs/PROTOCOL.md).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    responses(
+        (status = 200, description = "The store answers.", body = Health),
+        (status = 500, description = "`internal`: a server fault; the detail is in the server's log.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store cannot be reached.", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])),
+)]
 async fn healthz(
     State(server): State<EventBusServer>,
     caller: Result<Caller, AppError>,
@@ -612,9 +734,20 @@ async fn healthz(
     let head = store.head().await.map_err(AppError::store)?;
     let writable = store.accepts_writes().await.map_err(AppError::store)?;
     let status = if writable { "ok" } else { "read_only" };
-    let mut body = serde_json::json!({ "status": status, "writable": writable });
-    if caller.is_ok() {
-        body["head"] = head.into();
-    }
-    Ok(Json(body).into_response())
+    let head = caller.is_ok().then_some(head);
+    Ok(Json(Health {
+        status,
+        writable,
+        head,
+    })
+    .into_response())
+}
+
+/// This API's OpenAPI document (docs/openapi.json).
+async fn openapi() -> Response {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        crate::openapi::document(),
+    )
+        .into_response()
 }

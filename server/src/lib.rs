@@ -49,8 +49,10 @@ mod auth;
 mod http;
 mod jwt;
 mod long_polls;
+mod openapi;
 pub mod store;
 mod tail;
+mod telemetry;
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -63,6 +65,7 @@ pub use auth::{AuthRejection, Authenticator, FilterOutcome, Principal};
 pub use distributed_events_shared::*;
 pub use http::{cors_layer, method_not_allowed, not_found, InvalidOrigin, Limits};
 pub use jwt::{JwtAuthenticator, JwtKey, JwtKeyError};
+pub use telemetry::{metrics_router, MetricsError};
 
 use auth::AuthorizationFilter;
 use store::{Appended, SharedStore, StoreError};
@@ -237,6 +240,7 @@ async fn run_cleanup(server: EventBusServer, interval: Duration) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retention cleanup"),
             Err(error) => {
+                metrics::counter!(telemetry::STORE_RETRIES, "task" => "cleanup").increment(1);
                 tracing::warn!(%error, "retention cleanup failed; retrying next interval")
             }
         }
@@ -266,6 +270,7 @@ impl EventBusServer {
         stored.created_at = normalize_time(stored.created_at);
         match self.inner.store.append(stored.clone()).await? {
             Appended::New(saved) => {
+                metrics::counter!(telemetry::APPENDED, "outcome" => "new").increment(1);
                 let receipt = receipt(&saved);
                 self.inner.bus.publish(DomainEvent {
                     position: saved.position,
@@ -275,9 +280,13 @@ impl EventBusServer {
                 Ok(receipt)
             }
             Appended::Existing(existing) if same_event(&existing, &stored) => {
+                metrics::counter!(telemetry::APPENDED, "outcome" => "replayed").increment(1);
                 Ok(receipt(&existing))
             }
-            Appended::Existing(_) => Err(PublishError::IdConflict(stored.id)),
+            Appended::Existing(_) => {
+                metrics::counter!(telemetry::APPENDED, "outcome" => "conflict").increment(1);
+                Err(PublishError::IdConflict(stored.id))
+            }
         }
     }
 
@@ -310,6 +319,22 @@ impl EventBusServer {
         let Some(retention) = self.inner.retention else {
             return Ok(0);
         };
+        let result = self.delete_expired(retention).await;
+        let outcome = match &result {
+            Ok(deleted) => {
+                metrics::counter!(telemetry::CLEANUP_DELETED).increment(*deleted);
+                "ok"
+            }
+            Err(_) => {
+                metrics::counter!(telemetry::STORE_ERRORS, "during" => "cleanup").increment(1);
+                "error"
+            }
+        };
+        metrics::counter!(telemetry::CLEANUP_RUNS, "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn delete_expired(&self, retention: Duration) -> Result<u64, StoreError> {
         let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let cutoff = chrono::Utc::now()
             .checked_sub_signed(retention)
@@ -417,6 +442,7 @@ impl EventBusServer {
             .map_err(AppError::store)?
         {
             Appended::New(saved) => {
+                metrics::counter!(telemetry::APPENDED, "outcome" => "new").increment(1);
                 if known_type {
                     let decoded = self
                         .inner
@@ -431,9 +457,13 @@ impl EventBusServer {
                 Ok((receipt(&saved), false))
             }
             Appended::Existing(existing) if same_event(&existing, &event) => {
+                metrics::counter!(telemetry::APPENDED, "outcome" => "replayed").increment(1);
                 Ok((receipt(&existing), true))
             }
-            Appended::Existing(_) => Err(AppError::IdConflict(event.id)),
+            Appended::Existing(_) => {
+                metrics::counter!(telemetry::APPENDED, "outcome" => "conflict").increment(1);
+                Err(AppError::IdConflict(event.id))
+            }
         }
     }
 }

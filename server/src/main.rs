@@ -132,6 +132,17 @@ struct Args {
     /// polls are answered 503 with Retry-After. Default: a quarter of --max-long-polls.
     #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_LONG_POLLS_PER_TENANT")]
     max_long_polls_per_tenant: Option<usize>,
+
+    // --- operations: metrics ---
+    /// Serve Prometheus metrics at `http://ADDRESS/metrics` (such as `127.0.0.1:9090`).
+    /// A separate address, so that the API's clients cannot reach them. Off by default.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
+
+    /// Longest long-poll, such as `30s`: larger `wait`s are lowered to it.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    max_wait: Duration,
+    // --- end operations ---
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -208,6 +219,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             max_page_bytes: args.max_page_bytes,
             tail_bytes: args.tail_bytes,
             max_long_polls_per_tenant: args.max_long_polls_per_tenant,
+            max_wait: args.max_wait,
             ..Limits::default()
         });
     if let Some(authenticator) = authenticator {
@@ -218,6 +230,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "no --jwt-secret or --jwt-public-key: every caller is anonymous and sees all events"
         );
     }
+    // Before the server starts, so that its metrics are recorded from the first request.
+    let metrics = match args.metrics_bind {
+        Some(address) => Some(metrics_listener(address).await?),
+        None => None,
+    };
     let server = builder.build();
 
     let mut app = server.router();
@@ -248,6 +265,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(database = %redacted(&args.database), retention = ?args.retention, "ready");
 
     let draining = server.clone();
+    if let Some((listener, router)) = metrics {
+        // Answers until the process exits, so that the drain can be watched too.
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "the metrics server failed");
+            }
+        });
+    }
     serve(listener, app, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: answering waiting polls, finishing requests");
@@ -317,6 +342,19 @@ async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output 
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The listener and router of `--metrics-bind`.
+async fn metrics_listener(
+    address: SocketAddr,
+) -> Result<(TcpListener, Router), Box<dyn std::error::Error>> {
+    let router = distributed_events_server::metrics_router()?;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("cannot listen on --metrics-bind {address}: {error}"))?;
+    // Tests and scripts wait for this exact line.
+    eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+    Ok((listener, router))
 }
 
 /// The database URL without its password, for logs.

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{event_size, SharedStore, Visibility};
+use crate::telemetry;
 
 /// Most events the tail keeps.
 const MAX_EVENTS: usize = 8192;
@@ -171,6 +172,7 @@ impl Tail {
             state.start = oldest.position();
         }
         let end = state.end;
+        state.report();
         drop(state);
         self.end.send_if_modified(|known| {
             let moved = end > *known;
@@ -197,6 +199,15 @@ impl Tail {
         }
         state.start = position;
         state.end = state.end.max(position);
+        state.report();
+    }
+}
+
+impl State {
+    /// Publishes the tail's size as metrics.
+    fn report(&self) {
+        metrics::gauge!(telemetry::TAIL_EVENTS).set(self.events.len() as f64);
+        metrics::gauge!(telemetry::TAIL_BYTES).set(self.bytes as f64);
     }
 }
 
@@ -240,6 +251,8 @@ pub(crate) async fn follow(tail: Arc<Tail>, store: SharedStore, shutdown: Cancel
             }
             (Err(error), _) | (_, Err(error)) => {
                 failures = failures.saturating_add(1);
+                metrics::counter!(telemetry::STORE_ERRORS, "during" => "follow").increment(1);
+                metrics::counter!(telemetry::STORE_RETRIES, "task" => "follow").increment(1);
                 tracing::warn!(%error, "reading new events for live polls failed; retrying");
                 let backoff = Duration::from_millis(50 << failures.min(6));
                 tokio::select! {

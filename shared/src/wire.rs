@@ -15,6 +15,7 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// An event as stored and sent over HTTP (the seed's `StoredEvent`, plus `position`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StoredEvent {
     /// Unique event id, chosen by whoever created the event; the idempotency key.
@@ -22,10 +23,13 @@ pub struct StoredEvent {
     /// When the event happened (RFC 3339, UTC).
     pub created_at: DateTime<Utc>,
     /// The aggregate the event belongs to.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub aggregate_id: String,
     /// The event type's wire name, such as `UserCreatedEvent`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub event_type: String,
     /// The payload, as a string of JSON.
+    #[cfg_attr(feature = "openapi", schema(content_media_type = "application/json"))]
     pub event_json: String,
     /// The `userId` of the event's context.
     #[serde(default)]
@@ -39,6 +43,7 @@ pub struct StoredEvent {
     /// The rest of the event's context: an app's own authorization fields, such as roles
     /// or an organisation id.
     #[serde(default, skip_serializing_if = "Context::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: Context,
     /// Where the server stored the event: strictly increasing in commit order. Absent in
     /// a post; the server assigns it.
@@ -85,6 +90,7 @@ impl StoredEvent {
 
 /// The answer to a successful `POST /events`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Receipt {
     /// The event's id.
@@ -97,6 +103,7 @@ pub struct Receipt {
 
 /// The body of every error answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     /// What went wrong and what to do, for people.

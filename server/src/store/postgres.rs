@@ -590,6 +590,7 @@ async fn run_listener(pool: PgPool, channel: String, head: watch::Sender<u64>) {
             return;
         }
         tracing::warn!(%error, retry_in = ?backoff, "PostgreSQL listener lost its connection");
+        metrics::counter!(crate::telemetry::LISTENER_RECONNECTS).increment(1);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
