@@ -321,9 +321,16 @@ mod tests {
             .collect();
         assert_eq!(
             found,
-            [(Some(2), Some(deep_id.to_owned())), (Some(3), None), (None, None)]
+            [
+                (Some(2), Some(deep_id.to_owned())),
+                (Some(3), None),
+                (None, None)
+            ]
         );
-        assert!(page.undecodable.iter().all(|e| e.code() == "undecodable_record" && !e.is_transient()));
+        assert!(page
+            .undecodable
+            .iter()
+            .all(|e| e.code() == "undecodable_record" && !e.is_transient()));
 
         // The cursor moves past a bad record even when the header lags behind it.
         let mut lagging = answer(200, &format!("[{}]", record(9, deep_id, &deep)));

@@ -36,7 +36,14 @@ fn depth() -> impl Strategy<Value = usize> {
 
 fn created_at() -> impl Strategy<Value = String> {
     // Second 60 is a leap second, which chrono parses.
-    let valid = (0..=9999i32, 1..=12u32, 1..=28u32, 0..=23u32, 0..=60u32, 0..1_000_000u32)
+    let valid = (
+        0..=9999i32,
+        1..=12u32,
+        1..=28u32,
+        0..=23u32,
+        0..=60u32,
+        0..1_000_000u32,
+    )
         .prop_map(|(year, month, day, hour, second, micros)| {
             format!("{year:04}-{month:02}-{day:02}T{hour:02}:59:{second:02}.{micros:06}Z")
         });
@@ -110,9 +117,16 @@ async fn check(server: &EventBusServer, body: &Value) -> Result<bool, TestCaseEr
     prop_assert!(decoded.is_ok(), "accepted {} but {:?}", body, decoded);
     let events = decoded.unwrap_or_default();
     prop_assert_eq!(events.len(), 1);
-    prop_assert_eq!(events[0].id.to_string(), body["id"].as_str().unwrap_or_default());
+    prop_assert_eq!(
+        events[0].id.to_string(),
+        body["id"].as_str().unwrap_or_default()
+    );
     let acknowledged: Receipt = serde_json::from_value(receipt).expect("a receipt");
-    prop_assert_eq!(events[0].created_at, acknowledged.created_at, "read back as acknowledged");
+    prop_assert_eq!(
+        events[0].created_at,
+        acknowledged.created_at,
+        "read back as acknowledged"
+    );
     // As a whole, too: no accepted record relies on the client's record-by-record path.
     prop_assert!(serde_json::from_str::<Vec<StoredEvent>>(&page).is_ok());
     Ok(true)

@@ -310,17 +310,30 @@ async fn posts_clients_could_not_read_back_answer_400_naming_the_field() {
         case
     };
     let page_levels_around_context_values = 3;
-    let deepest_context_value = distributed_events_server::MAX_NESTING - page_levels_around_context_values;
+    let deepest_context_value =
+        distributed_events_server::MAX_NESTING - page_levels_around_context_values;
     let cases = [
         // A poison event: served in a page, 128 levels deep, past serde_json's limit.
         ("context", with("context", json!({"a": nested(125)}))),
-        ("context", with("context", json!({"a": nested(deepest_context_value + 1)}))),
+        (
+            "context",
+            with("context", json!({"a": nested(deepest_context_value + 1)})),
+        ),
         (
             "eventJson",
-            with("eventJson", json!(nested(distributed_events_server::MAX_NESTING + 1).to_string())),
+            with(
+                "eventJson",
+                json!(nested(distributed_events_server::MAX_NESTING + 1).to_string()),
+            ),
         ),
-        ("createdAt", with("createdAt", json!("2024-12-31T23:59:60Z"))),
-        ("createdAt", with("createdAt", json!("+10000-01-01T00:00:00Z"))),
+        (
+            "createdAt",
+            with("createdAt", json!("2024-12-31T23:59:60Z")),
+        ),
+        (
+            "createdAt",
+            with("createdAt", json!("+10000-01-01T00:00:00Z")),
+        ),
         ("id", with("id", json!("v1"))),
         ("eventJson", with("eventJson", json!({"amount": 1}))),
         ("tenantId", with("tenantId", json!(["t"]))),
@@ -346,7 +359,11 @@ async fn posts_clients_could_not_read_back_answer_400_naming_the_field() {
     // At the limit: accepted, served, and decoded by serde_json as the clients do.
     let deepest = with("context", json!({"a": nested(deepest_context_value)}));
     assert_eq!(post(&server, &deepest).await.status, StatusCode::CREATED);
-    let page = call(&server, Request::get("/events?after=0").body(Body::empty()).unwrap()).await;
+    let page = call(
+        &server,
+        Request::get("/events?after=0").body(Body::empty()).unwrap(),
+    )
+    .await;
     let events: Vec<StoredEvent> = serde_json::from_value(page.body).unwrap();
     assert_eq!(events[0].context["a"], nested(deepest_context_value));
 }

@@ -51,7 +51,9 @@ impl InvalidEvent {
 fn expected(field: &str) -> &'static str {
     match field {
         "id" => "a UUID, such as \"0193a5a0-7a4c-7c8e-9d2e-1f0a3b4c5d6e\"",
-        "createdAt" => "an RFC 3339 time in the years 0000 to 9999, such as \"2024-12-04T10:00:00Z\"",
+        "createdAt" => {
+            "an RFC 3339 time in the years 0000 to 9999, such as \"2024-12-04T10:00:00Z\""
+        }
         "aggregateId" | "eventType" => "a non-empty string",
         "eventJson" => "a string holding the payload's JSON, such as \"{\\\"amount\\\":1}\"",
         "userId" | "tenantId" | "sessionId" => "a string or null",
@@ -106,7 +108,11 @@ impl StoredEvent {
         if !(0..=9999).contains(&self.created_at.year()) {
             return Err(InvalidEvent::field(
                 "createdAt",
-                format!("must be {}; the year is {}", expected("createdAt"), self.created_at.year()),
+                format!(
+                    "must be {}; the year is {}",
+                    expected("createdAt"),
+                    self.created_at.year()
+                ),
             ));
         }
         // chrono keeps a leap second as a nanosecond count past 10^9; stores cannot.
@@ -189,7 +195,9 @@ fn value_has_nul(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains('\0'),
         Value::Array(items) => items.iter().any(value_has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || value_has_nul(v)),
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| k.contains('\0') || value_has_nul(v)),
         _ => false,
     }
 }
@@ -283,8 +291,15 @@ mod tests {
                 event.context.insert("flat".into(), json!("x"));
             }
             let page = serde_json::to_string(&[&event]).unwrap();
-            assert_eq!(event.page_depth(), nesting_depth(&page), "context depth {depth}");
-            assert_eq!(event.validate().is_ok(), nesting_depth(&page) <= MAX_NESTING);
+            assert_eq!(
+                event.page_depth(),
+                nesting_depth(&page),
+                "context depth {depth}"
+            );
+            assert_eq!(
+                event.validate().is_ok(),
+                nesting_depth(&page) <= MAX_NESTING
+            );
         }
     }
 
@@ -308,13 +323,23 @@ mod tests {
             ("tenantId", json!("a\u{0}")),
         ] {
             let error = body(field, value.clone());
-            assert_eq!(error.field_name(), Some(field), "{field} = {value}: {error}");
-            assert!(error.to_string().starts_with(&format!("`{field}`")), "{error}");
+            assert_eq!(
+                error.field_name(),
+                Some(field),
+                "{field} = {value}: {error}"
+            );
+            assert!(
+                error.to_string().starts_with(&format!("`{field}`")),
+                "{error}"
+            );
         }
         let mut missing = serde_json::to_value(event()).unwrap();
         missing.as_object_mut().unwrap().remove("eventType");
         let error = StoredEvent::from_json(missing.to_string().as_bytes()).unwrap_err();
         assert_eq!(error.field_name(), Some("eventType"), "{error}");
-        assert!(StoredEvent::from_json(b"[1]").unwrap_err().field_name().is_none());
+        assert!(StoredEvent::from_json(b"[1]")
+            .unwrap_err()
+            .field_name()
+            .is_none());
     }
 }
