@@ -122,7 +122,7 @@ impl StoredEvent {
                 "must not be a leap second (:60); use :59 or the next second",
             ));
         }
-        if let Some(field) = field_with_nul(self) {
+        if let Some(field) = self.field_with_nul() {
             return Err(InvalidEvent::field(
                 field,
                 "must not contain U+0000 (NUL), which stores cannot keep",
@@ -150,6 +150,30 @@ impl StoredEvent {
         Ok(())
     }
 
+    /// The first field holding U+0000 (`context` for a key or value in it), which
+    /// PostgreSQL cannot store; [`validate`](Self::validate) refuses such an self.
+    pub fn field_with_nul(&self) -> Option<&'static str> {
+        let strings = [
+            ("aggregateId", Some(&self.aggregate_id)),
+            ("eventType", Some(&self.event_type)),
+            ("eventJson", Some(&self.event_json)),
+            ("userId", self.user_id.as_ref()),
+            ("tenantId", self.tenant_id.as_ref()),
+            ("sessionId", self.session_id.as_ref()),
+        ];
+        let in_strings = strings
+            .into_iter()
+            .find(|(_, value)| value.is_some_and(|s| s.contains('\0')))
+            .map(|(field, _)| field);
+        let in_context = || {
+            self.context
+                .iter()
+                .any(|(key, value)| key.contains('\0') || value_has_nul(value))
+                .then_some("context")
+        };
+        in_strings.or_else(in_context)
+    }
+
     /// How deeply a page holding this record nests: the page's array, the record, and
     /// its context with the context's values.
     fn page_depth(&self) -> usize {
@@ -165,30 +189,6 @@ impl StoredEvent {
 fn missing_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("missing field `")?;
     rest.split_once('`').map(|(field, _)| field.to_owned())
-}
-
-/// The first field of `event` holding U+0000, which PostgreSQL cannot store.
-fn field_with_nul(event: &StoredEvent) -> Option<&'static str> {
-    let strings = [
-        ("aggregateId", Some(&event.aggregate_id)),
-        ("eventType", Some(&event.event_type)),
-        ("eventJson", Some(&event.event_json)),
-        ("userId", event.user_id.as_ref()),
-        ("tenantId", event.tenant_id.as_ref()),
-        ("sessionId", event.session_id.as_ref()),
-    ];
-    let in_strings = strings
-        .into_iter()
-        .find(|(_, value)| value.is_some_and(|s| s.contains('\0')))
-        .map(|(field, _)| field);
-    let in_context = || {
-        event
-            .context
-            .iter()
-            .any(|(key, value)| key.contains('\0') || value_has_nul(value))
-            .then_some("context")
-    };
-    in_strings.or_else(in_context)
 }
 
 fn value_has_nul(value: &Value) -> bool {
