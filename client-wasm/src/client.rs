@@ -381,8 +381,12 @@ impl Inner {
         Ok(())
     }
 
-    /// Dispatches a page and saves the cursor.
+    /// Dispatches a page, reports its undecodable records, and saves the cursor, which
+    /// lies past both.
     fn deliver(&self, page: Page) {
+        for error in page.undecodable {
+            self.report(error);
+        }
         let cursor = {
             let mut state = self.lock();
             if state.status.closed {
@@ -549,7 +553,7 @@ async fn receive(inner: Arc<Inner>) {
             Ok(page) => {
                 backoff.reset();
                 inner.set_status(Side::Receive, Status::Live);
-                let count = page.events.len();
+                let count = page.events.len() + page.undecodable.len();
                 inner.deliver(page);
                 let short = count < inner.page_size as usize;
                 match inner.mode {

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use distributed_events_shared::{DecodeError, StoredEvent};
+use uuid::Uuid;
 
 /// Everything that can go wrong in a client, as reported on
 /// [`EventBusClient::errors`](crate::EventBusClient::errors), in
@@ -78,6 +79,20 @@ pub enum ClientError {
         /// Why it did not decode.
         error: DecodeError,
     },
+    /// A record of a page could not be decoded at all (as one a server stored before it
+    /// checked nesting depth). It was skipped, and delivery went on past it: the app never
+    /// sees this event.
+    #[error("the server sent a record that cannot be decoded{}{}; it was skipped: {message}",
+        position.map(|position| format!(" at position {position}")).unwrap_or_default(),
+        event_id.map(|id| format!(" (event {id})")).unwrap_or_default())]
+    UndecodableRecord {
+        /// The record's `position`, when it could be read.
+        position: Option<u64>,
+        /// The record's `id`, when it could be read.
+        event_id: Option<Uuid>,
+        /// Why it did not decode.
+        message: String,
+    },
     /// The server refused a forwarded event for good (as `409 id_conflict`); it was
     /// dropped from the outbox.
     #[error("the server refused event {id} ({code}): {message}", id = event.id)]
@@ -118,8 +133,8 @@ impl ClientError {
     /// A stable code: the server's code for [`Http`](Self::Http) and
     /// [`Rejected`](Self::Rejected), `cursor_expired`/`cursor_ahead` for a reset, and
     /// otherwise one of `network_error`, `timeout`, `wrong_server_url`,
-    /// `invalid_response`, `token_failed`,
-    /// `unknown_event_type`, `undecodable_payload`, `cursor_store_failed`,
+    /// `invalid_response`, `token_failed`, `unknown_event_type`, `undecodable_payload`,
+    /// `undecodable_record`, `cursor_store_failed`,
     /// `invalid_config`, `invalid_event`, `closed`.
     pub fn code(&self) -> &str {
         match self {
@@ -136,6 +151,7 @@ impl ClientError {
                 ..
             } => "unknown_event_type",
             Self::Decode { .. } => "undecodable_payload",
+            Self::UndecodableRecord { .. } => "undecodable_record",
             Self::CursorStore { .. } => "cursor_store_failed",
             Self::Config { .. } => "invalid_config",
             Self::InvalidEvent { .. } => "invalid_event",

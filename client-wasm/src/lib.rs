@@ -87,11 +87,35 @@ pub use status::Status;
 // `#[derive(Event)]` (the derive names `::distributed_events_client::Event`).
 pub use distributed_events_shared::*;
 
-/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+/// Entry points for the fuzz targets in `fuzz/` and the server's property tests; not
+/// part of the API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
     use crate::platform::HttpResponse;
+    use distributed_events_shared::StoredEvent;
+
+    /// Decodes the body of a `200` page as the Rust and JS clients do, down to each
+    /// payload: the events, or why some record or payload would not reach the app.
+    pub fn decode_page(body: &str) -> Result<Vec<StoredEvent>, String> {
+        let page = crate::protocol::read_page(HttpResponse {
+            status: 200,
+            cursor: Some("0".into()),
+            body: body.into(),
+            ..HttpResponse::default()
+        })
+        .map_err(|failure| format!("the page does not decode: {failure:?}"))?;
+        if let Some(error) = page.undecodable.first() {
+            return Err(error.to_string());
+        }
+        for event in &page.events {
+            // A typed subscriber decodes the payload with serde_json, depth limit and all.
+            serde_json::from_str::<serde_json::Value>(&event.event_json).map_err(|error| {
+                format!("the payload of event {} does not decode: {error}", event.id)
+            })?;
+        }
+        Ok(page.events)
+    }
 
     /// Decodes one server answer the ways the client does: as a page of events, as the
     /// health check and as a post's receipt. Must never panic, whatever the answer.

@@ -88,8 +88,10 @@ pub(crate) enum Failure {
 #[derive(Debug)]
 pub(crate) struct Page {
     pub(crate) events: Vec<StoredEvent>,
-    /// `X-Events-Cursor`: the `after` of the next poll.
+    /// `X-Events-Cursor`: the `after` of the next poll, past every record of the page.
     pub(crate) cursor: u64,
+    /// The records that did not decode, as [`ClientError::UndecodableRecord`]s to report.
+    pub(crate) undecodable: Vec<ClientError>,
 }
 
 pub(crate) fn read_page(response: HttpResponse) -> Result<Page, Failure> {
@@ -107,12 +109,61 @@ pub(crate) fn read_page(response: HttpResponse) -> Result<Page, Failure> {
             )))
         }
     };
-    let events = serde_json::from_str(&response.body).map_err(|error| {
-        invalid(format!(
-            "the events are not a JSON array of event records: {error}"
-        ))
-    })?;
-    Ok(Page { events, cursor })
+    match serde_json::from_str(&response.body) {
+        Ok(events) => Ok(Page {
+            events,
+            cursor,
+            undecodable: Vec::new(),
+        }),
+        // One record that does not decode must not stop the others.
+        Err(error) => read_records(&response.body, cursor).ok_or_else(|| {
+            invalid(format!(
+                "the events are not a JSON array of event records: {error}"
+            ))
+        }),
+    }
+}
+
+/// A page decoded record by record, when it did not decode as a whole; `None` when it
+/// is not a JSON array at all. The cursor lies past every record, decoded or not.
+fn read_records(body: &str, mut cursor: u64) -> Option<Page> {
+    /// What can be told of a record that does not decode, read leniently.
+    #[derive(Deserialize)]
+    struct Identity {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        #[serde(default)]
+        position: Option<serde_json::Value>,
+    }
+    let records: Vec<&serde_json::value::RawValue> = serde_json::from_str(body).ok()?;
+    let mut events = Vec::with_capacity(records.len());
+    let mut undecodable = Vec::new();
+    for record in records {
+        match serde_json::from_str::<StoredEvent>(record.get()) {
+            Ok(event) => events.push(event),
+            Err(error) => {
+                let identity = serde_json::from_str::<Identity>(record.get()).ok();
+                let (id, position) = identity
+                    .map(|found| (found.id, found.position))
+                    .unwrap_or_default();
+                let position = position.as_ref().and_then(serde_json::Value::as_u64);
+                cursor = cursor.max(position.unwrap_or_default());
+                undecodable.push(ClientError::UndecodableRecord {
+                    position,
+                    event_id: id
+                        .as_ref()
+                        .and_then(serde_json::Value::as_str)
+                        .and_then(|id| id.parse().ok()),
+                    message: error.to_string(),
+                });
+            }
+        }
+    }
+    Some(Page {
+        events,
+        cursor,
+        undecodable,
+    })
 }
 
 pub(crate) fn read_head(response: HttpResponse) -> Result<u64, Failure> {
@@ -236,6 +287,64 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A record at `position`; `context` is spliced in as JSON text.
+    fn record(position: u64, id: &str, context: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","createdAt":"2024-12-04T10:00:00Z","aggregateId":"a","eventType":"T","eventJson":"{{}}","context":{context},"position":{position}}}"#
+        )
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_is_reported_and_skipped_not_the_page() {
+        let good = "0193a5a0-7a4c-7c8e-9d2e-1f0a3b4c5d61";
+        let deep_id = "0193a5a0-7a4c-7c8e-9d2e-1f0a3b4c5d62";
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        let body = format!(
+            "[{},{},{},{}]",
+            record(1, good, "{}"),
+            record(2, deep_id, &deep),
+            record(3, "not-a-uuid", "{}"),
+            "42",
+        );
+        let mut response = answer(200, &body);
+        response.cursor = Some("3".into());
+        let page = read_page(response).unwrap();
+        assert_eq!(page.events.len(), 1);
+        assert_eq!(page.events[0].id.to_string(), good);
+        assert_eq!(page.cursor, 3);
+        let found: Vec<_> = page
+            .undecodable
+            .iter()
+            .map(|error| match error {
+                ClientError::UndecodableRecord {
+                    position, event_id, ..
+                } => (*position, event_id.map(|id| id.to_string())),
+                other => panic!("not an undecodable record: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some(2), Some(deep_id.to_owned())),
+                (Some(3), None),
+                (None, None)
+            ]
+        );
+        assert!(page
+            .undecodable
+            .iter()
+            .all(|e| e.code() == "undecodable_record" && !e.is_transient()));
+
+        // The cursor moves past a bad record even when the header lags behind it.
+        let mut lagging = answer(200, &format!("[{}]", record(9, deep_id, &deep)));
+        lagging.cursor = Some("3".into());
+        assert_eq!(read_page(lagging).unwrap().cursor, 9);
+        // Not an array at all: the answer is invalid, as before.
+        let mut garbage = answer(200, "{\"events\":[]}");
+        garbage.cursor = Some("3".into());
+        assert!(matches!(read_page(garbage), Err(Failure::Retry { .. })));
     }
 
     #[test]

@@ -226,6 +226,52 @@ async fn js_handlers_get_each_event_once_in_the_documented_shape() {
     settled(reader.close()).await.expect("close");
 }
 
+/// The deepest event the server accepts (docs/PROTOCOL.md, `MAX_NESTING`) reaches JS
+/// handlers whole: the context through serde-wasm-bindgen, the payload through
+/// `JSON.parse`.
+#[wasm_bindgen_test]
+async fn the_deepest_event_the_server_accepts_reaches_js_handlers_whole() {
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let limit = distributed_events_client::MAX_NESTING;
+    // A page holds context values 3 levels deep: the array, the record, the context.
+    let (payload, context_value) = (nested(limit), nested(limit - 3));
+    let writer = js_client(&options(r#", "autoForward": true"#)).expect("writer");
+    let reader = js_client(&options("")).expect("reader");
+    until_live(&reader).await;
+    let event_type = unique("Deep");
+    let received = js_sys::Array::new();
+    let _keep = reader.on(event_type.clone(), handler(&received));
+    let publish_options = js_sys::JSON::parse(&format!(
+        r#"{{"aggregateId": "d-1", "context": {{"deep": {context_value}}}}}"#
+    ))
+    .expect("options");
+    let errors = js_sys::Array::new();
+    let _keep_errors = writer.on_error(handler(&errors));
+    writer
+        .publish(
+            event_type,
+            js_sys::JSON::parse(&payload).expect("payload"),
+            publish_options,
+        )
+        .expect("publish");
+
+    eventually("the deep event at the reader", || received.length() == 1).await;
+    let stringify = |value: &JsValue| {
+        js_sys::JSON::stringify(value)
+            .ok()
+            .and_then(|s| s.as_string())
+    };
+    let event = received.get(0);
+    assert_eq!(stringify(&get(&event, "payload")), Some(payload));
+    assert_eq!(
+        stringify(&get(&get(&event, "context"), "deep")),
+        Some(context_value)
+    );
+    assert_eq!(errors.length(), 0, "the server refused the deepest event");
+    settled(writer.close()).await.expect("close");
+    settled(reader.close()).await.expect("close");
+}
+
 /// Awaits a JS Promise.
 async fn settled(promise: js_sys::Promise) -> Result<JsValue, JsValue> {
     wasm_bindgen_futures::JsFuture::from(promise).await

@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use distributed_events_shared::wire::{codes, ErrorBody, CURSOR_HEADER, REPLAYED_HEADER};
-use distributed_events_shared::{Receipt, StoredEvent};
+use distributed_events_shared::{InvalidEvent, Receipt, StoredEvent};
 use serde::{Deserialize, Serialize};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -113,6 +113,12 @@ impl AppError {
         tracing::error!(%error, "event store failed");
         metrics::counter!(telemetry::STORE_ERRORS, "during" => "request").increment(1);
         Self::Unavailable
+    }
+}
+
+impl From<InvalidEvent> for AppError {
+    fn from(error: InvalidEvent) -> Self {
+        Self::BadRequest(error.to_string())
     }
 }
 
@@ -419,7 +425,7 @@ async fn get_events(
             "pass either `after` (a position) or `since` (a time), not both".into(),
         )),
         (None, None) => Err(AppError::BadRequest(
-            "`since` is missing: pass `after=<position>` (0 for the start) or `since=<RFC 3339 time>`".into(),
+            "`after` or `since` is required: pass `after=<position>` (a whole number, 0 for the start) or `since=<RFC 3339 time>`".into(),
         )),
         (None, Some(since)) => read_since(&server, &principal, since, limit).await,
         (Some(after), None) => {
@@ -669,8 +675,7 @@ async fn post_event(
         }
         _ => AppError::BadRequest(rejection.body_text()),
     })?;
-    let event: StoredEvent = serde_json::from_slice(&body)
-        .map_err(|error| AppError::BadRequest(format!("invalid event: {error}")))?;
+    let event = StoredEvent::from_json(&body)?;
     let (receipt, replayed) = server.accept(event, &principal).await?;
     let mut response = (StatusCode::CREATED, Json(receipt)).into_response();
     if replayed {

@@ -79,6 +79,10 @@ pub enum PublishError {
     /// The payload did not serialize.
     #[error("the event payload does not serialize: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The event breaks a rule of docs/PROTOCOL.md (such as nesting too deeply for
+    /// clients to decode); nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] InvalidEvent),
     /// The id was used before for a different event.
     #[error("event id {0} was already used for a different event; give the event a new id")]
     IdConflict(Uuid),
@@ -268,6 +272,7 @@ impl EventBusServer {
     pub async fn publish<T: Event>(&self, event: DomainEvent<T>) -> Result<Receipt, PublishError> {
         let mut stored = event.to_stored()?;
         stored.created_at = normalize_time(stored.created_at);
+        stored.validate()?;
         match self.inner.store.append(stored.clone()).await? {
             Appended::New(saved) => {
                 metrics::counter!(telemetry::APPENDED, "outcome" => "new").increment(1);
@@ -383,29 +388,6 @@ impl EventBusServer {
         principal: &Principal,
     ) -> Result<(Receipt, bool), http::AppError> {
         use http::AppError;
-        if event.event_type.trim().is_empty() {
-            return Err(AppError::BadRequest("`eventType` must not be empty".into()));
-        }
-        if event.aggregate_id.is_empty() {
-            return Err(AppError::BadRequest(
-                "`aggregateId` must not be empty".into(),
-            ));
-        }
-        if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&event.event_json) {
-            return Err(AppError::BadRequest(format!(
-                "`eventJson` must be a string of JSON: {error}"
-            )));
-        }
-        if has_nul(&event) {
-            return Err(AppError::BadRequest(
-                "strings in an event must not contain U+0000 (NUL)".into(),
-            ));
-        }
-        if nesting_depth(&event.event_json) > MAX_PAYLOAD_DEPTH {
-            return Err(AppError::BadRequest(format!(
-                "`eventJson` nests deeper than {MAX_PAYLOAD_DEPTH} levels; clients could not decode it"
-            )));
-        }
         // Identity comes from authentication, never from the body: with an
         // authenticator, a principal without a user (a token without `sub`) posts events
         // without one rather than with whatever the body claims, in its fields or in its
@@ -422,6 +404,8 @@ impl EventBusServer {
         }
         event.position = None;
         event.created_at = normalize_time(event.created_at);
+        // After stamping, so that what is stored is what was checked.
+        event.validate()?;
         let known_type = {
             let registry = self
                 .inner
@@ -431,7 +415,12 @@ impl EventBusServer {
             match registry.decode(&event) {
                 Ok(_) => true,
                 Err(DecodeError::UnknownType { .. }) => false,
-                Err(error) => return Err(AppError::BadRequest(error.to_string())),
+                Err(error) => {
+                    return Err(AppError::BadRequest(format!(
+                        "`eventJson` must decode as the registered type `{}`: {error}",
+                        event.event_type
+                    )))
+                }
             }
         };
         match self
@@ -486,67 +475,6 @@ impl std::fmt::Debug for EventBusServerBuilder {
     }
 }
 
-/// Whether any string of the event holds U+0000, which PostgreSQL cannot store: such an
-/// event is refused up front on every backend rather than failing at the store.
-fn has_nul(event: &StoredEvent) -> bool {
-    let strings = [
-        Some(&event.aggregate_id),
-        Some(&event.event_type),
-        Some(&event.event_json),
-        event.user_id.as_ref(),
-        event.tenant_id.as_ref(),
-        event.session_id.as_ref(),
-    ];
-    strings.into_iter().flatten().any(|s| s.contains('\0'))
-        || event
-            .context
-            .iter()
-            .any(|(key, value)| key.contains('\0') || value_has_nul(value))
-}
-
-fn value_has_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(value_has_nul),
-        serde_json::Value::Object(map) => map
-            .iter()
-            .any(|(k, v)| k.contains('\0') || value_has_nul(v)),
-        _ => false,
-    }
-}
-
-/// Deepest nesting accepted in a payload: what serde_json, and so every Rust client,
-/// can decode.
-const MAX_PAYLOAD_DEPTH: usize = 128;
-
-/// How deeply arrays and objects nest in a (syntactically valid) JSON text, found
-/// without recursion or allocation.
-fn nesting_depth(json: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for byte in json.bytes() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
 /// Whether a stored event and a re-post of its id carry the same event.
 fn same_event(stored: &StoredEvent, posted: &StoredEvent) -> bool {
     stored.aggregate_id == posted.aggregate_id
@@ -567,20 +495,4 @@ fn receipt(event: &StoredEvent) -> Receipt {
 fn normalize_time(time: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;
     time.trunc_subsecs(6)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::nesting_depth;
-
-    #[test]
-    fn nesting_depth_ignores_brackets_in_strings() {
-        assert_eq!(nesting_depth("1"), 0);
-        assert_eq!(nesting_depth(r#"{"a":[1,{"b":2}]}"#), 3);
-        assert_eq!(nesting_depth(r#"{"a":"[[[{{{\"]]]"}"#), 1);
-        assert_eq!(
-            nesting_depth(&format!("{}{}", "[".repeat(500), "]".repeat(500))),
-            500
-        );
-    }
 }

@@ -102,6 +102,14 @@ async fn malformed_requests_get_json_4xx_and_change_nothing() {
     deep_field["context"] =
         serde_json::from_str(&format!("{}1{}", "{\"a\":".repeat(100), "}".repeat(100))).unwrap();
     deep_field["eventJson"] = json!(deep);
+    // Decodes in a post, but not in a page (128 levels there): no client could read it.
+    let mut poison = valid_event();
+    poison["context"] = serde_json::from_str(&format!(
+        "{{\"a\":{}1{}}}",
+        "[".repeat(125),
+        "]".repeat(125)
+    ))
+    .unwrap();
     let mut huge_string = valid_event();
     huge_string["aggregateId"] = json!("x".repeat(2 * 1024 * 1024));
     let mut invalid_utf8 = serde_json::to_vec(&valid_event()).unwrap();
@@ -124,6 +132,11 @@ async fn malformed_requests_get_json_4xx_and_change_nothing() {
         (
             "deeply nested eventJson",
             serde_json::to_vec(&deep_field).unwrap(),
+            "application/json",
+        ),
+        (
+            "context too deep for a page",
+            serde_json::to_vec(&poison).unwrap(),
             "application/json",
         ),
         (

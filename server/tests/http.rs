@@ -293,6 +293,81 @@ async fn bad_posts_answer_400_413_415() {
     assert_eq!(all.body.as_array().unwrap().len(), 1);
 }
 
+/// `depth` arrays around a number.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(json!(1), |inner, _| json!([inner]))
+}
+
+/// A post that clients could not decode, or that the store would change, is refused with
+/// a `400` naming the field; the deepest post allowed is served and decodes.
+#[tokio::test]
+async fn posts_clients_could_not_read_back_answer_400_naming_the_field() {
+    let server = server();
+    let valid = post_body(Uuid::now_v7(), "T", "{}");
+    let with = |field: &str, value: Value| {
+        let mut case = valid.clone();
+        case[field] = value;
+        case
+    };
+    let page_levels_around_context_values = 3;
+    let deepest_context_value =
+        distributed_events_server::MAX_NESTING - page_levels_around_context_values;
+    let cases = [
+        // A poison event: served in a page, 128 levels deep, past serde_json's limit.
+        ("context", with("context", json!({"a": nested(125)}))),
+        (
+            "context",
+            with("context", json!({"a": nested(deepest_context_value + 1)})),
+        ),
+        (
+            "eventJson",
+            with(
+                "eventJson",
+                json!(nested(distributed_events_server::MAX_NESTING + 1).to_string()),
+            ),
+        ),
+        (
+            "createdAt",
+            with("createdAt", json!("2024-12-31T23:59:60Z")),
+        ),
+        (
+            "createdAt",
+            with("createdAt", json!("+10000-01-01T00:00:00Z")),
+        ),
+        ("id", with("id", json!("v1"))),
+        ("eventJson", with("eventJson", json!({"amount": 1}))),
+        ("tenantId", with("tenantId", json!(["t"]))),
+    ];
+    for (field, case) in &cases {
+        let answer = post(&server, case).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
+        let message = answer.body["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("`{field}`")),
+            "the message must name `{field}`: {message}"
+        );
+    }
+    let neither = get(&server, "/events?limit=5").await;
+    assert_error(&neither, StatusCode::BAD_REQUEST, "bad_request");
+    let message = neither.body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`after`") && message.contains("`since`"),
+        "{message}"
+    );
+    assert_eq!(get(&server, "/events?after=0").await.body, json!([]));
+
+    // At the limit: accepted, served, and decoded by serde_json as the clients do.
+    let deepest = with("context", json!({"a": nested(deepest_context_value)}));
+    assert_eq!(post(&server, &deepest).await.status, StatusCode::CREATED);
+    let page = call(
+        &server,
+        Request::get("/events?after=0").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let events: Vec<StoredEvent> = serde_json::from_value(page.body).unwrap();
+    assert_eq!(events[0].context["a"], nested(deepest_context_value));
+}
+
 #[tokio::test]
 async fn reposting_an_id_replays_and_a_different_event_conflicts() {
     let server = server();

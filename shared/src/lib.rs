@@ -40,6 +40,7 @@ extern crate self as distributed_events_shared;
 mod bus;
 mod event;
 mod registry;
+mod rules;
 pub mod wire;
 
 pub use bus::{AnyEventStream, EventBus, EventStream};
@@ -47,6 +48,7 @@ pub use event::{
     now, Context, DomainEvent, Event, CONTEXT_SESSION_ID, CONTEXT_TENANT_ID, CONTEXT_USER_ID,
 };
 pub use registry::{AnyEvent, DecodeError, EventRegistry};
+pub use rules::{InvalidEvent, MAX_NESTING};
 pub use wire::{ErrorBody, Receipt, StoredEvent};
 
 /// `#[derive(Event)]`: makes a serde type a domain-event payload. The wire name is the

@@ -87,7 +87,7 @@ export type EventBusClientErrorCode =
   | "bad_request" | "unauthorized" | "id_conflict" | "payload_too_large" | "unsupported_media_type"
   | "unavailable" | "overloaded" | "internal"
   | "cursor_expired" | "cursor_ahead"
-  | "unknown_event_type" | "undecodable_payload"
+  | "unknown_event_type" | "undecodable_payload" | "undecodable_record"
   | "cursor_store_failed" | "invalid_config" | "invalid_options" | "invalid_event" | "closed";
 
 /** The errors the client throws and hands to `onError` handlers: real `Error`s with a `code`. */
@@ -98,6 +98,10 @@ export interface EventBusClientError extends Error {
   status?: number;
   /** The event concerned: one that could not be decoded, or one the server refused for good (it was dropped from the outbox). */
   event?: StoredEventRecord;
+  /** `undecodable_record`: the skipped record's position, when it could be read. */
+  position?: number;
+  /** `undecodable_record`: the skipped record's id, when it could be read. */
+  eventId?: string;
   /** `cursor_expired` / `cursor_ahead`: the cursor the client had. */
   from?: number;
   /** `cursor_expired` / `cursor_ahead`: where delivery resumed. Events in between were missed: reload state that depends on them. */
@@ -146,6 +150,16 @@ pub(crate) fn error_to_js(error: &ClientError) -> JsValue {
             // Positions stay below 2^53, so a JS number holds them exactly.
             set(&js, "from", *from as f64);
             set(&js, "resumeAfter", *resume_after as f64);
+        }
+        ClientError::UndecodableRecord {
+            position, event_id, ..
+        } => {
+            if let Some(position) = position {
+                set(&js, "position", *position as f64);
+            }
+            if let Some(event_id) = event_id {
+                set(&js, "eventId", event_id.to_string());
+            }
         }
         _ => {}
     }

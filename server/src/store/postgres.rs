@@ -372,17 +372,7 @@ fn same_error(error: &StoreError) -> StoreError {
 /// which a Rust string (and SQLite) accepts.
 fn unstorable(events: &[StoredEvent]) -> Option<StoreError> {
     events.iter().find_map(|event| {
-        let fields = [
-            ("aggregateId", Some(&event.aggregate_id)),
-            ("eventType", Some(&event.event_type)),
-            ("eventJson", Some(&event.event_json)),
-            ("userId", event.user_id.as_ref()),
-            ("tenantId", event.tenant_id.as_ref()),
-            ("sessionId", event.session_id.as_ref()),
-        ];
-        let (name, _) = fields
-            .iter()
-            .find(|(_, value)| value.is_some_and(|value| value.contains('\0')))?;
+        let name = event.field_with_nul()?;
         Some(StoreError::Corrupt(format!(
             "event {}: `{name}` contains U+0000, which PostgreSQL cannot store",
             event.id
