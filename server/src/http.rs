@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +40,9 @@ pub struct Limits {
     /// Longest time a request may take beyond the longest `wait` ([`max_wait`](Self::max_wait))
     /// before it is answered `503` (default 30 s, so 60 s in all).
     pub request_timeout: Duration,
+    /// Longest time a `POST /events` body may take to arrive; past it the answer is `408`
+    /// (default 15 s).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             max_wait: Duration::from_secs(30),
             max_long_polls: 10_000,
             request_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -70,6 +74,7 @@ pub(crate) enum AppError {
         resume_after: u64,
     },
     PayloadTooLarge(usize),
+    BodyTimeout(Duration),
     UnsupportedMediaType,
     Unavailable,
     Overloaded {
@@ -124,6 +129,15 @@ impl IntoResponse for AppError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 codes::PAYLOAD_TOO_LARGE,
                 format!("the body is larger than the server's limit of {limit} bytes"),
+                None,
+            ),
+            Self::BodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                codes::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within the server's {} s; send it again",
+                    limit.as_secs_f64()
+                ),
                 None,
             ),
             Self::UnsupportedMediaType => (
@@ -508,18 +522,27 @@ fn events_response(events: &[Bytes], cursor: u64) -> Response {
 async fn post_event(
     State(server): State<EventBusServer>,
     Caller(principal): Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, AppError> {
-    if !is_json(&headers) {
+    if !is_json(request.headers()) {
         return Err(AppError::UnsupportedMediaType);
     }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            AppError::PayloadTooLarge(server.inner.limits.max_body_bytes)
-        }
-        _ => AppError::BadRequest(rejection.body_text()),
-    })?;
+    let limits = &server.inner.limits;
+    // Refused before the body is read, so that `Expect: 100-continue` gets no `100`.
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
+        return Err(AppError::PayloadTooLarge(limits.max_body_bytes));
+    }
+    let body = tokio::time::timeout(limits.body_read_timeout, Bytes::from_request(request, &()))
+        .await
+        .map_err(|_| AppError::BodyTimeout(limits.body_read_timeout))?
+        .map_err(|rejection: BytesRejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(limits.max_body_bytes),
+            _ => AppError::BadRequest(rejection.body_text()),
+        })?;
     let event: StoredEvent = serde_json::from_slice(&body)
         .map_err(|error| AppError::BadRequest(format!("invalid event: {error}")))?;
     let (receipt, replayed) = server.accept(event, &principal).await?;

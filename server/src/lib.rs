@@ -48,6 +48,7 @@
 mod auth;
 mod http;
 mod jwt;
+mod serve;
 pub mod store;
 mod tail;
 
@@ -62,6 +63,7 @@ pub use auth::{AuthRejection, Authenticator, FilterOutcome, Principal};
 pub use distributed_events_shared::*;
 pub use http::{cors_layer, not_found, InvalidOrigin, Limits};
 pub use jwt::{JwtAuthenticator, JwtKey, JwtKeyError};
+pub use serve::{max_connections_for_open_files, serve, ServeOptions};
 
 use auth::AuthorizationFilter;
 use store::{Appended, SharedStore, StoreError};
