@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Query, Request, State,
+};
 use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -54,6 +56,9 @@ pub struct Limits {
     /// Longest time a request may take beyond the longest `wait` ([`max_wait`](Self::max_wait))
     /// before it is answered `503` (default 30 s, so 60 s in all).
     pub request_timeout: Duration,
+    /// Longest time a `POST /events` body may take to arrive; past it the answer is `408`
+    /// (default 15 s).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -67,6 +72,7 @@ impl Default for Limits {
             max_long_polls: 10_000,
             max_long_polls_per_tenant: None,
             request_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -95,6 +101,7 @@ pub(crate) enum AppError {
         resume_after: u64,
     },
     PayloadTooLarge(usize),
+    BodyTimeout(Duration),
     UnsupportedMediaType,
     Unavailable,
     Overloaded {
@@ -157,6 +164,15 @@ impl IntoResponse for AppError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 codes::PAYLOAD_TOO_LARGE,
                 format!("the body is larger than the server's limit of {limit} bytes"),
+                None,
+            ),
+            Self::BodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                codes::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within the server's {} s; send it again",
+                    limit.as_secs_f64()
+                ),
                 None,
             ),
             Self::UnsupportedMediaType => (
@@ -655,6 +671,7 @@ fn events_response(events: Vec<Bytes>, cursor: u64) -> Response {
         (status = 400, description = "`bad_request`: invalid JSON, a missing or mistyped field, or an event the server refuses; `error` says which field and why.", body = ErrorBody),
         CommonErrors,
         (status = 409, description = "`id_conflict`: the id was used before for a different event.", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive within the body-read timeout (15 s by default).", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over the server's limit (1 MiB by default).", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`.", body = ErrorBody),
     ),
@@ -663,18 +680,27 @@ fn events_response(events: Vec<Bytes>, cursor: u64) -> Response {
 async fn post_event(
     State(server): State<EventBusServer>,
     Caller(principal): Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, AppError> {
-    if !is_json(&headers) {
+    if !is_json(request.headers()) {
         return Err(AppError::UnsupportedMediaType);
     }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            AppError::PayloadTooLarge(server.inner.limits.max_body_bytes)
-        }
-        _ => AppError::BadRequest(rejection.body_text()),
-    })?;
+    let limits = &server.inner.limits;
+    // Refused before the body is read, so that `Expect: 100-continue` gets no `100`.
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
+        return Err(AppError::PayloadTooLarge(limits.max_body_bytes));
+    }
+    let body = tokio::time::timeout(limits.body_read_timeout, Bytes::from_request(request, &()))
+        .await
+        .map_err(|_| AppError::BodyTimeout(limits.body_read_timeout))?
+        .map_err(|rejection: BytesRejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(limits.max_body_bytes),
+            _ => AppError::BadRequest(rejection.body_text()),
+        })?;
     let event = StoredEvent::from_json(&body)?;
     let (receipt, replayed) = server.accept(event, &principal).await?;
     let mut response = (StatusCode::CREATED, Json(receipt)).into_response();

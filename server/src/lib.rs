@@ -50,6 +50,7 @@ mod http;
 mod jwt;
 mod long_polls;
 mod openapi;
+mod serve;
 pub mod store;
 mod tail;
 mod telemetry;
@@ -65,6 +66,7 @@ pub use auth::{AuthRejection, Authenticator, FilterOutcome, Principal};
 pub use distributed_events_shared::*;
 pub use http::{cors_layer, method_not_allowed, not_found, InvalidOrigin, Limits};
 pub use jwt::{JwtAuthenticator, JwtKey, JwtKeyError};
+pub use serve::{max_connections_for_open_files, serve, ServeOptions};
 pub use telemetry::{metrics_router, MetricsError};
 
 use auth::AuthorizationFilter;

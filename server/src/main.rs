@@ -1,10 +1,7 @@
 //! `distributed-events-server`: the event server on its own, with the demo page.
 
-use std::future::Future;
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,13 +12,9 @@ use axum::routing::MethodRouter;
 use axum::Router;
 use clap::Parser;
 use distributed_events_server::{
-    cors_layer, method_not_allowed, not_found, store, EventBusServer, JwtAuthenticator, JwtKey,
-    Limits,
+    cors_layer, max_connections_for_open_files, method_not_allowed, not_found, serve, store,
+    EventBusServer, JwtAuthenticator, JwtKey, Limits, ServeOptions,
 };
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tower_http::services::ServeDir;
@@ -143,6 +136,23 @@ struct Args {
     #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     max_wait: Duration,
     // --- end operations ---
+
+    // Connection limits: slow or silent clients must not hold the server.
+    /// Longest time a client may take to send a request head; past it the connection closes.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+
+    /// Longest time a keep-alive connection may stay idle between requests.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+
+    /// Longest time a `POST /events` body may take to arrive; past it the answer is 408.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_BODY_READ_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    body_read_timeout: Duration,
+
+    /// Most connections open at once [default: the open-file limit less a tenth, at least 64].
+    #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -200,6 +210,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.retention.is_zero() || args.cleanup_interval.is_zero() {
         return Err("--retention and --cleanup-interval must be longer than zero".into());
     }
+    let serve_options = serve_options(&args)?;
     let cors = (!args.cors_origins.is_empty())
         .then(|| cors_layer(&args.cors_origins))
         .transpose()?;
@@ -220,6 +231,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             tail_bytes: args.tail_bytes,
             max_long_polls_per_tenant: args.max_long_polls_per_tenant,
             max_wait: args.max_wait,
+            body_read_timeout: args.body_read_timeout,
             ..Limits::default()
         });
     if let Some(authenticator) = authenticator {
@@ -262,7 +274,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let address = listener.local_addr()?;
     // Tests and scripts wait for this exact line.
     eprintln!("listening on http://{address}");
-    tracing::info!(database = %redacted(&args.database), retention = ?args.retention, "ready");
+    tracing::info!(database = %redacted(&args.database), retention = ?args.retention, max_connections = serve_options.max_connections, "ready");
 
     let draining = server.clone();
     if let Some((listener, router)) = metrics {
@@ -273,7 +285,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
-    serve(listener, app, async move {
+    serve(listener, app, serve_options, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: answering waiting polls, finishing requests");
         draining.begin_shutdown();
@@ -302,46 +314,36 @@ async fn static_file(files: ServeDir<MethodRouter>, mut request: Request) -> Res
     }
 }
 
-/// Serves `app` on HTTP/1 until `shutdown` completes, then lets requests in flight finish.
-///
-/// Not `axum::serve`: it serves each connection through hyper-util's auto builder with
-/// upgrades, whose per-connection state costs about 10 KiB more; with 10,000 parked
-/// long-polls that is 256 MiB of RSS against 155 MiB here (docs/PERFORMANCE.md).
-async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                // A client that gave up before it was accepted: nothing to do.
-                Err(error) if matches!(
-                    error.kind(),
-                    ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
-                ) => continue,
-                Err(error) => {
-                    // Out of file descriptors, say: wait for some to be freed (as
-                    // axum::serve does), saying so once a second at most.
-                    tracing::error!(%error, "cannot accept connections; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Long-poll answers are small and must not wait for more to send.
-        let _ = stream.set_nodelay(true);
-        let connection = http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
+/// The connection limits the flags ask for; refuses values that would make the server
+/// useless.
+fn serve_options(args: &Args) -> Result<ServeOptions, String> {
+    if args.max_body_bytes == 0 || args.max_long_polls == 0 {
+        return Err("--max-body-bytes and --max-long-polls must be at least 1: with 0 no event could be posted, or no poll could wait".into());
     }
-    drop(listener);
-    graceful.shutdown().await;
+    if args.header_read_timeout.is_zero()
+        || args.idle_timeout.is_zero()
+        || args.body_read_timeout.is_zero()
+    {
+        return Err("--header-read-timeout, --idle-timeout and --body-read-timeout must be longer than zero".into());
+    }
+    let max_connections = match args.max_connections {
+        Some(0) => return Err("--max-connections must be at least 1".into()),
+        Some(max) => max,
+        None => {
+            // Parked long-polls each hold a descriptor: take the hard limit, as most
+            // servers do, rather than a soft limit of 1024 meant for interactive shells.
+            #[cfg(unix)]
+            if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+                tracing::warn!(%error, "cannot raise the open-file limit");
+            }
+            max_connections_for_open_files()?
+        }
+    };
+    Ok(ServeOptions {
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections,
+    })
 }
 
 /// The listener and router of `--metrics-bind`.

@@ -455,3 +455,19 @@ fn the_start_up_log_is_plain_text_and_says_what_is_served() {
         "the CORS origins in effect are not logged:\n{log}"
     );
 }
+
+#[test]
+fn limits_that_make_the_server_useless_fail_at_start() {
+    for (flag, value) in [
+        ("--max-body-bytes", "0"),
+        ("--max-long-polls", "0"),
+        ("--max-connections", "0"),
+        ("--header-read-timeout", "0s"),
+        ("--idle-timeout", "0s"),
+        ("--body-read-timeout", "0s"),
+    ] {
+        let stderr =
+            refused_at_start(&["--database", "memory", "--bind", "127.0.0.1:0", flag, value]);
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
+}

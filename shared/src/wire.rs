@@ -132,6 +132,8 @@ pub mod codes {
     pub const NOT_FOUND: &str = "not_found";
     /// The path does not take this method (405).
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    /// The request body did not arrive in time (408); send it again, faster.
+    pub const REQUEST_TIMEOUT: &str = "request_timeout";
     /// The body is larger than the server accepts (413).
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     /// The body is not `application/json` (415).

@@ -36,7 +36,25 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary with `args` and waits until it listens.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_distributed-events-server"))
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_distributed-events-server")),
+            args,
+        )
+    }
+
+    /// Starts the binary with `args` under an open-file limit (`ulimit -n`) of
+    /// `open_files`, set with `prlimit` (util-linux).
+    pub fn start_with_open_files(open_files: u64, args: &[&str]) -> Self {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={open_files}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_distributed-events-server"));
+        Self::spawn(command, args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .args(["--bind", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "warn")

@@ -1,0 +1,298 @@
+//! Connection limits of the real binary, over raw sockets: slow, silent and half-closed
+//! clients, and more connections than the process has file descriptors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ServerProcess;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Generous bound for anything the server should do within a few seconds.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn connect(server: &ServerProcess) -> TcpStream {
+    let address = server.base.trim_start_matches("http://");
+    tokio::time::timeout(PATIENCE, TcpStream::connect(address))
+        .await
+        .expect("the server's listener took no connection within 30 s")
+        .expect("connect")
+}
+
+/// One HTTP/1 answer: its status line and body (read by `Content-Length`).
+#[derive(Debug)]
+struct Answer {
+    status_line: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {self:?}"))
+    }
+}
+
+/// Reads one answer, failing if none comes within [`PATIENCE`] or the server closes first.
+async fn read_answer(stream: &mut (impl AsyncRead + Unpin)) -> Answer {
+    tokio::time::timeout(PATIENCE, async {
+        let mut bytes = Vec::new();
+        let head_end = loop {
+            if let Some(end) = bytes.windows(4).position(|window| window == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "the server closed the connection without an answer; got {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+            bytes.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
+        let length = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = bytes[head_end..].to_vec();
+        while body.len() < length {
+            let mut chunk = [0; 4096];
+            let n = stream.read(&mut chunk).await.expect("read body");
+            assert!(n > 0, "the server closed the connection mid-body");
+            body.extend_from_slice(&chunk[..n]);
+        }
+        Answer {
+            status_line: head.lines().next().unwrap_or_default().to_owned(),
+            body: String::from_utf8_lossy(&body[..length]).into_owned(),
+        }
+    })
+    .await
+    .expect("an answer within 30 s")
+}
+
+/// Waits until the server closes `stream` (a read returns end of file or a reset), failing
+/// if it is still open after [`PATIENCE`] or if the server sends anything.
+async fn closed_by_server(stream: &mut (impl AsyncRead + Unpin), what: &str) {
+    let mut buffer = [0; 1024];
+    match tokio::time::timeout(PATIENCE, stream.read(&mut buffer)).await {
+        Ok(Ok(0) | Err(_)) => {}
+        Ok(Ok(n)) => panic!(
+            "{what}: expected the connection to be closed, got {:?}",
+            String::from_utf8_lossy(&buffer[..n])
+        ),
+        Err(_) => panic!("{what}: still open after 30 s"),
+    }
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
+
+#[tokio::test]
+async fn silent_connections_beyond_the_open_file_limit_do_not_lock_out_healthz() {
+    // 128 descriptors: about 64 for connections, the rest kept for the store. The header
+    // timeout is long, so only the cap (closing the connections that waited longest) can
+    // make room.
+    let server = ServerProcess::start_with_open_files(
+        128,
+        &["--database", "memory", "--header-read-timeout", "10min"],
+    );
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(connect(&server).await);
+    }
+    for attempt in 0..3 {
+        let mut stream = connect(&server).await;
+        stream.write_all(HEALTHZ).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(
+            answer.status_line.starts_with("HTTP/1.1 200"),
+            "healthz #{attempt} with 200 silent connections open: {answer:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_no_whole_request_head_is_closed() {
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--header-read-timeout",
+        "1s",
+        "--idle-timeout",
+        "10min",
+    ]);
+    let mut silent = connect(&server).await;
+    let mut partial = connect(&server).await;
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: te")
+        .await
+        .unwrap();
+    closed_by_server(&mut silent, "a connection that sent nothing").await;
+    closed_by_server(&mut partial, "a connection that sent half a head").await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--header-read-timeout",
+        "10min",
+        "--idle-timeout",
+        "1s",
+    ]);
+    let mut stream = connect(&server).await;
+    for _ in 0..2 {
+        stream.write_all(HEALTHZ).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.status_line.starts_with("HTTP/1.1 200"), "{answer:?}");
+    }
+    closed_by_server(&mut stream, "an idle keep-alive connection").await;
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_answered_408_with_the_json_error() {
+    let server = ServerProcess::start(&["--database", "memory", "--body-read-timeout", "1s"]);
+    let mut stream = connect(&server).await;
+    stream
+        .write_all(
+            b"POST /events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // One byte every 300 ms: the body would take a minute.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..199 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let answer = read_answer(&mut reader).await;
+    trickle.abort();
+    assert!(answer.status_line.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_eq!(answer.json()["code"], "request_timeout", "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let server = ServerProcess::start(&["--database", "memory"]);
+    for request in [
+        HEALTHZ,
+        b"GET /events?after=0&wait=0.5 HTTP/1.1\r\nHost: test\r\n\r\n",
+    ] {
+        let mut stream = connect(&server).await;
+        stream.write_all(request).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.status_line.starts_with("HTTP/1.1 200"), "{answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn expect_continue_with_a_body_over_the_limit_gets_413_at_once() {
+    let server = ServerProcess::start(&["--database", "memory", "--max-body-bytes", "100"]);
+    let mut stream = connect(&server).await;
+    stream
+        .write_all(
+            b"POST /events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 101\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(
+        answer.status_line.starts_with("HTTP/1.1 413"),
+        "the first answer must be the refusal, not `100 Continue`: {answer:?}"
+    );
+    assert_eq!(answer.json()["code"], "payload_too_large");
+}
+
+/// At the cap, the connection that waits for a request is closed to make room, and
+/// those answering a request (parked long-polls) are left alone.
+#[tokio::test]
+async fn the_cap_closes_a_waiting_connection_never_one_with_a_request_in_flight() {
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--max-connections",
+        "4",
+        "--max-long-polls",
+        "3",
+    ]);
+    let mut polls = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect(&server).await;
+        stream
+            .write_all(b"GET /events?after=0&wait=30 HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        polls.push(stream);
+    }
+    // The fourth connection asks until the long-poll limit refuses it: then all three
+    // polls are parked, and it is the one connection waiting for a request.
+    let mut idle = connect(&server).await;
+    let mut statuses = Vec::new();
+    loop {
+        idle.write_all(b"GET /events?after=0&wait=0.01 HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(&mut idle).await;
+        if answer.status_line.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        statuses.push(answer.status_line);
+        assert!(
+            statuses.len() < 1000,
+            "the polls never parked: {statuses:?}"
+        );
+    }
+    let mut late = connect(&server).await;
+    late.write_all(HEALTHZ).await.unwrap();
+    let answer = read_answer(&mut late).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 200"), "{answer:?}");
+    closed_by_server(
+        &mut idle,
+        "the connection waiting for a request, at the cap",
+    )
+    .await;
+
+    let event = serde_json::json!({
+        "id": uuid::Uuid::now_v7(),
+        "createdAt": "2024-12-04T10:00:15Z",
+        "aggregateId": "order-1",
+        "eventType": "OrderPurchasedEvent",
+        "eventJson": "{}",
+    })
+    .to_string();
+    late.write_all(
+        format!(
+            "POST /events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{event}",
+            event.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answer = read_answer(&mut late).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 201"), "{answer:?}");
+    for (n, stream) in polls.iter_mut().enumerate() {
+        let answer = read_answer(stream).await;
+        assert!(
+            answer.status_line.starts_with("HTTP/1.1 200"),
+            "poll {n}: {answer:?}"
+        );
+        assert_eq!(
+            answer.json().as_array().map(Vec::len),
+            Some(1),
+            "poll {n}: {answer:?}"
+        );
+    }
+}
