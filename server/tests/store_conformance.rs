@@ -68,7 +68,7 @@ conformance_suite!(mysql_store, mysql().await);
 mod postgres_only {
     use std::time::{Duration, Instant};
 
-    use distributed_events_server::store::{Appended, EventStore, PostgresStore};
+    use distributed_events_server::store::{Appended, EventStore, PostgresStore, StoreError};
 
     use super::common::conformance::event;
     use super::postgres_url;
@@ -171,6 +171,12 @@ mod postgres_only {
             error.to_string().contains("U+0000"),
             "the error says why: {error}"
         );
+        // Not `Corrupt` or `Unavailable`: nothing is wrong with the store, and a retry
+        // would fail the same way.
+        assert!(
+            matches!(error, StoreError::Unstorable(_)),
+            "an event the store cannot hold is its own kind of error: {error:?}"
+        );
         assert!(
             good.iter().all(Result::is_ok),
             "the good events of the group are stored: {good:?}"
@@ -183,6 +189,63 @@ mod postgres_only {
                 .len(),
             20
         );
+        store.close().await;
+    }
+}
+
+/// What only the MySQL backend has to show: one instance per database, and tenant ids
+/// compared byte for byte despite MySQL's habit of comparing text without case or
+/// trailing spaces.
+mod mysql_only {
+    use distributed_events_server::store::{EventStore, MySqlStore, StoreError};
+
+    use super::common::conformance::event;
+    use super::mysql_url;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_store_on_one_database_is_refused_until_the_first_closes() {
+        let Some(url) = mysql_url().await else {
+            return;
+        };
+        let first = MySqlStore::open(&url).await.expect("open the first store");
+        match MySqlStore::open(&url).await {
+            Err(StoreError::Unavailable(message)) => assert!(
+                message.contains("another server"),
+                "the refusal says why: {message}"
+            ),
+            other => panic!("a second store on the database was not refused: {other:?}"),
+        }
+        first.append(event(1, None)).await.expect("append");
+        first.close().await;
+        let second = MySqlStore::open(&url)
+            .await
+            .expect("the database is free once the first store closed");
+        assert_eq!(second.head().await.expect("head"), 1);
+        second.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tenants_that_differ_only_in_case_or_trailing_spaces_stay_apart() {
+        let Some(url) = mysql_url().await else {
+            return;
+        };
+        let store = MySqlStore::open(&url).await.expect("open the store");
+        let tenants = ["acme", "ACME", "acme "];
+        for (n, tenant) in tenants.iter().enumerate() {
+            store.append(event(n, Some(tenant))).await.expect("append");
+        }
+        for tenant in tenants {
+            let seen = store
+                .read_range(0, 10, usize::MAX, Some(tenant))
+                .await
+                .expect("read");
+            let owners: Vec<_> = seen.iter().map(|e| e.tenant_id.as_deref()).collect();
+            assert_eq!(
+                owners,
+                [Some(tenant)],
+                "tenant {tenant:?} sees only its own"
+            );
+        }
         store.close().await;
     }
 }

@@ -275,7 +275,7 @@ fn nul_in(events: &[StoredEvent]) -> Option<StoreError> {
             .iter()
             .find(|(_, value)| value.is_some_and(|value| value.contains('\0')))?;
         Some(StoreError::Unstorable(format!(
-            "event {}: `{name}` contains U+0000, which PostgreSQL cannot store",
+            "event {}: `{name}` contains U+0000, which this server's PostgreSQL store cannot hold; leave it out",
             event.id
         )))
     })
