@@ -19,7 +19,6 @@
 //!   `max_allowed_packet`; an event larger than that fails alone, saying so.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,8 +29,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::sql::{
-    bind_event, fetch, sql_position, to_position, value_rows, Backend, Dialect, SqlStore,
-    INSERT_COLUMNS,
+    bind_event, parse_url, sql_position, to_position, unreachable, value_rows, Backend, Dialect,
+    SqlStore, INSERT_COLUMNS,
 };
 use super::writer::Insert;
 use super::{event_size, to_micros, StoreError};
@@ -60,13 +59,10 @@ CREATE TABLE IF NOT EXISTS events (
     id           CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     created_at   BIGINT   NOT NULL,                    -- microseconds since the epoch
     stored_at    BIGINT   NOT NULL,                    -- the server's clock, for retention
-    aggregate_id LONGTEXT NOT NULL,
-    event_type   LONGTEXT NOT NULL,
-    event_json   LONGTEXT NOT NULL,                    -- kept as text: reads back byte for byte
-    user_id      LONGTEXT,
-    tenant_id    LONGTEXT,
-    session_id   LONGTEXT,
-    context      LONGTEXT,                             -- JSON object, NULL when empty
+    -- Text of any length; event_json read back byte for byte, context a JSON object or
+    -- NULL when empty.
+    aggregate_id LONGTEXT NOT NULL, event_type LONGTEXT NOT NULL, event_json LONGTEXT NOT NULL,
+    user_id LONGTEXT, tenant_id LONGTEXT, session_id LONGTEXT, context LONGTEXT,
     UNIQUE KEY events_id (id),
     KEY events_created_at (created_at),
     KEY events_stored_at (stored_at),
@@ -82,6 +78,10 @@ CREATE TABLE IF NOT EXISTS events_retention (
     pruned_through BIGINT NOT NULL
 ) ENGINE = InnoDB;
 INSERT IGNORE INTO events_retention (id, pruned_through) VALUES (1, 0);
+";
+
+/// The table of the schema's version.
+const VERSION_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS events_schema (
     id      INT NOT NULL PRIMARY KEY,
     version INT NOT NULL
@@ -104,12 +104,11 @@ pub type MySqlStore = SqlStore<MySql>;
 #[derive(Debug)]
 pub struct MySql;
 
-/// The writer's side of the MySQL store: one connection, which holds the owner lock;
-/// replaced after any error.
+/// The writer's side of the MySQL store. Its connection holds the owner lock; after any
+/// error it is replaced, and the new one takes the lock again.
 #[derive(Debug)]
 pub struct MySqlWriter {
     options: MySqlConnectOptions,
-    connection: Option<MySqlConnection>,
     /// Most bytes of events one statement carries: below `max_allowed_packet`.
     statement_bytes: usize,
 }
@@ -121,21 +120,18 @@ impl SqlStore<MySql> {
     ///
     /// Fails when another server has the database open as a store.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = MySqlConnectOptions::from_str(url)
-            .map_err(|error| StoreError::Unavailable(format!("invalid MySQL URL: {error}")))?
-            .charset("utf8mb4");
+        let options = parse_url::<MySqlConnectOptions>(url, "MySQL")?.charset("utf8mb4");
         let mut writer = MySqlWriter {
             options: options.clone(),
-            connection: None,
             statement_bytes: 0,
         };
-        let connection = writer.connection().await?;
-        migrate(connection).await?;
+        let mut connection = writer.connect().await?;
+        migrate(&mut connection).await?;
         let packet: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
-            .fetch_one(&mut *connection)
+            .fetch_one(&mut connection)
             .await?;
         let head: i64 = sqlx::query_scalar("SELECT head FROM events_head WHERE id = 1")
-            .fetch_one(&mut *connection)
+            .fetch_one(&mut connection)
             .await?;
         // A quarter is left for the statement's text and the protocol.
         writer.statement_bytes = usize::try_from(packet).unwrap_or(usize::MAX) / 4 * 3;
@@ -146,25 +142,19 @@ impl SqlStore<MySql> {
             .connect_with(options)
             .await?;
         let head = watch::Sender::new(to_position(head)?);
-        Ok(Self::new(MySql, readers, writer, head))
+        Ok(Self::new(MySql, readers, writer, Some(connection), head))
     }
 }
 
 /// Creates the schema if it is missing; refuses a newer one.
 async fn migrate(connection: &mut MySqlConnection) -> Result<(), StoreError> {
-    let exists: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM information_schema.TABLES \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'events_schema'",
-    )
-    .fetch_one(&mut *connection)
-    .await?;
-    let version: Option<i32> = if exists > 0 {
-        sqlx::query_scalar("SELECT version FROM events_schema WHERE id = 1")
-            .fetch_optional(&mut *connection)
-            .await?
-    } else {
-        None
-    };
+    // The version's own table first (MySQL has no `to_regclass`); the rest below.
+    sqlx::raw_sql(VERSION_TABLE)
+        .execute(&mut *connection)
+        .await?;
+    let version: Option<i32> = sqlx::query_scalar("SELECT version FROM events_schema WHERE id = 1")
+        .fetch_optional(&mut *connection)
+        .await?;
     match version {
         Some(version) if version > SCHEMA_VERSION => Err(StoreError::Unavailable(format!(
             "the database has schema version {version}, newer than this server's {SCHEMA_VERSION}; upgrade the server"
@@ -197,40 +187,10 @@ async fn migrate(connection: &mut MySqlConnection) -> Result<(), StoreError> {
     }
 }
 
-impl MySqlWriter {
-    /// The writer's connection, connecting first (and taking the owner lock) if there is
-    /// none.
-    async fn connection(&mut self) -> Result<&mut MySqlConnection, StoreError> {
-        if let Some(ref mut connection) = self.connection {
-            return Ok(connection);
-        }
-        let mut connection = self.options.connect().await.map_err(|error| {
-            StoreError::Unavailable(format!(
-                "cannot connect to MySQL at {}:{}: {error}",
-                self.options.get_host(),
-                self.options.get_port()
-            ))
-        })?;
-        let owned: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({OWNER_LOCK}, 0)"))
-            .fetch_one(&mut connection)
-            .await?;
-        if owned != Some(1) {
-            let database: Option<String> = sqlx::query_scalar("SELECT DATABASE()")
-                .fetch_one(&mut connection)
-                .await?;
-            return Err(StoreError::Unavailable(format!(
-                "another server is using MySQL database `{}`: stop it, or give this server a \
-                 database of its own; the MySQL store serves one instance (for several \
-                 instances, use PostgreSQL)",
-                database.unwrap_or_default()
-            )));
-        }
-        Ok(self.connection.insert(connection))
-    }
-}
-
 #[async_trait]
 impl Insert for MySqlWriter {
+    type Db = sqlx::MySql;
+    const DIALECT: Dialect = Dialect::plain(COLUMNS);
     type Job = std::convert::Infallible;
     const NAME: &'static str = "MySQL";
     const GROUP_TIMEOUT: Option<Duration> = Some(GROUP_TIMEOUT);
@@ -248,17 +208,38 @@ impl Insert for MySqlWriter {
         )))
     }
 
-    async fn fetch(&mut self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
-        fetch::<MySql>(self.connection().await?, ids).await
+    /// Connects, and takes the owner lock (closing the session releases it).
+    async fn connect(&self) -> Result<MySqlConnection, StoreError> {
+        let (host, port) = (self.options.get_host(), self.options.get_port());
+        let mut connection = self
+            .options
+            .connect()
+            .await
+            .map_err(|error| unreachable("MySQL", host, port, error))?;
+        let owned: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({OWNER_LOCK}, 0)"))
+            .fetch_one(&mut connection)
+            .await?;
+        if owned == Some(1) {
+            return Ok(connection);
+        }
+        let database: Option<String> = sqlx::query_scalar("SELECT DATABASE()")
+            .fetch_one(&mut connection)
+            .await?;
+        Err(StoreError::Unavailable(format!(
+            "another server is using MySQL database `{}`: stop it, or give this server a \
+             database of its own; the MySQL store serves one instance (for several \
+             instances, use PostgreSQL)",
+            database.unwrap_or_default()
+        )))
     }
 
     async fn insert(
-        &mut self,
+        &self,
+        connection: &mut MySqlConnection,
         fresh: &[&StoredEvent],
     ) -> Result<(HashMap<Uuid, u64>, u64), StoreError> {
+        let mut tx = connection.begin().await?;
         let stored_at = to_micros(distributed_events_shared::now());
-        let statement_bytes = self.statement_bytes;
-        let mut tx = self.connection().await?.begin().await?;
         let head: i64 = sqlx::query_scalar("SELECT head FROM events_head WHERE id = 1 FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
@@ -274,7 +255,7 @@ impl Insert for MySqlWriter {
                 .take(MAX_ROWS_PER_STATEMENT)
                 .take_while(|event| {
                     bytes += event_size(event);
-                    bytes <= statement_bytes
+                    bytes <= self.statement_bytes
                 })
                 .count()
                 .max(1);
@@ -299,32 +280,8 @@ impl Insert for MySqlWriter {
         tx.commit().await?;
         Ok((positions, head))
     }
-
-    async fn recover(&mut self) {
-        // The connection may be broken or mid-transaction: start over with a new one
-        // (which takes the owner lock again).
-        self.connection = None;
-    }
-
-    async fn run(&mut self, job: std::convert::Infallible) {
-        match job {}
-    }
-
-    async fn close(self) {
-        if let Some(connection) = self.connection {
-            // Closing the session releases the owner lock.
-            connection.close().await.ok();
-        }
-    }
 }
 
 impl Backend for MySql {
-    type Db = sqlx::MySql;
     type Writer = MySqlWriter;
-    const DIALECT: Dialect = Dialect {
-        columns: COLUMNS,
-        numbered: false,
-        uuid_cast: "",
-        text_cast: "",
-    };
 }

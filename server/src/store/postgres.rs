@@ -41,7 +41,6 @@
 //!   lost; an append whose answer was lost is retried by the client under the same id.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,7 +51,9 @@ use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::sql::{context_json, fetch, to_position, Backend, Dialect, SqlStore};
+use super::sql::{
+    context_json, parse_url, to_position, unreachable, Backend, Dialect, SqlStore, EVENT_INDEXES,
+};
 use super::writer::{advance, Insert};
 use super::{to_micros, StoreError};
 
@@ -93,9 +94,6 @@ CREATE TABLE IF NOT EXISTS events (
     session_id   TEXT,
     context      TEXT                     -- JSON object, NULL when empty
 );
-CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
-CREATE INDEX IF NOT EXISTS events_stored_at ON events (stored_at);
-CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant_id, position);
 -- One row; locked by every append statement until it commits (see the module docs).
 CREATE TABLE IF NOT EXISTS events_head (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
@@ -136,7 +134,6 @@ pub struct PgWriter {
     options: PgConnectOptions,
     /// The notification channel of this schema.
     channel: String,
-    connection: Option<PgConnection>,
 }
 
 impl SqlStore<Postgres> {
@@ -144,16 +141,10 @@ impl SqlStore<Postgres> {
     /// parameter that sqlx understands, e.g. `?options[search_path]=events`), creates or
     /// migrates the schema, and starts the writer and listener tasks.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|error| StoreError::Unavailable(format!("invalid PostgreSQL URL: {error}")))?
+        let options = parse_url::<PgConnectOptions>(url, "PostgreSQL")?
             .application_name("distributed-events");
-        let unreachable = |error: sqlx::Error| {
-            StoreError::Unavailable(format!(
-                "cannot connect to PostgreSQL at {}:{}: {error}",
-                options.get_host(),
-                options.get_port()
-            ))
-        };
+        let unreachable =
+            |error| unreachable("PostgreSQL", options.get_host(), options.get_port(), error);
 
         let mut setup = options.connect().await.map_err(unreachable)?;
         let channel = migrate(&mut setup).await?;
@@ -180,13 +171,12 @@ impl SqlStore<Postgres> {
         let writer = PgWriter {
             options: options.options(WRITER_SETTINGS),
             channel,
-            connection: None,
         };
         let backend = Postgres {
             listen_pool,
             listener: Mutex::new(Some(listener)),
         };
-        Ok(Self::new(backend, pool, writer, head))
+        Ok(Self::new(backend, pool, writer, None, head))
     }
 }
 
@@ -238,6 +228,7 @@ async fn migrate(connection: &mut PgConnection) -> Result<String, StoreError> {
         // guarded by `version < N`.
         _ => {
             sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+            sqlx::raw_sql(EVENT_INDEXES).execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO events_schema (id, version) VALUES (1, $1) \
                  ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
@@ -348,18 +339,15 @@ SELECT moved.head,
 FROM moved
 ";
 
-impl PgWriter {
-    /// The writer's connection, connecting first if there is none.
-    async fn connection(&mut self) -> Result<&mut PgConnection, StoreError> {
-        Ok(match self.connection {
-            Some(ref mut connection) => connection,
-            None => self.connection.insert(self.options.connect().await?),
-        })
-    }
-}
-
 #[async_trait]
 impl Insert for PgWriter {
+    type Db = sqlx::Postgres;
+    const DIALECT: Dialect = Dialect {
+        columns: COLUMNS,
+        numbered: true,
+        uuid_cast: "::uuid",
+        text_cast: "::text",
+    };
     type Job = std::convert::Infallible;
     const NAME: &'static str = "PostgreSQL";
     const GROUP_TIMEOUT: Option<Duration> = Some(GROUP_TIMEOUT);
@@ -368,14 +356,13 @@ impl Insert for PgWriter {
         nul_in(events)
     }
 
-    /// Looked up before taking the lock, so that a retried post costs the other
-    /// instances nothing and uses no position.
-    async fn fetch(&mut self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
-        fetch::<Postgres>(self.connection().await?, ids).await
+    async fn connect(&self) -> Result<PgConnection, StoreError> {
+        Ok(self.options.connect().await?)
     }
 
     async fn insert(
-        &mut self,
+        &self,
+        connection: &mut PgConnection,
         fresh: &[&StoredEvent],
     ) -> Result<(HashMap<Uuid, u64>, u64), StoreError> {
         let mut columns = Columns::default();
@@ -396,7 +383,7 @@ impl Insert for PgWriter {
             .bind(&columns.session_id)
             .bind(&columns.context)
             .bind(channel)
-            .fetch_one(self.connection().await?)
+            .fetch_one(connection)
             .await?;
         let head = to_position(row.try_get("head")?)?;
         let ids: Vec<String> = row.try_get("ids")?;
@@ -407,21 +394,6 @@ impl Insert for PgWriter {
             stored.insert(id, to_position(position)?);
         }
         Ok((stored, head))
-    }
-
-    async fn recover(&mut self) {
-        // The connection may be broken or mid-statement: start over with a new one.
-        self.connection = None;
-    }
-
-    async fn run(&mut self, job: std::convert::Infallible) {
-        match job {}
-    }
-
-    async fn close(self) {
-        if let Some(connection) = self.connection {
-            connection.close().await.ok();
-        }
     }
 }
 
@@ -507,14 +479,7 @@ async fn listen(
 
 #[async_trait]
 impl Backend for Postgres {
-    type Db = sqlx::Postgres;
     type Writer = PgWriter;
-    const DIALECT: Dialect = Dialect {
-        columns: COLUMNS,
-        numbered: true,
-        uuid_cast: "::uuid",
-        text_cast: "::text",
-    };
 
     async fn close(&self) {
         let listener = self.listener.lock().await.take();

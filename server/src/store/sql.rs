@@ -17,12 +17,19 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::writer::{Insert, Writer};
+use super::writer::{Conn, Insert, Writer};
 use super::{event_size, from_micros, to_micros, Appended, EventStore, StoreError};
 
 /// The columns of an event where `id` and `context` are text already (SQLite, MySQL).
 pub(super) const COLUMNS: &str =
     "position, id, created_at, aggregate_id, event_type, event_json, user_id, tenant_id, session_id, context";
+
+/// The indexes of `events` in SQLite and PostgreSQL (MySQL declares its own).
+pub(super) const EVENT_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
+CREATE INDEX IF NOT EXISTS events_stored_at ON events (stored_at);
+CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant_id, position);
+";
 
 /// Most ids one look-up statement takes (SQLite allows 32,766 parameters).
 const MAX_IDS_PER_STATEMENT: usize = 1000;
@@ -41,6 +48,16 @@ pub struct Dialect {
 }
 
 impl Dialect {
+    /// The dialect of the backends with `?` parameters and text ids.
+    pub const fn plain(columns: &'static str) -> Self {
+        Self {
+            columns,
+            numbered: false,
+            uuid_cast: "",
+            text_cast: "",
+        }
+    }
+
     /// Parameter `n` (counting from 1).
     fn param(&self, n: usize) -> String {
         if self.numbered {
@@ -82,26 +99,25 @@ impl Dialect {
     }
 }
 
+/// The sqlx database of backend `B`.
+pub type Db<B> = <<B as Backend>::Writer as Insert>::Db;
+
 /// One SQL backend. Its [`Insert`] runs in the shared writer task; the defaults of the
 /// other methods serve a database with the `events_head` and `events_retention` rows
 /// (PostgreSQL, MySQL).
 #[async_trait]
 pub trait Backend: Debug + Send + Sync + Sized + 'static {
-    /// The sqlx database.
-    type Db: SqlDatabase;
-    /// What runs on the writer's connection.
+    /// What runs on the writer's connection; it names the database and the dialect.
     type Writer: Insert;
-    /// How it writes statements.
-    const DIALECT: Dialect;
 
     /// The highest position ever assigned, read from the database.
-    async fn head(&self, readers: &Pool<Self::Db>) -> Result<u64, StoreError> {
-        Self::Db::position(readers, "SELECT head FROM events_head WHERE id = 1").await
+    async fn head(&self, readers: &Pool<Db<Self>>) -> Result<u64, StoreError> {
+        Db::<Self>::position(readers, "SELECT head FROM events_head WHERE id = 1").await
     }
 
     /// See `EventStore::pruned_through`. Read each time: another instance may have pruned.
-    async fn pruned_through(&self, readers: &Pool<Self::Db>) -> Result<u64, StoreError> {
-        Self::Db::position(
+    async fn pruned_through(&self, readers: &Pool<Db<Self>>) -> Result<u64, StoreError> {
+        Db::<Self>::position(
             readers,
             "SELECT pruned_through FROM events_retention WHERE id = 1",
         )
@@ -111,11 +127,16 @@ pub trait Backend: Debug + Send + Sync + Sized + 'static {
     /// See `EventStore::delete_older_than`.
     async fn delete_older_than(
         &self,
-        readers: &Pool<Self::Db>,
+        readers: &Pool<Db<Self>>,
         _writer: &Writer<Self::Writer>,
         cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        Self::Db::prune(readers, &Self::DIALECT, to_micros(cutoff)).await
+        Db::<Self>::prune(
+            readers,
+            &<Self::Writer as Insert>::DIALECT,
+            to_micros(cutoff),
+        )
+        .await
     }
 
     /// See `EventStore::accepts_writes`.
@@ -131,7 +152,7 @@ pub trait Backend: Debug + Send + Sync + Sized + 'static {
 #[derive(Debug)]
 pub struct SqlStore<B: Backend> {
     backend: B,
-    readers: Pool<B::Db>,
+    readers: Pool<Db<B>>,
     writer: Writer<B::Writer>,
     head: watch::Sender<u64>,
     /// `read_range` and `read_since`, each without and with a tenant; `get`.
@@ -141,19 +162,20 @@ pub struct SqlStore<B: Backend> {
 }
 
 impl<B: Backend> SqlStore<B> {
-    /// A store that reads through `readers` and writes through `writer`, which raises
-    /// `head`.
+    /// A store that reads through `readers` and writes through `writer` (on
+    /// `connection`, if it has one already), which raises `head`.
     pub(super) fn new(
         backend: B,
-        readers: Pool<B::Db>,
+        readers: Pool<Db<B>>,
         writer: B::Writer,
+        connection: Option<Conn<B::Writer>>,
         head: watch::Sender<u64>,
     ) -> Self {
-        let dialect = B::DIALECT;
+        let dialect = B::Writer::DIALECT;
         Self {
             backend,
             readers,
-            writer: Writer::start(writer, head.clone()),
+            writer: Writer::start(writer, connection, head.clone()),
             head,
             range: dialect.reads("position > {}"),
             since: dialect.reads("created_at >= {}"),
@@ -162,7 +184,7 @@ impl<B: Backend> SqlStore<B> {
     }
 
     /// The reading pool, unless the store was closed.
-    fn readers(&self) -> Result<&Pool<B::Db>, StoreError> {
+    fn readers(&self) -> Result<&Pool<Db<B>>, StoreError> {
         if self.readers.is_closed() {
             return Err(StoreError::Closed);
         }
@@ -184,7 +206,7 @@ impl<B: Backend> EventStore for SqlStore<B> {
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = &self.range[usize::from(tenant.is_some())];
-        B::Db::read(
+        Db::<B>::read(
             self.readers()?,
             sql,
             tenant,
@@ -202,7 +224,7 @@ impl<B: Backend> EventStore for SqlStore<B> {
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = &self.since[usize::from(tenant.is_some())];
-        B::Db::read(
+        Db::<B>::read(
             self.readers()?,
             sql,
             tenant,
@@ -214,7 +236,7 @@ impl<B: Backend> EventStore for SqlStore<B> {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
-        B::Db::get(self.readers()?, &self.by_id, id).await
+        Db::<B>::get(self.readers()?, &self.by_id, id).await
     }
 
     async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -373,6 +395,23 @@ where
     }
 }
 
+/// The connect options that the database URL `url` gives; `name` names the database
+/// in the error.
+pub(super) fn parse_url<O>(url: &str, name: &str) -> Result<O, StoreError>
+where
+    O: std::str::FromStr<Err = sqlx::Error>,
+{
+    url.parse()
+        .map_err(|error| StoreError::Unavailable(format!("invalid {name} URL: {error}")))
+}
+
+/// A failure to connect to the `name` database at `host:port`, saying so.
+pub(super) fn unreachable(name: &str, host: &str, port: u16, error: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!(
+        "cannot connect to {name} at {host}:{port}: {error}"
+    ))
+}
+
 /// How many rows a statement changed (each sqlx database has its own result type).
 pub trait RowsAffected {
     /// The number of rows.
@@ -397,16 +436,17 @@ impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
     }
 }
 
-/// The stored events among `ids`, through the writer's `connection` of backend `B`, in
-/// statements of at most [`MAX_IDS_PER_STATEMENT`] ids (for [`Insert::fetch`]).
-pub(super) async fn fetch<B: Backend>(
-    connection: &mut <B::Db as Database>::Connection,
+/// The stored events among `ids`, through the writer's `connection`, in statements of
+/// at most [`MAX_IDS_PER_STATEMENT`] ids (for [`Insert::fetch`]).
+pub(super) async fn fetch<DB: SqlDatabase>(
+    connection: &mut DB::Connection,
+    dialect: &Dialect,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
     let mut found = HashMap::new();
     for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
-        let sql = B::DIALECT.by_ids(chunk.len());
-        for event in B::Db::by_ids(&mut *connection, &sql, chunk).await? {
+        let sql = dialect.by_ids(chunk.len());
+        for event in DB::by_ids(&mut *connection, &sql, chunk).await? {
             found.insert(event.id, event);
         }
     }

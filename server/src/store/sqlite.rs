@@ -27,7 +27,8 @@ use tokio::sync::{watch, Mutex};
 use uuid::Uuid;
 
 use super::sql::{
-    bind_event, fetch, to_position, value_rows, Backend, Dialect, SqlStore, COLUMNS, INSERT_COLUMNS,
+    bind_event, to_position, value_rows, Backend, Dialect, SqlStore, COLUMNS, EVENT_INDEXES,
+    INSERT_COLUMNS,
 };
 use super::writer::{Insert, Reply, Writer};
 use super::{to_micros, StoreError};
@@ -59,9 +60,6 @@ CREATE TABLE IF NOT EXISTS events (
     session_id   TEXT,
     context      TEXT                                -- JSON object, NULL when empty
 );
-CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
-CREATE INDEX IF NOT EXISTS events_stored_at ON events (stored_at);
-CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant_id, position);
 CREATE TABLE IF NOT EXISTS retention (
     id             INTEGER PRIMARY KEY CHECK (id = 1),
     pruned_through INTEGER NOT NULL
@@ -89,7 +87,7 @@ pub struct Sqlite {
 /// The writer's side of the SQLite store.
 #[derive(Debug)]
 pub struct SqliteWriter {
-    connection: SqliteConnection,
+    options: SqliteConnectOptions,
     pruned_through: Arc<AtomicU64>,
 }
 
@@ -121,7 +119,7 @@ impl SqlStore<Sqlite> {
             .test_before_acquire(false)
             // Rows wait in a channel for the reader; a short one keeps a read that stops
             // at its byte limit from holding many large rows it will not use.
-            .connect_with(options.read_only(true).row_buffer_size(2))
+            .connect_with(options.clone().read_only(true).row_buffer_size(2))
             .await?;
 
         let head: i64 = sqlx::query_scalar(HEAD).fetch_one(&mut writer).await?;
@@ -134,12 +132,18 @@ impl SqlStore<Sqlite> {
             last_probe: Mutex::new(None),
             owner_lock: std::sync::Mutex::new(owner_lock),
         };
-        let writer = SqliteWriter {
-            connection: writer,
+        let head = watch::Sender::new(to_position(head)?);
+        let sqlite_writer = SqliteWriter {
+            options,
             pruned_through,
         };
-        let head = watch::Sender::new(to_position(head)?);
-        Ok(Self::new(backend, readers, writer, head))
+        Ok(Self::new(
+            backend,
+            readers,
+            sqlite_writer,
+            Some(writer),
+            head,
+        ))
     }
 }
 
@@ -181,6 +185,7 @@ async fn migrate(connection: &mut SqliteConnection) -> Result<(), StoreError> {
     }
     let mut tx = connection.begin().await?;
     sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+    sqlx::raw_sql(EVENT_INDEXES).execute(&mut *tx).await?;
     sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
         .execute(&mut *tx)
         .await?;
@@ -190,20 +195,20 @@ async fn migrate(connection: &mut SqliteConnection) -> Result<(), StoreError> {
 
 #[async_trait]
 impl Insert for SqliteWriter {
+    type Db = sqlx::Sqlite;
+    const DIALECT: Dialect = Dialect::plain(COLUMNS);
     type Job = SqliteJob;
     const NAME: &'static str = "SQLite";
 
-    async fn fetch(&mut self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
-        // The writer is alone, so looking first is race-free; and unlike
-        // `ON CONFLICT DO NOTHING` it spends no position on a replay.
-        fetch::<Sqlite>(&mut self.connection, ids).await
+    async fn connect(&self) -> Result<SqliteConnection, StoreError> {
+        Ok(SqliteConnection::connect_with(&self.options).await?)
     }
 
     async fn insert(
-        &mut self,
+        &self,
+        connection: &mut SqliteConnection,
         fresh: &[&StoredEvent],
     ) -> Result<(HashMap<Uuid, u64>, u64), StoreError> {
-        let connection = &mut self.connection;
         let stored_at = to_micros(distributed_events_shared::now());
         begin(connection).await?;
         let mut positions: HashMap<Uuid, u64> = HashMap::with_capacity(fresh.len());
@@ -228,12 +233,13 @@ impl Insert for SqliteWriter {
         Ok((positions, last))
     }
 
-    async fn recover(&mut self) {
-        roll_back(&mut self.connection).await;
+    async fn recover(&self, mut connection: SqliteConnection) -> Option<SqliteConnection> {
+        // A local file: the connection stays good; only the transaction must end.
+        roll_back(&mut connection).await;
+        Some(connection)
     }
 
-    async fn run(&mut self, job: SqliteJob) {
-        let connection = &mut self.connection;
+    async fn run(&self, connection: &mut SqliteConnection, job: SqliteJob) {
         match job {
             SqliteJob::Prune(cutoff, reply) => {
                 let _ =
@@ -242,12 +248,6 @@ impl Insert for SqliteWriter {
             SqliteJob::Probe(reply) => {
                 let _ = reply.send(Ok(probe(connection).await));
             }
-        }
-    }
-
-    async fn close(self) {
-        if let Err(error) = self.connection.close().await {
-            tracing::warn!(%error, "closing the SQLite writer failed");
         }
     }
 }
@@ -342,14 +342,7 @@ async fn roll_back(connection: &mut SqliteConnection) {
 
 #[async_trait]
 impl Backend for Sqlite {
-    type Db = sqlx::Sqlite;
     type Writer = SqliteWriter;
-    const DIALECT: Dialect = Dialect {
-        columns: COLUMNS,
-        numbered: false,
-        uuid_cast: "",
-        text_cast: "",
-    };
 
     async fn head(&self, readers: &SqlitePool) -> Result<u64, StoreError> {
         let head: i64 = sqlx::query_scalar(HEAD).fetch_one(readers).await?;

@@ -12,24 +12,35 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use distributed_events_shared::StoredEvent;
+use sqlx::{Connection, Database};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::sql::{fetch, Dialect, SqlDatabase};
 use super::{Appended, StoreError};
 
 /// Most events one group takes, so that one huge burst does not delay the
 /// acknowledgement of everything behind it for long.
 pub(super) const MAX_GROUP: usize = 4096;
 
+/// The writer's connection of backend `I`.
+pub type Conn<I> = <<I as Insert>::Db as Database>::Connection;
+
 /// Where a backend's reply to a command goes.
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// What a backend does on the writer's connection.
 #[async_trait]
-pub trait Insert: Send + 'static {
+pub trait Insert: Send + Sync + 'static {
+    /// The sqlx database.
+    type Db: SqlDatabase;
+
+    /// How the backend writes statements.
+    const DIALECT: Dialect;
+
     /// Other work that must run on the writer's connection (SQLite: retention, the
-    /// write probe); each carries its own [`Reply`].
+    /// write probe); each carries its own [`Reply`]. `Infallible` for none.
     type Job: Send + 'static;
 
     /// The backend's name, for the log.
@@ -44,25 +55,36 @@ pub trait Insert: Send + 'static {
         None
     }
 
+    /// Opens the writer's connection: when the writer has none yet, and again after a
+    /// failure that dropped it.
+    async fn connect(&self) -> Result<Conn<Self>, StoreError>;
+
     /// The stored events among these ids.
-    async fn fetch(&mut self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError>;
+    async fn fetch(
+        &self,
+        connection: &mut Conn<Self>,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
+        fetch::<Self::Db>(connection, &Self::DIALECT, ids).await
+    }
 
     /// Stores `fresh` (distinct ids, none stored when looked up) durably, positions in
     /// this order; returns the position of each event stored, and the head after the
     /// commit. An id missing from the answer was stored meanwhile by another instance.
     async fn insert(
-        &mut self,
+        &self,
+        connection: &mut Conn<Self>,
         fresh: &[&StoredEvent],
     ) -> Result<(HashMap<Uuid, u64>, u64), StoreError>;
 
-    /// Puts the connection back in order after a failed group.
-    async fn recover(&mut self);
+    /// After a failed group: the connection to go on with, or `None` to connect again
+    /// (the default: it may be broken, or in the middle of a transaction).
+    async fn recover(&self, _connection: Conn<Self>) -> Option<Conn<Self>> {
+        None
+    }
 
     /// Runs one job.
-    async fn run(&mut self, job: Self::Job);
-
-    /// Releases the connection.
-    async fn close(self);
+    async fn run(&self, _connection: &mut Conn<Self>, _job: Self::Job) {}
 }
 
 enum Command<J> {
@@ -79,10 +101,11 @@ pub struct Writer<I: Insert> {
 }
 
 impl<I: Insert> Writer<I> {
-    /// Starts the writer task on `backend`; it raises `head` after each commit.
-    pub(super) fn start(backend: I, head: watch::Sender<u64>) -> Self {
+    /// Starts the writer task on `backend`, with `connection` if there is one already;
+    /// it raises `head` after each commit.
+    pub(super) fn start(backend: I, connection: Option<Conn<I>>, head: watch::Sender<u64>) -> Self {
         let (commands, receiver) = mpsc::channel(MAX_GROUP);
-        let task = tokio::spawn(run(backend, receiver, head));
+        let task = tokio::spawn(run(backend, connection, receiver, head));
         Self {
             commands,
             task: Mutex::new(Some(task)),
@@ -150,7 +173,8 @@ pub(super) fn advance(head: &watch::Sender<u64>, position: u64) {
 type Group = Vec<(Vec<StoredEvent>, Reply<Vec<Appended>>)>;
 
 async fn run<I: Insert>(
-    mut backend: I,
+    backend: I,
+    mut connection: Option<Conn<I>>,
     mut commands: mpsc::Receiver<Command<I::Job>>,
     head: watch::Sender<u64>,
 ) {
@@ -158,7 +182,7 @@ async fn run<I: Insert>(
         let (events, reply) = match command {
             Command::Append(events, reply) => (events, reply),
             Command::Job(job) => {
-                backend.run(job).await;
+                run_job(&backend, &mut connection, job).await;
                 continue;
             }
             Command::Close => break,
@@ -180,18 +204,46 @@ async fn run<I: Insert>(
                 Err(_) => break,
             }
         }
-        commit_group(&mut backend, group, &head).await;
+        commit_group(&backend, &mut connection, group, &head).await;
         match next {
-            Some(Command::Job(job)) => backend.run(job).await,
+            Some(Command::Job(job)) => run_job(&backend, &mut connection, job).await,
             Some(Command::Close) => break,
             _ => {}
         }
     }
-    backend.close().await;
+    if let Some(connection) = connection {
+        if let Err(error) = connection.close().await {
+            tracing::warn!(%error, backend = I::NAME, "closing the writer's connection failed");
+        }
+    }
+}
+
+/// The writer's connection, connecting first if there is none.
+async fn connected<'c, I: Insert>(
+    backend: &I,
+    connection: &'c mut Option<Conn<I>>,
+) -> Result<&'c mut Conn<I>, StoreError> {
+    Ok(match connection {
+        Some(connection) => connection,
+        None => connection.insert(backend.connect().await?),
+    })
+}
+
+async fn run_job<I: Insert>(backend: &I, connection: &mut Option<Conn<I>>, job: I::Job) {
+    match connected(backend, connection).await {
+        Ok(connection) => backend.run(connection, job).await,
+        // The job's caller hears that the store is closed; the cause is here.
+        Err(error) => tracing::error!(%error, backend = I::NAME, "no connection for a job"),
+    }
 }
 
 /// Stores one group and answers each of its callers.
-async fn commit_group<I: Insert>(backend: &mut I, group: Group, head: &watch::Sender<u64>) {
+async fn commit_group<I: Insert>(
+    backend: &I,
+    connection: &mut Option<Conn<I>>,
+    group: Group,
+    head: &watch::Sender<u64>,
+) {
     let mut storable = Vec::with_capacity(group.len());
     for (events, reply) in group {
         match backend.unstorable(&events) {
@@ -204,7 +256,10 @@ async fn commit_group<I: Insert>(backend: &mut I, group: Group, head: &watch::Se
     if storable.is_empty() {
         return;
     }
-    let attempt = append_group(backend, &storable);
+    let attempt = async {
+        let connection = connected(backend, connection).await?;
+        append_group(backend, connection, &storable).await
+    };
     let result = match I::GROUP_TIMEOUT {
         // A connection that went silent (a network partition) must not hold up every
         // append forever. If this fires during the commit the outcome is unknown; the
@@ -228,7 +283,9 @@ async fn commit_group<I: Insert>(backend: &mut I, group: Group, head: &watch::Se
         }
         Err(error) => {
             tracing::error!(%error, backend = I::NAME, "append failed");
-            backend.recover().await;
+            if let Some(failed) = connection.take() {
+                *connection = backend.recover(failed).await;
+            }
             for (_, reply) in storable {
                 let _ = reply.send(Err(error.duplicate()));
             }
@@ -239,7 +296,8 @@ async fn commit_group<I: Insert>(backend: &mut I, group: Group, head: &watch::Se
 /// Appends every batch of the group with one insert; returns the per-batch results and
 /// the head after it.
 async fn append_group<I: Insert>(
-    backend: &mut I,
+    backend: &I,
+    connection: &mut Conn<I>,
     group: &Group,
 ) -> Result<(Vec<Vec<Appended>>, u64), StoreError> {
     // Which ids are stored already (a client retrying a post whose answer it lost):
@@ -248,7 +306,7 @@ async fn append_group<I: Insert>(
         .iter()
         .flat_map(|(events, _)| events.iter().map(|event| event.id))
         .collect();
-    let mut known = backend.fetch(&ids).await?;
+    let mut known = backend.fetch(connection, &ids).await?;
 
     // The first occurrence of each new id is stored; later ones report it.
     let mut taken = HashSet::new();
@@ -261,7 +319,7 @@ async fn append_group<I: Insert>(
     let mut head = 0;
     let mut stored = HashMap::new();
     if !fresh.is_empty() {
-        (stored, head) = backend.insert(&fresh).await?;
+        (stored, head) = backend.insert(connection, &fresh).await?;
         // Ids another instance stored between the look-up and the insert: theirs is the
         // event.
         let raced: Vec<Uuid> = fresh
@@ -270,7 +328,7 @@ async fn append_group<I: Insert>(
             .filter(|id| !stored.contains_key(id))
             .collect();
         if !raced.is_empty() {
-            known.extend(backend.fetch(&raced).await?);
+            known.extend(backend.fetch(connection, &raced).await?);
         }
     }
 
