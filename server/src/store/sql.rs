@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::writer::{Conn, Insert, Writer};
 use super::{event_size, from_micros, to_micros, Appended, EventStore, StoreError};
 
-/// The columns of an event where `id` and `context` are text already (SQLite, MySQL).
+/// The columns of an event where `id` and `context` are text already (SQLite).
 pub(super) const COLUMNS: &str =
     "position, id, created_at, aggregate_id, event_type, event_json, user_id, tenant_id, session_id, context";
 
