@@ -24,7 +24,7 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-if ! command -v mariadbd >/dev/null 2>&1 && ! [ -x /usr/sbin/mariadbd ]; then
+if ! [ -x /usr/sbin/mariadbd ] || ! command -v mariadb >/dev/null 2>&1; then
     say "MariaDB is not installed: installing it with apt-get"
     as_root apt-get update -qq >&2
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server mariadb-client >&2

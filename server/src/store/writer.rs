@@ -4,8 +4,8 @@
 //! when it starts (up to [`MAX_GROUP`] events), drops the ids that are stored already
 //! and the repeats within the group, and hands the rest to the backend's
 //! [`Insert::insert`] at once, so that many concurrent producers share one commit (and
-//! one fsync). What differs between backends is only that insert, the look-up of stored
-//! ids, and what to do after a failure; the rest is here, once.
+//! one fsync). What differs between backends ([`Insert`]) is how to connect, that insert,
+//! and what to do after a failure; the rest is here, once.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
