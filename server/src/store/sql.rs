@@ -183,6 +183,20 @@ impl<B: Backend> SqlStore<B> {
         }
     }
 
+    /// Runs one of a read's `statements` (see [`Dialect::reads`]): the one for a tenant
+    /// when there is one.
+    async fn read(
+        &self,
+        statements: &[String; 2],
+        tenant: Option<&str>,
+        value: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = &statements[usize::from(tenant.is_some())];
+        Db::<B>::read(self.readers()?, sql, tenant, value, limit, max_bytes).await
+    }
+
     /// The reading pool, unless the store was closed.
     fn readers(&self) -> Result<&Pool<Db<B>>, StoreError> {
         if self.readers.is_closed() {
@@ -205,16 +219,8 @@ impl<B: Backend> EventStore for SqlStore<B> {
         max_bytes: usize,
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = &self.range[usize::from(tenant.is_some())];
-        Db::<B>::read(
-            self.readers()?,
-            sql,
-            tenant,
-            sql_position(after),
-            limit,
-            max_bytes,
-        )
-        .await
+        self.read(&self.range, tenant, sql_position(after), limit, max_bytes)
+            .await
     }
 
     async fn read_since(
@@ -223,16 +229,8 @@ impl<B: Backend> EventStore for SqlStore<B> {
         limit: usize,
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = &self.since[usize::from(tenant.is_some())];
-        Db::<B>::read(
-            self.readers()?,
-            sql,
-            tenant,
-            to_micros(since),
-            limit,
-            usize::MAX,
-        )
-        .await
+        self.read(&self.since, tenant, to_micros(since), limit, usize::MAX)
+            .await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
