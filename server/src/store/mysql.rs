@@ -216,6 +216,11 @@ impl Insert for MySqlWriter {
             .connect()
             .await
             .map_err(|error| unreachable("MySQL", host, port, error))?;
+        // The server drops a session idle for `wait_timeout` (8 hours by default), and the
+        // owner lock with it: the writer's session stays for as long as the store is open.
+        sqlx::query("SET SESSION wait_timeout = 31536000")
+            .execute(&mut connection)
+            .await?;
         let owned: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({OWNER_LOCK}, 0)"))
             .fetch_one(&mut connection)
             .await?;
