@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, from a fresh machine: installs what it needs (idempotently),
-# makes sure PostgreSQL is up, then lints, builds and tests every crate, the wasm client
+# makes sure PostgreSQL and MariaDB are up, then lints, builds and tests every crate, the wasm client
 # in headless Chromium, the npm package and the demo page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,11 @@ step "PostgreSQL"
 # that ignores the script's failure, and the PostgreSQL tests would then all skip.
 postgres_env=$(./scripts/ci-postgres.sh)
 eval "$postgres_env"
+
+step "MariaDB"
+# Prints `export MYSQL_URL_TEST=...` once MariaDB answers (the same way, for the same reason).
+mysql_env=$(./scripts/ci-mysql.sh)
+eval "$mysql_env"
 
 step "format and lints"
 cargo fmt --all -- --check

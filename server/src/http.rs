@@ -115,8 +115,12 @@ pub(crate) enum AppError {
 }
 
 impl AppError {
-    /// A store failure: the detail goes to the log, the caller gets a plain `503`.
+    /// A store failure: the detail goes to the log, the caller gets a plain `503`; but an
+    /// event the store cannot hold is the caller's to change (`400`, saying why).
     pub(crate) fn store(error: StoreError) -> Self {
+        if let StoreError::Unstorable(message) = error {
+            return Self::BadRequest(message);
+        }
         tracing::error!(%error, "event store failed");
         metrics::counter!(telemetry::STORE_ERRORS, "during" => "request").increment(1);
         Self::Unavailable

@@ -41,6 +41,7 @@
 //! |---|---|
 //! | `sqlite://PATH` (default) | [`store::SqliteStore`]: one durable file, group commit |
 //! | `postgres://…` | [`store::PostgresStore`]: several server instances share one database |
+//! | `mysql://…` | [`store::MySqlStore`]: MySQL or MariaDB, one server instance per database |
 //! | `memory` | [`store::MemoryStore`]: for tests; nothing survives a restart |
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]

@@ -2,10 +2,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::Arc;
 
-use distributed_events_server::store::{MemoryStore, PostgresStore, SharedStore, SqliteStore};
+use common::databases;
+use distributed_events_server::store::{
+    MemoryStore, MySqlStore, PostgresStore, SharedStore, SqliteStore,
+};
 
 async fn memory() -> Option<SharedStore> {
     Some(Arc::new(MemoryStore::new()))
@@ -36,90 +38,37 @@ async fn postgres() -> Option<SharedStore> {
 /// `DATABASE_URL_TEST` with a fresh schema of its own, or `None` after saying that the
 /// test is skipped.
 async fn postgres_url() -> Option<String> {
-    let Ok(url) = std::env::var("DATABASE_URL_TEST") else {
-        // In CI a missing database is a failure, never a skip.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "DATABASE_URL_TEST is not set in CI; scripts/test.sh sets it with scripts/ci-postgres.sh"
-        );
-        // Straight to stderr, not `eprintln!`: the test harness hides what `eprintln!`
-        // prints in passing tests, and a skip must be seen.
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: DATABASE_URL_TEST not set (e.g. postgres://postgres@127.0.0.1:5432/test)"
-        );
-        return None;
-    };
-    let schema = pg_schema::create(&url).await;
-    Some(pg_schema::url_with_search_path(&url, &schema))
+    let url = databases::postgres_url()?;
+    Some(databases::fresh_postgres_schema(&url).await)
 }
 
-/// Throw-away schemas in the test database.
-mod pg_schema {
-    use std::time::{SystemTime, UNIX_EPOCH};
+/// A MySQL store in a database of its own; `None` (skipped, and said so) when
+/// `MYSQL_URL_TEST` is not set. A server that is set but unreachable fails the test.
+async fn mysql() -> Option<SharedStore> {
+    let url = mysql_url().await?;
+    Some(Arc::new(
+        MySqlStore::open(&url).await.expect("open the MySQL store"),
+    ))
+}
 
-    use sqlx::{Connection, PgConnection};
-
-    const PREFIX: &str = "de_test_";
-    /// Schemas of earlier runs older than this are dropped.
-    const STALE_SECS: u64 = 3600;
-
-    /// Creates a fresh schema named `de_test_<unix seconds>_<random>`, after dropping
-    /// those that earlier runs left behind.
-    pub async fn create(url: &str) -> String {
-        let mut db = PgConnection::connect(url).await.unwrap_or_else(|error| {
-            panic!("DATABASE_URL_TEST is set but PostgreSQL is unreachable: {error}")
-        });
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs();
-        let existing: Vec<String> = sqlx::query_scalar(
-            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'de\\_test\\_%'",
-        )
-        .fetch_all(&mut db)
-        .await
-        .expect("list schemas");
-        for name in existing {
-            let created = name
-                .strip_prefix(PREFIX)
-                .unwrap_or_default()
-                .split('_')
-                .next()
-                .and_then(|secs| secs.parse::<u64>().ok());
-            if created.is_some_and(|created| created + STALE_SECS < now) {
-                // Best effort: a parallel test may be dropping it too.
-                let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                    .execute(&mut db)
-                    .await;
-            }
-        }
-        let schema = format!("{PREFIX}{now}_{}", uuid::Uuid::now_v7().simple());
-        sqlx::raw_sql(&format!("CREATE SCHEMA \"{schema}\""))
-            .execute(&mut db)
-            .await
-            .expect("create a test schema");
-        db.close().await.ok();
-        schema
-    }
-
-    /// `url` with the store's tables in `schema`.
-    pub fn url_with_search_path(url: &str, schema: &str) -> String {
-        let separator = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{separator}options[search_path]={schema}")
-    }
+/// `MYSQL_URL_TEST` with a fresh database of its own, or `None` after saying that the
+/// test is skipped.
+async fn mysql_url() -> Option<String> {
+    let url = databases::mysql_url()?;
+    Some(databases::fresh_mysql_database(&url).await)
 }
 
 conformance_suite!(memory_store, memory().await);
 conformance_suite!(sqlite_store, sqlite().await);
 conformance_suite!(postgres_store, postgres().await);
+conformance_suite!(mysql_store, mysql().await);
 
 /// What only the PostgreSQL backend has to show: several stores (instances) on one
 /// database, and input that PostgreSQL's `text` refuses.
 mod postgres_only {
     use std::time::{Duration, Instant};
 
-    use distributed_events_server::store::{Appended, EventStore, PostgresStore};
+    use distributed_events_server::store::{Appended, EventStore, PostgresStore, StoreError};
 
     use super::common::conformance::event;
     use super::postgres_url;
@@ -222,6 +171,12 @@ mod postgres_only {
             error.to_string().contains("U+0000"),
             "the error says why: {error}"
         );
+        // Not `Corrupt` or `Unavailable`: nothing is wrong with the store, and a retry
+        // would fail the same way.
+        assert!(
+            matches!(error, StoreError::Unstorable(_)),
+            "an event the store cannot hold is its own kind of error: {error:?}"
+        );
         assert!(
             good.iter().all(Result::is_ok),
             "the good events of the group are stored: {good:?}"
@@ -234,6 +189,63 @@ mod postgres_only {
                 .len(),
             20
         );
+        store.close().await;
+    }
+}
+
+/// What only the MySQL backend has to show: one instance per database, and tenant ids
+/// compared byte for byte despite MySQL's habit of comparing text without case or
+/// trailing spaces.
+mod mysql_only {
+    use distributed_events_server::store::{EventStore, MySqlStore, StoreError};
+
+    use super::common::conformance::event;
+    use super::mysql_url;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_store_on_one_database_is_refused_until_the_first_closes() {
+        let Some(url) = mysql_url().await else {
+            return;
+        };
+        let first = MySqlStore::open(&url).await.expect("open the first store");
+        match MySqlStore::open(&url).await {
+            Err(StoreError::Unavailable(message)) => assert!(
+                message.contains("another server"),
+                "the refusal says why: {message}"
+            ),
+            other => panic!("a second store on the database was not refused: {other:?}"),
+        }
+        first.append(event(1, None)).await.expect("append");
+        first.close().await;
+        let second = MySqlStore::open(&url)
+            .await
+            .expect("the database is free once the first store closed");
+        assert_eq!(second.head().await.expect("head"), 1);
+        second.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tenants_that_differ_only_in_case_or_trailing_spaces_stay_apart() {
+        let Some(url) = mysql_url().await else {
+            return;
+        };
+        let store = MySqlStore::open(&url).await.expect("open the store");
+        let tenants = ["acme", "ACME", "acme "];
+        for (n, tenant) in tenants.iter().enumerate() {
+            store.append(event(n, Some(tenant))).await.expect("append");
+        }
+        for tenant in tenants {
+            let seen = store
+                .read_range(0, 10, usize::MAX, Some(tenant))
+                .await
+                .expect("read");
+            let owners: Vec<_> = seen.iter().map(|e| e.tenant_id.as_deref()).collect();
+            assert_eq!(
+                owners,
+                [Some(tenant)],
+                "tenant {tenant:?} sees only its own"
+            );
+        }
         store.close().await;
     }
 }

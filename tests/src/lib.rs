@@ -39,6 +39,9 @@ pub fn server_binary() -> PathBuf {
 pub struct TestServer {
     /// Holds the database; deleted with the server.
     dir: tempfile::TempDir,
+    /// The `--database` of a server on a database server; `None` for a SQLite file in
+    /// `dir`.
+    database: Option<String>,
     extra: Vec<String>,
     /// Whether the process ignores SIGXFSZ (see [`TestServer::start_ignoring_sigxfsz`]).
     ignore_sigxfsz: bool,
@@ -51,7 +54,13 @@ impl TestServer {
     /// Starts a server on a free port with `extra` arguments (such as
     /// `["--retention", "1s"]`), and waits until it listens.
     pub fn start(extra: &[&str]) -> Self {
-        Self::launch(extra, false)
+        Self::launch(None, extra, false)
+    }
+
+    /// Like [`start`](Self::start), on `database` (a `--database` URL such as
+    /// `mysql://…`) instead of a SQLite file of its own.
+    pub fn start_on(database: &str, extra: &[&str]) -> Self {
+        Self::launch(Some(database.to_owned()), extra, false)
     }
 
     /// Like [`start`](Self::start), but the process ignores SIGXFSZ (it is started
@@ -60,12 +69,13 @@ impl TestServer {
     /// [`limit_file_size`](Self::limit_file_size) makes its writes fail with `EFBIG`, as a
     /// full disk makes them fail, instead of killing it. Restarts keep this.
     pub fn start_ignoring_sigxfsz(extra: &[&str]) -> Self {
-        Self::launch(extra, true)
+        Self::launch(None, extra, true)
     }
 
-    fn launch(extra: &[&str], ignore_sigxfsz: bool) -> Self {
+    fn launch(database: Option<String>, extra: &[&str], ignore_sigxfsz: bool) -> Self {
         let mut server = Self {
             dir: tempfile::tempdir().expect("a temporary directory"),
+            database,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             ignore_sigxfsz,
             address: "127.0.0.1:0".into(),
@@ -141,7 +151,10 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
-        let database = format!("sqlite://{}", self.database_path().display());
+        let database = self
+            .database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.database_path().display()));
         // The port of a killed server can take a moment to be free again.
         for attempt in 0..50 {
             let mut command = if self.ignore_sigxfsz {
@@ -168,7 +181,8 @@ impl TestServer {
                     self.child = Some(child);
                     return;
                 }
-                // The process exited without listening: most likely the port was busy.
+                // The process exited without listening: most likely the port was busy (or,
+                // on MySQL, the killed server's session still held the database).
                 Err(mpsc::RecvTimeoutError::Disconnected) if attempt < 49 => {
                     let _ = child.wait();
                     std::thread::sleep(Duration::from_millis(100));

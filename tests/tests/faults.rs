@@ -20,6 +20,8 @@
 //! Waiting is bounded only to turn a hang into a failure; nothing asserts on timing.
 //! Everything stays on 127.0.0.1.
 
+#[path = "../../server/tests/common/databases.rs"]
+mod databases;
 mod harness;
 
 use std::collections::HashMap;
@@ -46,8 +48,24 @@ use harness::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_nothing_acknowledged_and_handlers_see_each_event_once_in_order() {
+    sigkill_under_load(TestServer::start(&[])).await;
+}
+
+/// The same on the MySQL store (`MYSQL_URL_TEST`), in a database of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mysql_sigkill_under_load_loses_nothing_acknowledged_and_handlers_see_each_event_once_in_order(
+) {
+    let Some(url) = databases::mysql_url() else {
+        return;
+    };
+    let database = databases::fresh_mysql_database(&url).await;
+    sigkill_under_load(TestServer::start_on(&database, &[])).await;
+}
+
+/// Kills `server` twice while producers post and clients poll, restarts it on the same
+/// database, and checks what every client and the store hold afterwards.
+async fn sigkill_under_load(mut server: TestServer) {
     const KILLS: usize = 2;
-    let mut server = TestServer::start(&[]);
     let base = server.url();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -9,12 +9,16 @@ use distributed_events_shared::StoredEvent;
 use tokio::sync::watch;
 
 mod memory;
+mod mysql;
 mod postgres;
 mod sql;
 mod sqlite;
+mod writer;
 
 pub use memory::MemoryStore;
+pub use mysql::MySqlStore;
 pub use postgres::PostgresStore;
+pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
 
 /// A failure of the store itself (as opposed to bad input).
@@ -29,6 +33,23 @@ pub enum StoreError {
     /// Stored data could not be read back.
     #[error("event store holds data that does not decode: {0}")]
     Corrupt(String),
+    /// The event is valid but this backend cannot store it (PostgreSQL's `text` refuses
+    /// U+0000); retrying will not help.
+    #[error("the event store cannot store this event: {0}")]
+    Unstorable(String),
+}
+
+impl StoreError {
+    /// A copy, for each caller of a failed group (`sqlx::Error`, the usual source, is not
+    /// `Clone`).
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::Unavailable(message) => Self::Unavailable(message.clone()),
+            Self::Closed => Self::Closed,
+            Self::Corrupt(message) => Self::Corrupt(message.clone()),
+            Self::Unstorable(message) => Self::Unstorable(message.clone()),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -234,8 +255,8 @@ pub type Visibility<'a> = dyn Fn(&StoredEvent) -> bool + Send + Sync + 'a;
 /// A shared handle to any store.
 pub type SharedStore = Arc<dyn EventStore>;
 
-/// Opens the store a `--database` value names: `memory`, `sqlite://PATH`, or
-/// `postgres://...` (also `postgresql://...`).
+/// Opens the store a `--database` value names: `memory`, `sqlite://PATH`,
+/// `postgres://...` (also `postgresql://...`) or `mysql://...` (MySQL or MariaDB).
 pub async fn open(database: &str) -> Result<SharedStore, OpenError> {
     if database == "memory" {
         return Ok(Arc::new(MemoryStore::new()));
@@ -246,6 +267,9 @@ pub async fn open(database: &str) -> Result<SharedStore, OpenError> {
     if database.starts_with("postgres://") || database.starts_with("postgresql://") {
         return Ok(Arc::new(PostgresStore::open(database).await?));
     }
+    if database.starts_with("mysql://") {
+        return Ok(Arc::new(MySqlStore::open(database).await?));
+    }
     Err(OpenError::UnknownScheme(database.to_owned()))
 }
 
@@ -253,7 +277,7 @@ pub async fn open(database: &str) -> Result<SharedStore, OpenError> {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The `--database` value names no backend.
-    #[error("unsupported database `{0}`: use `memory`, `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE`")]
+    #[error("unsupported database `{0}`: use `memory`, `sqlite://PATH`, `postgres://USER@HOST:PORT/DATABASE` or `mysql://USER@HOST:PORT/DATABASE`")]
     UnknownScheme(String),
     /// The backend failed to open.
     #[error(transparent)]

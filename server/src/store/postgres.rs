@@ -15,9 +15,9 @@
 //! - **A short critical section.** The statement runs as its own implicit transaction, so
 //!   the lock is held only while PostgreSQL executes it and flushes its commit, never
 //!   across a network round trip, and a client that freezes cannot keep holding it.
-//! - **Group commit.** Within one instance a single writer task takes every append that
-//!   is waiting and stores them with one statement (as `sqlite.rs` does with one
-//!   transaction), so the lock and the WAL flush are paid once per group.
+//! - **Group commit.** Within one instance the shared writer (`writer.rs`) takes every
+//!   append that is waiting and this backend stores them with one statement, so the lock
+//!   and the WAL flush are paid once per group.
 //! - **Idempotency by id.** The `id` column is `UNIQUE` and the insert says `ON CONFLICT
 //!   (id) DO NOTHING`, which holds across instances: two instances that insert the same id
 //!   at once store it once, and the loser reads the winner's event back. Ids are looked up
@@ -41,24 +41,21 @@
 //!   lost; an append whose answer was lost is retried by the client under the same id.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use distributed_events_shared::StoredEvent;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
-use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::sql::{decode, decode_all, decode_until, sql_limit, sql_position, to_position};
-use super::{to_micros, Appended, EventStore, StoreError};
-
-/// Most events one append statement takes, so that one huge burst does not delay the
-/// acknowledgement of everything behind it for long.
-const MAX_GROUP: usize = 4096;
+use super::sql::{
+    context_json, parse_url, to_position, unreachable, Backend, Dialect, SqlStore, EVENT_INDEXES,
+};
+use super::writer::{advance, Insert};
+use super::{to_micros, StoreError};
 
 /// Connections of the request pool (reads, retention, health); each instance also holds
 /// one for its writer and one for its listener.
@@ -97,9 +94,6 @@ CREATE TABLE IF NOT EXISTS events (
     session_id   TEXT,
     context      TEXT                     -- JSON object, NULL when empty
 );
-CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
-CREATE INDEX IF NOT EXISTS events_stored_at ON events (stored_at);
-CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant_id, position);
 -- One row; locked by every append statement until it commits (see the module docs).
 CREATE TABLE IF NOT EXISTS events_head (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
@@ -123,41 +117,34 @@ const COLUMNS: &str =
                        user_id, tenant_id, session_id, context";
 
 /// The PostgreSQL store. Any number of server processes may open the same database.
+pub type PostgresStore = SqlStore<Postgres>;
+
+/// What only the PostgreSQL store runs: the listener that hears other instances' commits.
 #[derive(Debug)]
-pub struct PostgresStore {
-    commands: mpsc::Sender<Command>,
-    /// Reads, retention, and the head; connects again by itself after a connection loss.
-    pool: PgPool,
+pub struct Postgres {
     /// The one connection of the listener task, kept apart so that it never waits for
     /// (or starves) request traffic.
     listen_pool: PgPool,
-    head: watch::Sender<u64>,
-    tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+    listener: Mutex<Option<JoinHandle<()>>>,
 }
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-enum Command {
-    Append(Vec<StoredEvent>, Reply<Vec<Appended>>),
-    /// Ends the writer once the commands queued before it are done.
-    Close,
+/// The writer's side of the PostgreSQL store: one connection, replaced after any error.
+#[derive(Debug)]
+pub struct PgWriter {
+    options: PgConnectOptions,
+    /// The notification channel of this schema.
+    channel: String,
 }
 
-impl PostgresStore {
+impl SqlStore<Postgres> {
     /// Connects to the database at `url` (`postgres://user@host:port/database`, with any
     /// parameter that sqlx understands, e.g. `?options[search_path]=events`), creates or
     /// migrates the schema, and starts the writer and listener tasks.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|error| StoreError::Unavailable(format!("invalid PostgreSQL URL: {error}")))?
+        let options = parse_url::<PgConnectOptions>(url, "PostgreSQL")?
             .application_name("distributed-events");
-        let unreachable = |error: sqlx::Error| {
-            StoreError::Unavailable(format!(
-                "cannot connect to PostgreSQL at {}:{}: {error}",
-                options.get_host(),
-                options.get_port()
-            ))
-        };
+        let unreachable =
+            |error| unreachable("PostgreSQL", options.get_host(), options.get_port(), error);
 
         let mut setup = options.connect().await.map_err(unreachable)?;
         let channel = migrate(&mut setup).await?;
@@ -176,24 +163,20 @@ impl PostgresStore {
             .connect_lazy_with(options.clone());
 
         let head = watch::Sender::new(head);
-        let (commands, receiver) = mpsc::channel(MAX_GROUP);
-        let writer = tokio::spawn(run_writer(options, channel.clone(), receiver, head.clone()));
-        let listener = tokio::spawn(run_listener(listen_pool.clone(), channel, head.clone()));
-        Ok(Self {
-            commands,
-            pool,
+        let listener = tokio::spawn(run_listener(
+            listen_pool.clone(),
+            channel.clone(),
+            head.clone(),
+        ));
+        let writer = PgWriter {
+            options: options.options(WRITER_SETTINGS),
+            channel,
+        };
+        let backend = Postgres {
             listen_pool,
-            head,
-            tasks: Mutex::new(Some((writer, listener))),
-        })
-    }
-
-    /// The pool, unless the store was closed.
-    fn pool(&self) -> Result<&PgPool, StoreError> {
-        if self.pool.is_closed() {
-            return Err(StoreError::Closed);
-        }
-        Ok(&self.pool)
+            listener: Mutex::new(Some(listener)),
+        };
+        Ok(Self::new(backend, pool, writer, None, head))
     }
 }
 
@@ -245,6 +228,7 @@ async fn migrate(connection: &mut PgConnection) -> Result<String, StoreError> {
         // guarded by `version < N`.
         _ => {
             sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+            sqlx::raw_sql(EVENT_INDEXES).execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO events_schema (id, version) VALUES (1, $1) \
                  ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
@@ -266,115 +250,13 @@ async fn read_head<'c>(executor: impl sqlx::PgExecutor<'c>) -> Result<u64, Store
     to_position(head)
 }
 
-/// Raises the known head to `position` (never lowers it: notifications may arrive out of
-/// order with the writer's own updates).
-fn advance(head: &watch::Sender<u64>, position: u64) {
-    head.send_if_modified(|known| {
-        let changed = position > *known;
-        *known = (*known).max(position);
-        changed
-    });
-}
-
-async fn run_writer(
-    options: PgConnectOptions,
-    channel: String,
-    mut commands: mpsc::Receiver<Command>,
-    head: watch::Sender<u64>,
-) {
-    let options = options.options(WRITER_SETTINGS);
-    let mut connection: Option<PgConnection> = None;
-    let mut closing = false;
-    while !closing {
-        let Some(Command::Append(events, reply)) = commands.recv().await else {
-            break;
-        };
-        // Group commit: take every append already waiting into this one statement.
-        let mut group = vec![(events, reply)];
-        let mut size = group[0].0.len();
-        while size < MAX_GROUP {
-            match commands.try_recv() {
-                Ok(Command::Append(events, reply)) => {
-                    size += events.len();
-                    group.push((events, reply));
-                }
-                Ok(Command::Close) => {
-                    closing = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-
-        // Batches PostgreSQL cannot store fail alone instead of failing the whole group.
-        let mut storable = Vec::with_capacity(group.len());
-        for (events, reply) in group {
-            match unstorable(&events) {
-                Some(problem) => {
-                    let _ = reply.send(Err(problem));
-                }
-                None => storable.push((events, reply)),
-            }
-        }
-        let group = storable;
-        if group.is_empty() {
-            continue;
-        }
-
-        // A timeout on top of `lock_timeout`: a connection that went silent (a network
-        // partition) must not hold up every append forever. If it fires during the commit
-        // the outcome is unknown; the client retries under the same id, which is idempotent.
-        let result = tokio::time::timeout(GROUP_TIMEOUT, async {
-            let connection = match connection.as_mut() {
-                Some(connection) => connection,
-                None => connection.insert(options.connect().await?),
-            };
-            append_group(connection, &channel, &group).await
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(format!(
-                "PostgreSQL did not answer within {GROUP_TIMEOUT:?}"
-            )))
-        });
-        match result {
-            Ok((results, last)) => {
-                advance(&head, last);
-                for ((_, reply), result) in group.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, "append to PostgreSQL failed");
-                // The connection may be broken or mid-statement: start over with a new one.
-                connection = None;
-                for (_, reply) in group {
-                    let _ = reply.send(Err(same_error(&error)));
-                }
-            }
-        }
-    }
-    if let Some(connection) = connection {
-        connection.close().await.ok();
-    }
-}
-
-/// A copy of `error`, for each caller of a failed group (`StoreError` is not `Clone`).
-fn same_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Unavailable(message) => StoreError::Unavailable(message.clone()),
-        StoreError::Closed => StoreError::Closed,
-        StoreError::Corrupt(message) => StoreError::Corrupt(message.clone()),
-    }
-}
-
 /// Why PostgreSQL cannot store these events, if it cannot: its `text` type refuses U+0000,
 /// which a Rust string (and SQLite) accepts.
-fn unstorable(events: &[StoredEvent]) -> Option<StoreError> {
+fn nul_in(events: &[StoredEvent]) -> Option<StoreError> {
     events.iter().find_map(|event| {
         let name = event.field_with_nul()?;
-        Some(StoreError::Corrupt(format!(
-            "event {}: `{name}` contains U+0000, which PostgreSQL cannot store",
+        Some(StoreError::Unstorable(format!(
+            "event {}: `{name}` contains U+0000, which this server's PostgreSQL store cannot hold; leave it out",
             event.id
         )))
     })
@@ -397,14 +279,7 @@ struct Columns {
 
 impl Columns {
     fn push(&mut self, event: &StoredEvent) -> Result<(), StoreError> {
-        let context = if event.context.is_empty() {
-            None
-        } else {
-            Some(
-                serde_json::to_string(&event.context)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            )
-        };
+        let context = context_json(event)?;
         self.id.push(event.id.to_string());
         self.created_at.push(to_micros(event.created_at));
         self.aggregate_id.push(event.aggregate_id.clone());
@@ -454,37 +329,38 @@ SELECT moved.head,
 FROM moved
 ";
 
-/// Appends every batch of the group in one statement; returns the per-batch results and
-/// the head after it.
-async fn append_group(
-    connection: &mut PgConnection,
-    channel: &str,
-    group: &[(Vec<StoredEvent>, Reply<Vec<Appended>>)],
-) -> Result<(Vec<Vec<Appended>>, u64), StoreError> {
-    // Which ids are stored already (a client retrying a post whose answer it lost): looked
-    // up before taking the lock, so that it costs the other instances nothing and such a
-    // retry uses no position.
-    let ids: Vec<String> = group
-        .iter()
-        .flat_map(|(events, _)| events.iter().map(|e| e.id.to_string()))
-        .collect();
-    let mut known = fetch(connection, &ids).await?;
+#[async_trait]
+impl Insert for PgWriter {
+    type Db = sqlx::Postgres;
+    const DIALECT: Dialect = Dialect {
+        columns: COLUMNS,
+        numbered: true,
+        uuid_cast: "::uuid",
+        text_cast: "::text",
+    };
+    type Job = std::convert::Infallible;
+    const NAME: &'static str = "PostgreSQL";
+    const GROUP_TIMEOUT: Option<Duration> = Some(GROUP_TIMEOUT);
 
-    // The first occurrence of each new id is stored; later ones report it.
-    let mut fresh: Vec<&StoredEvent> = Vec::new();
-    let mut columns = Columns::default();
-    let mut taken = std::collections::HashSet::new();
-    for event in group.iter().flat_map(|(events, _)| events) {
-        if !known.contains_key(&event.id) && taken.insert(event.id) {
-            columns.push(event)?;
-            fresh.push(event);
-        }
+    fn unstorable(&self, events: &[StoredEvent]) -> Option<StoreError> {
+        nul_in(events)
     }
 
-    let mut head = None;
-    let mut stored: HashMap<Uuid, u64> = HashMap::with_capacity(fresh.len());
-    if !fresh.is_empty() {
+    async fn connect(&self) -> Result<PgConnection, StoreError> {
+        Ok(self.options.connect().await?)
+    }
+
+    async fn insert(
+        &self,
+        connection: &mut PgConnection,
+        fresh: &[&StoredEvent],
+    ) -> Result<(HashMap<Uuid, u64>, u64), StoreError> {
+        let mut columns = Columns::default();
+        for event in fresh {
+            columns.push(event)?;
+        }
         let count = i64::try_from(fresh.len()).unwrap_or(i64::MAX);
+        let channel = self.channel.clone();
         let row = sqlx::query(APPEND)
             .bind(count)
             .bind(&columns.id)
@@ -497,69 +373,18 @@ async fn append_group(
             .bind(&columns.session_id)
             .bind(&columns.context)
             .bind(channel)
-            .fetch_one(&mut *connection)
+            .fetch_one(connection)
             .await?;
-        head = Some(to_position(row.try_get("head")?)?);
-        let inserted_ids: Vec<String> = row.try_get("ids")?;
+        let head = to_position(row.try_get("head")?)?;
+        let ids: Vec<String> = row.try_get("ids")?;
         let positions: Vec<i64> = row.try_get("positions")?;
-        for (id, position) in inserted_ids.iter().zip(positions) {
+        let mut stored = HashMap::with_capacity(ids.len());
+        for (id, position) in ids.iter().zip(positions) {
             let id = Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             stored.insert(id, to_position(position)?);
         }
-        // Ids another instance stored between the look-up above and the append: theirs
-        // is the event (committed, since we waited for their lock).
-        let raced: Vec<String> = fresh
-            .iter()
-            .filter(|event| !stored.contains_key(&event.id))
-            .map(|event| event.id.to_string())
-            .collect();
-        if !raced.is_empty() {
-            known.extend(fetch(connection, &raced).await?);
-        }
+        Ok((stored, head))
     }
-
-    let mut results = Vec::with_capacity(group.len());
-    for (events, _) in group {
-        let mut batch = Vec::with_capacity(events.len());
-        for event in events {
-            if let Some(existing) = known.get(&event.id) {
-                batch.push(Appended::Existing(existing.clone()));
-            } else if let Some(&position) = stored.get(&event.id) {
-                let new = StoredEvent {
-                    position: Some(position),
-                    ..event.clone()
-                };
-                // A repeat of the id later in this group reports this event.
-                known.insert(event.id, new.clone());
-                batch.push(Appended::New(new));
-            } else {
-                // Stored by another instance and deleted by retention within this
-                // append: vanishingly rare; the client's retry under the same id settles it.
-                return Err(StoreError::Unavailable(format!(
-                    "event {} was stored concurrently and is gone; retry",
-                    event.id
-                )));
-            }
-        }
-        results.push(batch);
-    }
-    Ok((results, head.unwrap_or(0)))
-}
-
-/// The stored events with these ids.
-async fn fetch(
-    connection: &mut PgConnection,
-    ids: &[String],
-) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM events WHERE id = ANY($1::uuid[])"
-    ))
-    .bind(ids)
-    .fetch_all(&mut *connection)
-    .await?;
-    rows.iter()
-        .map(|row| decode(row).map(|event| (event.id, event)))
-        .collect()
 }
 
 /// How long the listener may hear nothing before it checks its connection with a query.
@@ -642,129 +467,16 @@ async fn listen(
     }
 }
 
-/// A position as PostgreSQL's `bigint`; positions stay below 2^53.
-/// The tenant condition of a read, on parameter `$1`. Without a tenant it is a no-op on
-/// the (then NULL) parameter, so both forms bind the same parameters; with one, the
-/// `(tenant_id, position)` index serves the query.
-fn tenant_clause(tenant: Option<&str>) -> &'static str {
-    match tenant {
-        Some(_) => "tenant_id = $1 AND",
-        None => "$1::text IS NULL AND",
-    }
-}
-
 #[async_trait]
-impl EventStore for PostgresStore {
-    async fn append_batch(&self, events: Vec<StoredEvent>) -> Result<Vec<Appended>, StoreError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Append(events, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn read_range(
-        &self,
-        after: u64,
-        limit: usize,
-        max_bytes: usize,
-        tenant: Option<&str>,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE {} position > $2 ORDER BY position LIMIT $3",
-            tenant_clause(tenant)
-        );
-        let rows = sqlx::query(&sql)
-            .bind(tenant)
-            .bind(sql_position(after))
-            .bind(sql_limit(limit))
-            .fetch(self.pool()?);
-        decode_until(rows, max_bytes).await
-    }
-
-    async fn read_since(
-        &self,
-        since: DateTime<Utc>,
-        limit: usize,
-        tenant: Option<&str>,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE {} created_at >= $2 ORDER BY position LIMIT $3",
-            tenant_clause(tenant)
-        );
-        let rows = sqlx::query(&sql)
-            .bind(tenant)
-            .bind(to_micros(since))
-            .bind(sql_limit(limit))
-            .fetch_all(self.pool()?)
-            .await?;
-        decode_all(&rows)
-    }
-
-    async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE id = $1::uuid"))
-            .bind(id.to_string())
-            .fetch_optional(self.pool()?)
-            .await?;
-        row.as_ref().map(decode).transpose()
-    }
-
-    async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut tx = self.pool()?.begin().await?;
-        // Concurrent cleanups of several instances queue here, one after the other; each
-        // statement after the lock sees what the previous cleanup deleted.
-        sqlx::query("SELECT pruned_through FROM events_retention WHERE id = 1 FOR UPDATE")
-            .execute(&mut *tx)
-            .await?;
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(position) FROM events WHERE stored_at < $1")
-                .bind(to_micros(cutoff))
-                .fetch_one(&mut *tx)
-                .await?;
-        let Some(last) = last else { return Ok(0) };
-        let deleted = sqlx::query("DELETE FROM events WHERE position <= $1")
-            .bind(last)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("UPDATE events_retention SET pruned_through = GREATEST(pruned_through, $1) WHERE id = 1")
-            .bind(last)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(deleted)
-    }
-
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        // Read each time: another instance may have pruned.
-        let pruned: i64 =
-            sqlx::query_scalar("SELECT pruned_through FROM events_retention WHERE id = 1")
-                .fetch_one(self.pool()?)
-                .await?;
-        to_position(pruned)
-    }
-
-    async fn head(&self) -> Result<u64, StoreError> {
-        read_head(self.pool()?).await
-    }
-
-    fn watch_head(&self) -> watch::Receiver<u64> {
-        self.head.subscribe()
-    }
+impl Backend for Postgres {
+    type Writer = PgWriter;
 
     async fn close(&self) {
-        let tasks = self.tasks.lock().await.take();
-        if let Some((writer, listener)) = tasks {
-            let _ = self.commands.send(Command::Close).await;
-            let _ = writer.await;
+        let listener = self.listener.lock().await.take();
+        if let Some(listener) = listener {
             listener.abort();
             let _ = listener.await;
         }
         self.listen_pool.close().await;
-        self.pool.close().await;
     }
 }

@@ -1,16 +1,16 @@
 //! The embedded default store: one SQLite file in WAL mode with `synchronous = FULL`, so
 //! an acknowledged event survives `kill -9` and power loss.
 //!
-//! All writes go through one writer task. It takes every append that is waiting when it
-//! starts a transaction and commits them together (group commit), so many concurrent
-//! producers share one fsync. Reads use a separate pool and never wait for the writer.
+//! All writes go through the shared group-commit writer (`writer.rs`): every append that
+//! is waiting goes into one transaction, so many concurrent producers share one fsync.
+//! Reads use a separate pool and never wait for the writer.
 //!
 //! One server per file: the store holds an OS lock on a file beside the database
 //! (`PATH-lock`) for as long as it is open, and a second server on the same file is
 //! refused at start. SQLite would let it in, but each server keeps the head and the
 //! recent events in memory, so neither would see the other's commits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,16 +23,15 @@ use distributed_events_shared::StoredEvent;
 use fs4::fs_std::FileExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, oneshot, watch, Mutex};
-use tokio::task::JoinHandle;
+use tokio::sync::{watch, Mutex};
 use uuid::Uuid;
 
-use super::sql::{decode, decode_all, decode_until, sql_limit, sql_position, to_position};
-use super::{to_micros, Appended, EventStore, StoreError};
-
-/// Most events one transaction takes, so that one huge burst does not starve readers of
-/// its acknowledgements.
-const MAX_GROUP: usize = 4096;
+use super::sql::{
+    bind_event, to_position, value_rows, Backend, Dialect, SqlStore, COLUMNS, EVENT_INDEXES,
+    INSERT_COLUMNS,
+};
+use super::writer::{Insert, Reply, Writer};
+use super::{to_micros, StoreError};
 
 /// Most rows one statement takes: 10 columns each stays far below SQLite's limit of
 /// 32,766 parameters.
@@ -61,9 +60,6 @@ CREATE TABLE IF NOT EXISTS events (
     session_id   TEXT,
     context      TEXT                                -- JSON object, NULL when empty
 );
-CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
-CREATE INDEX IF NOT EXISTS events_stored_at ON events (stored_at);
-CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant_id, position);
 CREATE TABLE IF NOT EXISTS retention (
     id             INTEGER PRIMARY KEY CHECK (id = 1),
     pruned_through INTEGER NOT NULL
@@ -71,17 +67,16 @@ CREATE TABLE IF NOT EXISTS retention (
 INSERT OR IGNORE INTO retention (id, pruned_through) VALUES (1, 0);
 ";
 
-const COLUMNS: &str =
-    "position, id, created_at, aggregate_id, event_type, event_json, user_id, tenant_id, session_id, context";
+/// The highest position ever assigned: AUTOINCREMENT keeps it, deletes or not.
+const HEAD: &str = "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)";
 
 /// The SQLite store.
+pub type SqliteStore = SqlStore<Sqlite>;
+
+/// What only the SQLite store keeps: the retention mark, the write probe, the file lock.
 #[derive(Debug)]
-pub struct SqliteStore {
-    commands: mpsc::Sender<Command>,
-    readers: SqlitePool,
-    head: watch::Sender<u64>,
+pub struct Sqlite {
     pruned_through: Arc<AtomicU64>,
-    writer: Mutex<Option<JoinHandle<()>>>,
     /// The last write probe: when, and whether the write lock could be had.
     last_probe: Mutex<Option<(Instant, bool)>>,
     /// The lock that keeps a second server off this file; `None` for an in-memory
@@ -89,18 +84,23 @@ pub struct SqliteStore {
     owner_lock: std::sync::Mutex<Option<File>>,
 }
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+/// The writer's side of the SQLite store.
+#[derive(Debug)]
+pub struct SqliteWriter {
+    options: SqliteConnectOptions,
+    pruned_through: Arc<AtomicU64>,
+}
 
-enum Command {
-    Append(Vec<StoredEvent>, Reply<Vec<Appended>>),
+/// Work of the SQLite store that needs the writer's connection.
+#[derive(Debug)]
+pub enum SqliteJob {
+    /// Retention: see `EventStore::delete_older_than`.
     Prune(DateTime<Utc>, Reply<u64>),
     /// Answers whether the write lock can be had now.
     Probe(Reply<bool>),
-    /// Ends the writer once the commands queued before it are done.
-    Close,
 }
 
-impl SqliteStore {
+impl SqlStore<Sqlite> {
     /// Opens (creating if needed) the database file at `path`.
     ///
     /// Fails when another process (another server) has the file open as a store.
@@ -119,45 +119,31 @@ impl SqliteStore {
             .test_before_acquire(false)
             // Rows wait in a channel for the reader; a short one keeps a read that stops
             // at its byte limit from holding many large rows it will not use.
-            .connect_with(options.read_only(true).row_buffer_size(2))
+            .connect_with(options.clone().read_only(true).row_buffer_size(2))
             .await?;
 
-        let head: i64 = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
-        )
-        .fetch_one(&mut writer)
-        .await?;
+        let head: i64 = sqlx::query_scalar(HEAD).fetch_one(&mut writer).await?;
         let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM retention WHERE id = 1")
             .fetch_one(&mut writer)
             .await?;
-        let head = watch::Sender::new(to_position(head)?);
         let pruned_through = Arc::new(AtomicU64::new(to_position(pruned)?));
-
-        let (commands, receiver) = mpsc::channel(MAX_GROUP);
-        let task = tokio::spawn(run_writer(
-            writer,
-            receiver,
-            head.clone(),
-            pruned_through.clone(),
-        ));
-        Ok(Self {
-            commands,
-            readers,
-            head,
-            pruned_through,
-            writer: Mutex::new(Some(task)),
+        let backend = Sqlite {
+            pruned_through: pruned_through.clone(),
             last_probe: Mutex::new(None),
             owner_lock: std::sync::Mutex::new(owner_lock),
-        })
-    }
-
-    async fn send<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        };
+        let head = watch::Sender::new(to_position(head)?);
+        let sqlite_writer = SqliteWriter {
+            options,
+            pruned_through,
+        };
+        Ok(Self::new(
+            backend,
+            readers,
+            sqlite_writer,
+            Some(writer),
+            head,
+        ))
     }
 }
 
@@ -199,6 +185,7 @@ async fn migrate(connection: &mut SqliteConnection) -> Result<(), StoreError> {
     }
     let mut tx = connection.begin().await?;
     sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+    sqlx::raw_sql(EVENT_INDEXES).execute(&mut *tx).await?;
     sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
         .execute(&mut *tx)
         .await?;
@@ -206,195 +193,63 @@ async fn migrate(connection: &mut SqliteConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn run_writer(
-    mut connection: SqliteConnection,
-    mut commands: mpsc::Receiver<Command>,
-    head: watch::Sender<u64>,
-    pruned_through: Arc<AtomicU64>,
-) {
-    while let Some(command) = commands.recv().await {
-        match command {
-            Command::Append(events, reply) => {
-                // Group commit: take every append already waiting into this transaction.
-                let mut group = vec![(events, reply)];
-                let mut size = group[0].0.len();
-                let mut next = None;
-                while size < MAX_GROUP {
-                    match commands.try_recv() {
-                        Ok(Command::Append(events, reply)) => {
-                            size += events.len();
-                            group.push((events, reply));
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                match append_group(&mut connection, &group).await {
-                    Ok((results, last)) => {
-                        head.send_if_modified(|known| {
-                            let changed = last > *known;
-                            *known = (*known).max(last);
-                            changed
-                        });
-                        for ((_, reply), result) in group.into_iter().zip(results) {
-                            let _ = reply.send(Ok(result));
-                        }
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "append to SQLite failed");
-                        roll_back(&mut connection).await;
-                        for (_, reply) in group {
-                            let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
-                        }
-                    }
-                }
-                match next {
-                    Some(Command::Prune(cutoff, reply)) => {
-                        let _ = reply.send(
-                            prune_or_roll_back(&mut connection, cutoff, &pruned_through).await,
-                        );
-                    }
-                    Some(Command::Probe(reply)) => {
-                        let _ = reply.send(Ok(probe(&mut connection).await));
-                    }
-                    Some(Command::Close) => break,
-                    _ => {}
-                }
+#[async_trait]
+impl Insert for SqliteWriter {
+    type Db = sqlx::Sqlite;
+    const DIALECT: Dialect = Dialect::plain(COLUMNS);
+    type Job = SqliteJob;
+    const NAME: &'static str = "SQLite";
+
+    async fn connect(&self) -> Result<SqliteConnection, StoreError> {
+        Ok(SqliteConnection::connect_with(&self.options).await?)
+    }
+
+    async fn insert(
+        &self,
+        connection: &mut SqliteConnection,
+        fresh: &[&StoredEvent],
+    ) -> Result<(HashMap<Uuid, u64>, u64), StoreError> {
+        let stored_at = to_micros(distributed_events_shared::now());
+        begin(connection).await?;
+        let mut positions: HashMap<Uuid, u64> = HashMap::with_capacity(fresh.len());
+        for chunk in fresh.chunks(MAX_ROWS_PER_STATEMENT) {
+            // Rows take positions in the order of VALUES, which is the order of the group.
+            let sql = format!(
+                "INSERT INTO events ({INSERT_COLUMNS}) VALUES {} RETURNING id, position",
+                value_rows(10, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for event in chunk {
+                query = bind_event(query, event, stored_at)?;
             }
-            Command::Prune(cutoff, reply) => {
+            for row in query.fetch_all(&mut *connection).await? {
+                let id: String = row.try_get("id")?;
+                let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                positions.insert(id, to_position(row.try_get("position")?)?);
+            }
+        }
+        commit(connection).await?;
+        let last = positions.values().copied().max().unwrap_or(0);
+        Ok((positions, last))
+    }
+
+    async fn recover(&self, mut connection: SqliteConnection) -> Option<SqliteConnection> {
+        // A local file: the connection stays good; only the transaction must end.
+        roll_back(&mut connection).await;
+        Some(connection)
+    }
+
+    async fn run(&self, connection: &mut SqliteConnection, job: SqliteJob) {
+        match job {
+            SqliteJob::Prune(cutoff, reply) => {
                 let _ =
-                    reply.send(prune_or_roll_back(&mut connection, cutoff, &pruned_through).await);
+                    reply.send(prune_or_roll_back(connection, cutoff, &self.pruned_through).await);
             }
-            Command::Probe(reply) => {
-                let _ = reply.send(Ok(probe(&mut connection).await));
+            SqliteJob::Probe(reply) => {
+                let _ = reply.send(Ok(probe(connection).await));
             }
-            Command::Close => break,
         }
     }
-    if let Err(error) = connection.close().await {
-        tracing::warn!(%error, "closing the SQLite writer failed");
-    }
-}
-
-/// Appends every batch of the group in one transaction; returns the per-batch results
-/// and the highest position assigned.
-async fn append_group(
-    connection: &mut SqliteConnection,
-    group: &[(Vec<StoredEvent>, Reply<Vec<Appended>>)],
-) -> Result<(Vec<Vec<Appended>>, u64), StoreError> {
-    let stored_at = to_micros(distributed_events_shared::now());
-    let events: Vec<&StoredEvent> = group.iter().flat_map(|(events, _)| events).collect();
-    begin(connection).await?;
-
-    // The writer is alone, so looking first is race-free; and unlike
-    // `ON CONFLICT DO NOTHING` it spends no position on a replay.
-    let mut known: HashMap<Uuid, StoredEvent> = HashMap::new();
-    for chunk in events.chunks(MAX_ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE id IN ({})",
-            placeholders(1, chunk.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for event in chunk {
-            query = query.bind(event.id.to_string());
-        }
-        for row in query.fetch_all(&mut *connection).await? {
-            let existing = decode(&row)?;
-            known.insert(existing.id, existing);
-        }
-    }
-    // The first of several events with one id is the one stored.
-    let mut fresh: Vec<&StoredEvent> = Vec::new();
-    let mut taken = HashSet::new();
-    for event in &events {
-        if !known.contains_key(&event.id) && taken.insert(event.id) {
-            fresh.push(event);
-        }
-    }
-
-    let mut positions: HashMap<Uuid, u64> = HashMap::with_capacity(fresh.len());
-    for chunk in fresh.chunks(MAX_ROWS_PER_STATEMENT) {
-        // Rows take positions in the order of VALUES, which is the order of the group.
-        let sql = format!(
-            "INSERT INTO events (id, created_at, stored_at, aggregate_id, event_type, event_json, \
-             user_id, tenant_id, session_id, context) VALUES {} RETURNING id, position",
-            vec![format!("({})", placeholders(10, 1)); chunk.len()].join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for event in chunk {
-            let context = if event.context.is_empty() {
-                None
-            } else {
-                Some(
-                    serde_json::to_string(&event.context)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                )
-            };
-            query = query
-                .bind(event.id.to_string())
-                .bind(to_micros(event.created_at))
-                .bind(stored_at)
-                .bind(&event.aggregate_id)
-                .bind(&event.event_type)
-                .bind(&event.event_json)
-                .bind(&event.user_id)
-                .bind(&event.tenant_id)
-                .bind(&event.session_id)
-                .bind(context);
-        }
-        for row in query.fetch_all(&mut *connection).await? {
-            let id: String = row.try_get("id")?;
-            let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            positions.insert(id, to_position(row.try_get("position")?)?);
-        }
-    }
-    commit(connection).await?;
-
-    // Each stored event as it was stored: for a second post of one id in this group, the
-    // answer is the first post's event, not its own.
-    let mut stored: HashMap<Uuid, StoredEvent> = HashMap::with_capacity(fresh.len());
-    for event in fresh {
-        let position = *positions.get(&event.id).ok_or_else(|| {
-            StoreError::Corrupt(format!("no position came back for event {}", event.id))
-        })?;
-        let event = StoredEvent {
-            position: Some(position),
-            ..event.clone()
-        };
-        stored.insert(event.id, event);
-    }
-    let last = positions.values().copied().max().unwrap_or(0);
-    let mut answered: HashSet<Uuid> = HashSet::with_capacity(stored.len());
-    let results = group
-        .iter()
-        .map(|(events, _)| {
-            events
-                .iter()
-                .map(
-                    |event| match (known.get(&event.id), stored.get(&event.id)) {
-                        (Some(existing), _) => Ok(Appended::Existing(existing.clone())),
-                        (None, Some(new)) if answered.insert(event.id) => {
-                            Ok(Appended::New(new.clone()))
-                        }
-                        (None, Some(first)) => Ok(Appended::Existing(first.clone())),
-                        (None, None) => Err(StoreError::Corrupt(format!(
-                            "event {} was neither found nor stored",
-                            event.id
-                        ))),
-                    },
-                )
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((results, last))
-}
-
-/// `count` groups of `width` placeholders: `?, ?, ?` for a width of 1, `?, ?` per group.
-fn placeholders(width: usize, count: usize) -> String {
-    vec!["?"; width * count].join(", ")
 }
 
 async fn prune_or_roll_back(
@@ -443,7 +298,7 @@ async fn prune(
 // rolled back, sqlx's own rollback then fails, and sqlx goes on believing a transaction
 // is open, nesting every later one as a savepoint that is never committed, while each
 // append is still acknowledged. Here every failed write ends with a ROLLBACK
-// (see `run_writer`), whose own error, when no transaction is left, means nothing.
+// (`Insert::recover`), whose own error, when no transaction is left, means nothing.
 
 async fn begin(connection: &mut SqliteConnection) -> Result<(), StoreError> {
     sqlx::query("BEGIN IMMEDIATE")
@@ -485,109 +340,29 @@ async fn roll_back(connection: &mut SqliteConnection) {
     }
 }
 
-/// The tenant condition of a read. Without a tenant it is a no-op on the (then NULL)
-/// first parameter, so both forms bind the same parameters; with one, the
-/// `(tenant_id, position)` index serves the query.
-fn tenant_clause(tenant: Option<&str>) -> &'static str {
-    match tenant {
-        Some(_) => "tenant_id = ? AND",
-        None => "? IS NULL AND",
-    }
-}
-
 #[async_trait]
-impl EventStore for SqliteStore {
-    async fn append_batch(&self, events: Vec<StoredEvent>) -> Result<Vec<Appended>, StoreError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.send(|reply| Command::Append(events, reply)).await
-    }
+impl Backend for Sqlite {
+    type Writer = SqliteWriter;
 
-    async fn read_range(
-        &self,
-        after: u64,
-        limit: usize,
-        max_bytes: usize,
-        tenant: Option<&str>,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE {} position > ? ORDER BY position LIMIT ?",
-            tenant_clause(tenant)
-        );
-        let rows = sqlx::query(&sql)
-            .bind(tenant)
-            .bind(sql_position(after))
-            .bind(sql_limit(limit))
-            .fetch(&self.readers);
-        decode_until(rows, max_bytes).await
-    }
-
-    async fn read_since(
-        &self,
-        since: DateTime<Utc>,
-        limit: usize,
-        tenant: Option<&str>,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE {} created_at >= ? ORDER BY position LIMIT ?",
-            tenant_clause(tenant)
-        );
-        let rows = sqlx::query(&sql)
-            .bind(tenant)
-            .bind(to_micros(since))
-            .bind(sql_limit(limit))
-            .fetch_all(&self.readers)
-            .await?;
-        decode_all(&rows)
-    }
-
-    async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(&self.readers)
-            .await?;
-        row.as_ref().map(decode).transpose()
-    }
-
-    async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.send(|reply| Command::Prune(cutoff, reply)).await
-    }
-
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        Ok(self.pruned_through.load(Ordering::SeqCst))
-    }
-
-    async fn head(&self) -> Result<u64, StoreError> {
-        let head: i64 = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
-        )
-        .fetch_one(&self.readers)
-        .await?;
+    async fn head(&self, readers: &SqlitePool) -> Result<u64, StoreError> {
+        let head: i64 = sqlx::query_scalar(HEAD).fetch_one(readers).await?;
         to_position(head)
     }
 
-    fn watch_head(&self) -> watch::Receiver<u64> {
-        self.head.subscribe()
+    async fn pruned_through(&self, _readers: &SqlitePool) -> Result<u64, StoreError> {
+        Ok(self.pruned_through.load(Ordering::SeqCst))
     }
 
-    async fn close(&self) {
-        let task = self.writer.lock().await.take();
-        if let Some(task) = task {
-            let _ = self.commands.send(Command::Close).await;
-            let _ = task.await;
-        }
-        self.readers.close().await;
-        // Dropping the file releases the lock: another server may open the file now.
-        drop(
-            self.owner_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+    async fn delete_older_than(
+        &self,
+        _readers: &SqlitePool,
+        writer: &Writer<SqliteWriter>,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        writer.job(|reply| SqliteJob::Prune(cutoff, reply)).await
     }
 
-    async fn accepts_writes(&self) -> Result<bool, StoreError> {
+    async fn accepts_writes(&self, writer: &Writer<SqliteWriter>) -> Result<bool, StoreError> {
         // One probe at a time; callers within PROBE_REUSE share its answer.
         let mut last = self.last_probe.lock().await;
         if let Some((at, writable)) = *last {
@@ -595,8 +370,18 @@ impl EventStore for SqliteStore {
                 return Ok(writable);
             }
         }
-        let writable = self.send(Command::Probe).await?;
+        let writable = writer.job(SqliteJob::Probe).await?;
         *last = Some((Instant::now(), writable));
         Ok(writable)
+    }
+
+    async fn close(&self) {
+        // Dropping the file releases the lock: another server may open the file now.
+        drop(
+            self.owner_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }

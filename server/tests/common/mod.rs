@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod databases;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

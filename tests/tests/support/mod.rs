@@ -4,79 +4,18 @@
 //! cursor header).
 #![allow(dead_code)] // each test binary uses a part
 
-use std::io::Write;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-/// The test database's URL, or `None` after saying clearly that the test is skipped.
-/// Set but unreachable is not a skip: [`fresh_schema`] then fails the test.
-pub fn database_url() -> Option<String> {
-    match std::env::var("DATABASE_URL_TEST") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            // In CI a missing database is a failure, never a skip.
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "DATABASE_URL_TEST is not set in CI; scripts/test.sh sets it with scripts/ci-postgres.sh"
-            );
-            // Straight to stderr, not `eprintln!`: the harness hides `eprintln!` output of
-            // passing tests, and a skip must be seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: DATABASE_URL_TEST not set (e.g. postgres://postgres@127.0.0.1:5432/test; \
-                 `eval \"$(scripts/ci-postgres.sh)\"` sets it up)"
-            );
-            None
-        }
-    }
-}
+#[path = "../../../server/tests/common/databases.rs"]
+mod databases;
 
-/// Creates an empty schema of its own for one test (`de_test_<unix seconds>_<random>`),
-/// after dropping those that runs more than an hour ago left behind, and returns the
-/// `--database` URL that puts the store's tables in it.
-pub async fn fresh_schema(url: &str) -> String {
-    const PREFIX: &str = "de_test_";
-    let mut db = PgConnection::connect(url).await.unwrap_or_else(|error| {
-        panic!("DATABASE_URL_TEST is set but PostgreSQL is unreachable: {error}")
-    });
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    let existing: Vec<String> = sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'de\\_test\\_%'",
-    )
-    .fetch_all(&mut db)
-    .await
-    .expect("list schemas");
-    for name in existing {
-        let created = name
-            .strip_prefix(PREFIX)
-            .unwrap_or_default()
-            .split('_')
-            .next()
-            .and_then(|s| s.parse::<u64>().ok());
-        if created.is_some_and(|created| created + 3600 < now) {
-            // Best effort: a parallel test may be dropping it too.
-            let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                .execute(&mut db)
-                .await;
-        }
-    }
-    let schema = format!("{PREFIX}{now}_{}", Uuid::now_v7().simple());
-    sqlx::raw_sql(&format!("CREATE SCHEMA \"{schema}\""))
-        .execute(&mut db)
-        .await
-        .expect("create a test schema");
-    db.close().await.ok();
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}options[search_path]={schema}")
-}
+/// The PostgreSQL test database (`DATABASE_URL_TEST`), and a fresh schema in it per test.
+pub use databases::{fresh_postgres_schema as fresh_schema, postgres_url as database_url};
 
 /// One running server process, killed when dropped.
 #[derive(Debug)]
