@@ -92,6 +92,8 @@ async fn closed_by_server(stream: &mut (impl AsyncRead + Unpin), what: &str) {
 }
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
+/// A long-poll from the start that waits up to 30 s.
+const POLL: &[u8] = b"GET /events?after=0&wait=30 HTTP/1.1\r\nHost: test\r\n\r\n";
 
 #[tokio::test]
 async fn silent_connections_beyond_the_open_file_limit_do_not_lock_out_healthz() {
@@ -230,10 +232,7 @@ async fn the_cap_closes_a_waiting_connection_never_one_with_a_request_in_flight(
     let mut polls = Vec::new();
     for _ in 0..3 {
         let mut stream = connect(&server).await;
-        stream
-            .write_all(b"GET /events?after=0&wait=30 HTTP/1.1\r\nHost: test\r\n\r\n")
-            .await
-            .unwrap();
+        stream.write_all(POLL).await.unwrap();
         polls.push(stream);
     }
     // The fourth connection asks until the long-poll limit refuses it: then all three
@@ -249,6 +248,18 @@ async fn the_cap_closes_a_waiting_connection_never_one_with_a_request_in_flight(
             break;
         }
         statuses.push(answer.status_line);
+        // A poll that arrived while a probe held a slot was refused: send it again.
+        for poll in &mut polls {
+            let mut byte = [0; 1];
+            if let Ok(Ok(1..)) = tokio::time::timeout(Duration::ZERO, poll.peek(&mut byte)).await {
+                let refused = read_answer(poll).await;
+                assert!(
+                    refused.status_line.starts_with("HTTP/1.1 503"),
+                    "a poll was answered before any event: {refused:?}"
+                );
+                poll.write_all(POLL).await.unwrap();
+            }
+        }
         assert!(
             statuses.len() < 1000,
             "the polls never parked: {statuses:?}"
