@@ -217,6 +217,89 @@ async fn expect_continue_with_a_body_over_the_limit_gets_413_at_once() {
 
 /// At the cap, the connection that waits for a request is closed to make room, and
 /// those answering a request (parked long-polls) are left alone.
+/// Sends polls that wait 10 ms on `stream` until one is refused `503`: then the
+/// long-poll cap is full. Fails if none is refused within 1000 polls.
+async fn poll_until_refused(stream: &mut TcpStream) -> Answer {
+    let mut statuses = Vec::new();
+    loop {
+        stream
+            .write_all(b"GET /events?after=0&wait=0.01 HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(stream).await;
+        if answer.status_line.starts_with("HTTP/1.1 503") {
+            return answer;
+        }
+        statuses.push(answer.status_line);
+        assert!(
+            statuses.len() < 1000,
+            "the long-poll cap never refused a poll: {:?}",
+            &statuses[statuses.len() - 3..]
+        );
+    }
+}
+
+/// Opens `count` connections, each with a poll that waits `seconds`.
+async fn park_polls(server: &ServerProcess, count: usize, seconds: u32) -> Vec<TcpStream> {
+    let mut polls = Vec::new();
+    for _ in 0..count {
+        let mut stream = connect(server).await;
+        stream
+            .write_all(
+                format!("GET /events?after=0&wait={seconds} HTTP/1.1\r\nHost: test\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        polls.push(stream);
+    }
+    polls
+}
+
+#[tokio::test]
+async fn parked_polls_never_take_every_connection_slot() {
+    // Asked for more long-polls than connections: the server lowers the long-poll cap to
+    // 7 of the 8 connections.
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--max-connections",
+        "8",
+        "--max-long-polls",
+        "100",
+    ]);
+    // Eight polls that would wait a minute, on all eight connections: one is refused.
+    let (refused, mut refusals) = tokio::sync::mpsc::unbounded_channel();
+    let mut readers = Vec::new();
+    for mut poll in park_polls(&server, 8, 60).await {
+        let refused = refused.clone();
+        readers.push(tokio::spawn(async move {
+            let answer = read_answer(&mut poll).await;
+            let _ = refused.send(answer);
+            poll
+        }));
+    }
+    let answer = tokio::time::timeout(PATIENCE, refusals.recv())
+        .await
+        .expect("none of 8 polls on 8 connections was refused within 30 s")
+        .unwrap();
+    assert!(answer.status_line.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert_eq!(answer.json()["code"], "overloaded", "{answer:?}");
+    // Seven polls still wait, and every connection slot is taken: `/healthz` still
+    // gets one (the refused poll's connection, now idle, makes room).
+    let mut health = connect(&server).await;
+    health.write_all(HEALTHZ).await.unwrap();
+    let answer = read_answer(&mut health).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        refusals.try_recv().is_err(),
+        "only one of the 8 polls is refused"
+    );
+    for reader in readers {
+        reader.abort();
+    }
+}
+
 #[tokio::test]
 async fn the_cap_closes_a_waiting_connection_never_one_with_a_request_in_flight() {
     let server = ServerProcess::start(&[
@@ -227,33 +310,11 @@ async fn the_cap_closes_a_waiting_connection_never_one_with_a_request_in_flight(
         "--max-long-polls",
         "3",
     ]);
-    let mut polls = Vec::new();
-    for _ in 0..3 {
-        let mut stream = connect(&server).await;
-        stream
-            .write_all(b"GET /events?after=0&wait=30 HTTP/1.1\r\nHost: test\r\n\r\n")
-            .await
-            .unwrap();
-        polls.push(stream);
-    }
+    let mut polls = park_polls(&server, 3, 30).await;
     // The fourth connection asks until the long-poll limit refuses it: then all three
     // polls are parked, and it is the one connection waiting for a request.
     let mut idle = connect(&server).await;
-    let mut statuses = Vec::new();
-    loop {
-        idle.write_all(b"GET /events?after=0&wait=0.01 HTTP/1.1\r\nHost: test\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_answer(&mut idle).await;
-        if answer.status_line.starts_with("HTTP/1.1 503") {
-            break;
-        }
-        statuses.push(answer.status_line);
-        assert!(
-            statuses.len() < 1000,
-            "the polls never parked: {statuses:?}"
-        );
-    }
+    poll_until_refused(&mut idle).await;
     let mut late = connect(&server).await;
     late.write_all(HEALTHZ).await.unwrap();
     let answer = read_answer(&mut late).await;
