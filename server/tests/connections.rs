@@ -357,3 +357,151 @@ async fn the_cap_closes_a_waiting_connection_never_one_with_a_request_in_flight(
         );
     }
 }
+
+#[tokio::test]
+async fn a_page_still_being_sent_is_never_closed_to_make_room() {
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--max-connections",
+        "2",
+        "--max-page-bytes",
+        "16777216",
+    ]);
+    // About 10 MB of events: more than the sockets buffer between server and client.
+    let http = reqwest::Client::new();
+    for n in 0..100 {
+        let event = serde_json::json!({
+            "id": uuid::Uuid::now_v7(),
+            "createdAt": "2024-12-04T10:00:15Z",
+            "aggregateId": format!("order-{n}"),
+            "eventType": "OrderPurchasedEvent",
+            "eventJson": serde_json::json!({"pad": "x".repeat(100_000)}).to_string(),
+        });
+        let response = http
+            .post(format!("{}/events", server.base))
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    }
+
+    // Live reads may lag the commit a moment: wait until the last event is served.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let last: Vec<Value> = http
+            .get(format!("{}/events?after=99", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !last.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the 100th event is not served after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A reader that takes the answer's head, then nothing more for now: the server is
+    // left writing the body.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address = server.base.trim_start_matches("http://").parse().unwrap();
+    let mut slow = socket.connect(address).await.unwrap();
+    slow.write_all(b"GET /events?after=0&limit=1000 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let head_end = loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let mut chunk = [0; 1024];
+        let n = tokio::time::timeout(PATIENCE, slow.read(&mut chunk))
+            .await
+            .expect("the page's head within 30 s")
+            .unwrap();
+        assert!(n > 0, "closed before the page's head");
+        received.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // Both slots taken (one by a connection that sends nothing), then a third connection:
+    // the cap makes room by closing the silent one, not the one still sending its page.
+    let _silent = connect(&server).await;
+    let mut health = connect(&server).await;
+    health.write_all(HEALTHZ).await.unwrap();
+    let answer = read_answer(&mut health).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 200"), "{answer:?}");
+
+    // Read on until the body is whole by its framing, or the server closes.
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    let mut body = received[head_end..].to_vec();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let whole = match length {
+                Some(length) => body.len() >= length,
+                None => chunked && body.ends_with(b"\r\n0\r\n\r\n"),
+            };
+            if whole {
+                break;
+            }
+            let mut chunk = [0; 65536];
+            match slow.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the whole page, or the connection closed, within 30 s");
+    // Cut short, the page would not parse.
+    let json = if chunked {
+        dechunk(&body)
+    } else {
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    let page: Vec<Value> = serde_json::from_str(&json).unwrap_or_else(|error| {
+        panic!(
+            "the page arrived cut short ({error}): {} of its bytes",
+            body.len()
+        )
+    });
+    let positions: Vec<u64> = page.iter().filter_map(|e| e["position"].as_u64()).collect();
+    assert_eq!(positions, (1..=100).collect::<Vec<_>>());
+}
+
+/// The payload of a chunked HTTP/1 body.
+fn dechunk(mut body: &[u8]) -> String {
+    let mut payload = Vec::new();
+    loop {
+        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&body[..line_end]).trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 || body.len() < line_end + 2 + size {
+            break;
+        }
+        payload.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
+        body = &body[line_end + 2 + size + 2..];
+    }
+    String::from_utf8_lossy(&payload).into_owned()
+}
