@@ -33,7 +33,8 @@ struct Args {
     bind: SocketAddr,
 
     /// Where events are kept: `sqlite://PATH`, `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
-    /// (several instances may share one), or `memory` (lost on exit).
+    /// (several instances may share one), `mysql://USER[:PASSWORD]@HOST[:PORT]/DB` (MySQL
+    /// or MariaDB; one instance per database), or `memory` (lost on exit).
     #[arg(
         long,
         env = "DISTRIBUTED_EVENTS_DATABASE",
