@@ -445,7 +445,10 @@ mod tests {
         }
         assert!(matches!(
             read_head(answer(200, "{}")),
-            Err(Failure::Retry { error: ClientError::InvalidResponse { .. }, .. })
+            Err(Failure::Retry {
+                error: ClientError::InvalidResponse { .. },
+                ..
+            })
         ));
     }
 }

@@ -323,7 +323,10 @@ fn serve_options(args: &Args) -> Result<ServeOptions, String> {
         return Err("--max-body-bytes and --max-long-polls must be at least 1: with 0 no event could be posted, or no poll could wait".into());
     }
     if args.max_long_polls_per_tenant == Some(0) {
-        return Err("--max-long-polls-per-tenant must be at least 1: with 0 no tenant's poll could wait".into());
+        return Err(
+            "--max-long-polls-per-tenant must be at least 1: with 0 no tenant's poll could wait"
+                .into(),
+        );
     }
     if args.header_read_timeout.is_zero()
         || args.idle_timeout.is_zero()

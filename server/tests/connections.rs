@@ -485,23 +485,18 @@ async fn a_page_still_being_sent_is_never_closed_to_make_room() {
     assert_eq!(positions, (1..=100).collect::<Vec<_>>());
 }
 
-/// The payload of a chunked HTTP/1 body.
+/// The payload of a chunked HTTP/1 body (as far as it is whole).
 fn dechunk(mut body: &[u8]) -> String {
     let mut payload = Vec::new();
-    loop {
-        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&body[..line_end]).trim(),
-            16,
-        )
-        .unwrap_or(0);
-        if size == 0 || body.len() < line_end + 2 + size {
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&body[..line_end]).trim(), 16)
+            .unwrap_or(0);
+        let end = line_end + 2 + size;
+        if size == 0 || body.len() < end + 2 {
             break;
         }
-        payload.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
-        body = &body[line_end + 2 + size + 2..];
+        payload.extend_from_slice(&body[line_end + 2..end]);
+        body = &body[end + 2..];
     }
     String::from_utf8_lossy(&payload).into_owned()
 }
