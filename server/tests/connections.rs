@@ -390,14 +390,8 @@ async fn a_page_still_being_sent_is_never_closed_to_make_room() {
     // Live reads may lag the commit a moment: wait until the last event is served.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let last: Vec<Value> = http
-            .get(format!("{}/events?after=99", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (last, _, _) =
+            common::read_page(&http, &format!("{}/events?after=99", server.base)).await;
         if !last.is_empty() {
             break;
         }
