@@ -387,9 +387,9 @@ fn after_a_cleanup_stats_works_and_tail_after_0_follows_what_was_kept() {
     for _ in 0..2 {
         assert_ok(&cli(&["post", "OrderPlaced", "{}", "--url", &url], None));
     }
-    // Wait for retention to delete the start: the events after 0 are then gone.
+    // Wait for retention to delete both: the events after 1 (and 0) are then gone.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while status_of(&url, "/events?after=0&limit=1") != 410 {
+    while status_of(&url, "/events?after=1&limit=1") != 410 {
         assert!(
             Instant::now() < deadline,
             "retention deleted nothing in 60 s"
@@ -402,6 +402,12 @@ fn after_a_cleanup_stats_works_and_tail_after_0_follows_what_was_kept() {
         stats
             .lines()
             .any(|l| l.starts_with("head") && l.trim_end().ends_with(" 2")),
+        "{stats}"
+    );
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("retained") && l.contains("no events")),
         "{stats}"
     );
 
