@@ -17,8 +17,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The server example listens on 127.0.0.1:8080 and keeps example-events.db in its folder.
-(cd "$work" && exec "$examples/server_example") >"$work/server.log" 2>&1 &
+# The server example keeps example-events.db in its folder; on a free port, which it prints.
+(cd "$work" && DISTRIBUTED_EVENTS_BIND=127.0.0.1:0 exec "$examples/server_example") >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 300); do
   grep -q "Server listening" "$work/server.log" && break
@@ -27,8 +27,10 @@ for _ in $(seq 1 300); do
 done
 grep -q "Server listening" "$work/server.log" || { cat "$work/server.log"; echo "server_example did not listen within 30 s" >&2; exit 1; }
 
+url=$(sed -n 's/^Server listening on \(http:[^ ]*\).*/\1/p' "$work/server.log" | head -n 1)
+
 # Its own order, then the server example's user and order.
-STOP_AFTER=3 timeout 60 "$examples/client_example" | tee "$work/client.log"
+STOP_AFTER=3 DISTRIBUTED_EVENTS_URL="$url" timeout 60 "$examples/client_example" | tee "$work/client.log"
 grep -q "Received user created: alice@example.com" "$work/client.log"
 grep -q "Received order: \$24.50 of product-456 (position None)" "$work/client.log"
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""

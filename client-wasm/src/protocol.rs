@@ -169,16 +169,36 @@ fn read_records(body: &str, mut cursor: u64) -> Option<Page> {
 pub(crate) fn read_head(response: HttpResponse) -> Result<u64, Failure> {
     #[derive(Deserialize)]
     struct Health {
-        head: u64,
+        status: Option<String>,
+        head: Option<u64>,
     }
     let response = success(response)?;
-    serde_json::from_str::<Health>(&response.body)
-        .map(|health| health.head)
-        .map_err(|error| {
-            invalid(format!(
-                "/healthz did not answer {{\"head\": <position>}}: {error}"
-            ))
-        })
+    match serde_json::from_str::<Health>(&response.body) {
+        Ok(Health {
+            head: Some(head), ..
+        }) => Ok(head),
+        // The server shows its head only to callers with a valid token: the same as a
+        // `401`, so that the token source is asked for a fresh one.
+        Ok(Health {
+            status: Some(_),
+            head: None,
+        }) => Err(Failure::Retry {
+            error: ClientError::Http {
+                status: 401,
+                code: codes::UNAUTHORIZED.to_owned(),
+                message: "/healthz shows the head only to callers with a valid token: \
+                          give the client one"
+                    .to_owned(),
+            },
+            retry_after: None,
+        }),
+        Ok(_) => Err(invalid(
+            "/healthz did not answer {\"head\": <position>}".to_owned(),
+        )),
+        Err(error) => Err(invalid(format!(
+            "/healthz did not answer {{\"head\": <position>}}: {error}"
+        ))),
+    }
 }
 
 pub(crate) fn read_receipt(response: HttpResponse) -> Result<Receipt, Failure> {
@@ -404,6 +424,31 @@ mod tests {
         assert!(matches!(
             read_head(answer(200, r#"{"status":"ok","head":9}"#)),
             Ok(9)
+        ));
+    }
+
+    /// `/healthz` leaves `head` out for callers without a valid token: that is a `401`
+    /// (not transient, asks the token source again), never a garbled answer to retry.
+    #[test]
+    fn a_health_answer_without_the_head_means_unauthorized() {
+        let no_head = read_head(answer(200, r#"{"status":"ok","writable":true}"#));
+        assert!(
+            matches!(
+                &no_head,
+                Err(Failure::Retry { error: ClientError::Http { status: 401, code, .. }, .. })
+                    if code == codes::UNAUTHORIZED
+            ),
+            "{no_head:?}"
+        );
+        if let Err(Failure::Retry { error, .. }) = no_head {
+            assert!(!error.is_transient());
+        }
+        assert!(matches!(
+            read_head(answer(200, "{}")),
+            Err(Failure::Retry {
+                error: ClientError::InvalidResponse { .. },
+                ..
+            })
         ));
     }
 }

@@ -243,6 +243,7 @@ fn a_missing_or_wrong_token_exits_4_and_says_so() {
     for command in [
         &["post", "OrderPlaced", "{}"][..],
         &["tail", "--after", "0"][..],
+        &["tail"][..],
         &["stats"][..],
     ] {
         let args: Vec<&str> = command.iter().copied().chain(["--url", &url]).collect();
@@ -359,4 +360,78 @@ fn stats_prints_the_metrics_that_matter() {
     assert!(stats.contains("events_stored_total 12"), "{stats}");
     assert!(stats.contains("latency_seconds_count 3"), "{stats}");
     assert!(!stats.contains("_bucket"), "{stats}");
+}
+
+/// The status of `GET path` on the server at `url` (`http://host:port`).
+fn status_of(url: &str, path: &str) -> u16 {
+    let address = url.trim_start_matches("http://");
+    let mut connection = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        connection,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = connection.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+}
+
+#[test]
+fn after_a_cleanup_stats_works_and_tail_after_0_follows_what_was_kept() {
+    let server = TestServer::start(&["--retention", "1s", "--cleanup-interval", "1s"]);
+    let url = server.url();
+    for _ in 0..2 {
+        assert_ok(&cli(&["post", "OrderPlaced", "{}", "--url", &url], None));
+    }
+    // Wait for retention to delete both: the events after 1 (and 0) are then gone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status_of(&url, "/events?after=1&limit=1") != 410 {
+        assert!(
+            Instant::now() < deadline,
+            "retention deleted nothing in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let stats = assert_ok(&cli(&["stats", "--url", &url], None));
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("head") && l.trim_end().ends_with(" 2")),
+        "{stats}"
+    );
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("retained") && l.contains("no events")),
+        "{stats}"
+    );
+
+    // `--after 0` is everything kept: it goes on from the oldest kept event.
+    let tail_url = url.clone();
+    let tail = std::thread::spawn(move || {
+        cli(
+            &["tail", "--url", &tail_url, "--after", "0", "--count", "1"],
+            None,
+        )
+    });
+    assert_ok(&cli(&["post", "OrderShipped", "{}", "--url", &url], None));
+    let output = tail.join().unwrap();
+    let tailed = json_lines(&assert_ok(&output));
+    assert_eq!(
+        tailed
+            .iter()
+            .map(|e| (e.event_type.as_str(), e.position))
+            .collect::<Vec<_>>(),
+        [("OrderShipped", Some(3))]
+    );
+    assert!(
+        text(&output.stderr).contains("following from the oldest it kept"),
+        "{}",
+        text(&output.stderr)
+    );
 }

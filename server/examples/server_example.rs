@@ -2,7 +2,8 @@
 //! publishing a `UserCreatedEvent` and an `OrderPurchasedEvent`.
 //!
 //! Run it with `cargo run -p distributed-events-server --example server_example`, then
-//! `curl 'http://127.0.0.1:8080/events?after=0'`. Ctrl-C stops it.
+//! `curl 'http://127.0.0.1:8080/events?after=0'`. Ctrl-C stops it. It listens on
+//! `DISTRIBUTED_EVENTS_BIND` when set (port 0 picks a free port), as the server binary does.
 
 use std::time::Duration;
 
@@ -43,7 +44,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    let address =
+        std::env::var("DISTRIBUTED_EVENTS_BIND").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let listener = tokio::net::TcpListener::bind(address).await?;
     println!("Server listening on http://{}", listener.local_addr()?);
     let app = server.router();
     let http = tokio::spawn(async move { axum::serve(listener, app).await });

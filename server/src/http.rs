@@ -195,7 +195,7 @@ impl IntoResponse for AppError {
                 StatusCode::NOT_FOUND,
                 codes::NOT_FOUND,
                 format!(
-                    "no such path {path:?}: the API is `GET /events`, `POST /events` and `GET /healthz` \
+                    "no such path {path:?}: the API is `GET /events`, `POST /events`, `GET /healthz` and `GET /openapi.json` \
                      at the server's root; check that the client's server URL has no extra path"
                 ),
                 None,

@@ -33,7 +33,8 @@ struct Args {
     bind: SocketAddr,
 
     /// Where events are kept: `sqlite://PATH`, `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
-    /// (several instances may share one), or `memory` (lost on exit).
+    /// (several instances may share one), `mysql://USER[:PASSWORD]@HOST[:PORT]/DB` (MySQL
+    /// or MariaDB; one instance per database), or `memory` (lost on exit).
     #[arg(
         long,
         env = "DISTRIBUTED_EVENTS_DATABASE",
@@ -105,6 +106,7 @@ struct Args {
     jwt_tenant_claim: String,
 
     /// Most long-polls waiting at once; past it polls are answered 503 with Retry-After.
+    /// Lowered to 90% of --max-connections, so that other requests always find a slot.
     #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_LONG_POLLS", default_value_t = Limits::default().max_long_polls)]
     max_long_polls: usize,
 
@@ -226,7 +228,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .cleanup_interval(args.cleanup_interval)
         .limits(Limits {
             max_body_bytes: args.max_body_bytes,
-            max_long_polls: args.max_long_polls,
+            max_long_polls: long_poll_cap(args.max_long_polls, serve_options.max_connections),
             max_page_bytes: args.max_page_bytes,
             tail_bytes: args.tail_bytes,
             max_long_polls_per_tenant: args.max_long_polls_per_tenant,
@@ -320,6 +322,12 @@ fn serve_options(args: &Args) -> Result<ServeOptions, String> {
     if args.max_body_bytes == 0 || args.max_long_polls == 0 {
         return Err("--max-body-bytes and --max-long-polls must be at least 1: with 0 no event could be posted, or no poll could wait".into());
     }
+    if args.max_long_polls_per_tenant == Some(0) {
+        return Err(
+            "--max-long-polls-per-tenant must be at least 1: with 0 no tenant's poll could wait"
+                .into(),
+        );
+    }
     if args.header_read_timeout.is_zero()
         || args.idle_timeout.is_zero()
         || args.body_read_timeout.is_zero()
@@ -344,6 +352,26 @@ fn serve_options(args: &Args) -> Result<ServeOptions, String> {
         idle_timeout: args.idle_timeout,
         max_connections,
     })
+}
+
+/// The long-polls that may wait at once: `asked`, but no more than 90% of the connection
+/// cap. A parked poll holds its connection and the cap never closes a connection with a
+/// request in flight, so without the headroom parked polls could take every slot and
+/// leave `/healthz` and posts unserved.
+fn long_poll_cap(asked: usize, max_connections: usize) -> usize {
+    let cap = max_connections
+        .saturating_sub(max_connections.div_ceil(10))
+        .max(1);
+    if asked <= cap {
+        return asked;
+    }
+    tracing::info!(
+        max_long_polls = cap,
+        asked,
+        max_connections,
+        "--max-long-polls lowered to 90% of the connection cap, so that parked polls leave room for other requests"
+    );
+    cap
 }
 
 /// The listener and router of `--metrics-bind`.

@@ -143,8 +143,13 @@ pub async fn serve(
             let busy = Busy::start(activity.clone());
             let answer = hyper::service::Service::call(&app, request);
             async move {
-                let _busy = busy;
-                answer.await
+                // Busy until the body is sent, not only until the handler returns: a
+                // page still being written must be neither evicted nor timed out.
+                let response = answer.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| WhileBusy {
+                    body,
+                    busy: Some(busy),
+                }))
             }
         });
         let connection = http1::Builder::new()
@@ -235,6 +240,38 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.set(|_| Some(State::Idle(Instant::now())));
+    }
+}
+
+/// A response body that keeps its connection [`Busy`] until it is sent whole (or
+/// dropped).
+struct WhileBusy {
+    body: axum::body::Body,
+    busy: Option<Busy>,
+}
+
+impl hyper::body::Body for WhileBusy {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            this.busy = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -239,15 +239,14 @@ pub(crate) async fn follow(tail: Arc<Tail>, store: SharedStore, shutdown: Cancel
                 if pruned > end {
                     tail.forget_through(pruned);
                 }
-                let read_all = events.len() < FOLLOW_BATCH;
-                let entries: Vec<Serialized> = events.into_iter().map(Serialized::new).collect();
-                let bytes: usize = entries.iter().map(|entry| entry.json.len()).sum();
-                let covered = if read_all && bytes < FOLLOW_BATCH_BYTES {
-                    target
-                } else {
-                    0
-                };
-                tail.extend(entries, covered);
+                // The store stops a read at `FOLLOW_BATCH` events or once their
+                // `event_size`s reach `FOLLOW_BATCH_BYTES`: judged by the same measure,
+                // a read that hit neither read everything up to `target`. A read that
+                // hit one covers only through its last event.
+                let sizes: usize = events.iter().map(event_size).sum();
+                let read_all = events.len() < FOLLOW_BATCH && sizes < FOLLOW_BATCH_BYTES;
+                let covered = if read_all { target } else { 0 };
+                tail.extend(events.into_iter().map(Serialized::new).collect(), covered);
             }
             (Err(error), _) | (_, Err(error)) => {
                 failures = failures.saturating_add(1);
@@ -358,6 +357,60 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    /// A burst larger than one follower read (in `event_size` bytes) reaches the tail
+    /// whole: a read the store cut short must not count as covering up to the head.
+    #[tokio::test]
+    async fn the_follower_misses_nothing_of_a_burst_larger_than_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store: SharedStore = Arc::new(
+            crate::store::SqliteStore::open(path.to_str().unwrap())
+                .await
+                .unwrap(),
+        );
+        // About 5 KB each, together more than two follower batches.
+        let count = 2 * FOLLOW_BATCH_BYTES / 5_000 + 100;
+        let burst: Vec<StoredEvent> = (0..count)
+            .map(|_| {
+                let mut event = event(0, "a");
+                event.position = None;
+                event.event_json = format!("{{\"pad\":\"{}\"}}", "x".repeat(5_000));
+                event
+            })
+            .collect();
+        store.append_batch(burst).await.unwrap();
+        let head = store.head().await.unwrap();
+        assert_eq!(head, count as u64);
+
+        let tail = Arc::new(Tail::new(0, usize::MAX));
+        let shutdown = CancellationToken::new();
+        let follower = tokio::spawn(follow(tail.clone(), store.clone(), shutdown.clone()));
+        let mut end = tail.watch_end();
+        tokio::time::timeout(Duration::from_secs(60), end.wait_for(|&end| end >= head))
+            .await
+            .expect("the tail reaches the store's head")
+            .unwrap();
+        shutdown.cancel();
+        follower.await.unwrap();
+
+        let all = |_: &StoredEvent| true;
+        let mut seen = Vec::new();
+        let mut after = 0;
+        while after < head {
+            let page = tail.read(after, 1000, usize::MAX, None, &all).unwrap();
+            assert!(page.cursor > after, "the tail moves on from {after}");
+            seen.extend(positions(&page));
+            after = page.cursor;
+        }
+        let expected: Vec<u64> = (1..=head).collect();
+        assert_eq!(
+            seen.len(),
+            expected.len(),
+            "every event of the burst, once, in the tail"
+        );
+        assert_eq!(seen, expected);
     }
 
     #[test]

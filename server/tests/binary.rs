@@ -461,6 +461,7 @@ fn limits_that_make_the_server_useless_fail_at_start() {
     for (flag, value) in [
         ("--max-body-bytes", "0"),
         ("--max-long-polls", "0"),
+        ("--max-long-polls-per-tenant", "0"),
         ("--max-connections", "0"),
         ("--header-read-timeout", "0s"),
         ("--idle-timeout", "0s"),

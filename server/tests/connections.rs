@@ -92,8 +92,6 @@ async fn closed_by_server(stream: &mut (impl AsyncRead + Unpin), what: &str) {
 }
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
-/// A long-poll from the start that waits up to 30 s.
-const POLL: &[u8] = b"GET /events?after=0&wait=30 HTTP/1.1\r\nHost: test\r\n\r\n";
 
 #[tokio::test]
 async fn silent_connections_beyond_the_open_file_limit_do_not_lock_out_healthz() {
@@ -217,6 +215,104 @@ async fn expect_continue_with_a_body_over_the_limit_gets_413_at_once() {
     assert_eq!(answer.json()["code"], "payload_too_large");
 }
 
+/// Sends polls that wait 10 ms on `stream` until one is refused `503`: then the
+/// long-poll cap is full. Fails if none is refused within 1000 polls.
+async fn poll_until_refused(stream: &mut TcpStream, parked: &mut [TcpStream]) -> Answer {
+    let mut statuses = Vec::new();
+    loop {
+        stream
+            .write_all(b"GET /events?after=0&wait=0.01 HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(stream).await;
+        if answer.status_line.starts_with("HTTP/1.1 503") {
+            return answer;
+        }
+        statuses.push(answer.status_line);
+        // A parked poll that reached the server while a probe held a slot was refused:
+        // send it again (each waits 30 s, as `park_polls(…, 30)` sent it).
+        for poll in parked.iter_mut() {
+            let mut byte = [0; 1];
+            if let Ok(Ok(1..)) = tokio::time::timeout(Duration::ZERO, poll.peek(&mut byte)).await {
+                let refused = read_answer(poll).await;
+                assert!(
+                    refused.status_line.starts_with("HTTP/1.1 503"),
+                    "a poll was answered before any event: {refused:?}"
+                );
+                poll.write_all(b"GET /events?after=0&wait=30 HTTP/1.1\r\nHost: test\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
+        }
+        assert!(
+            statuses.len() < 1000,
+            "the long-poll cap never refused a poll: {:?}",
+            &statuses[statuses.len() - 3..]
+        );
+    }
+}
+
+/// Opens `count` connections, each with a poll that waits `seconds`.
+async fn park_polls(server: &ServerProcess, count: usize, seconds: u32) -> Vec<TcpStream> {
+    let mut polls = Vec::new();
+    for _ in 0..count {
+        let mut stream = connect(server).await;
+        stream
+            .write_all(
+                format!("GET /events?after=0&wait={seconds} HTTP/1.1\r\nHost: test\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        polls.push(stream);
+    }
+    polls
+}
+
+#[tokio::test]
+async fn parked_polls_never_take_every_connection_slot() {
+    // Asked for more long-polls than connections: the server lowers the long-poll cap to
+    // 7 of the 8 connections.
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--max-connections",
+        "8",
+        "--max-long-polls",
+        "100",
+    ]);
+    // Eight polls that would wait a minute, on all eight connections: one is refused.
+    let (refused, mut refusals) = tokio::sync::mpsc::unbounded_channel();
+    let mut readers = Vec::new();
+    for mut poll in park_polls(&server, 8, 60).await {
+        let refused = refused.clone();
+        readers.push(tokio::spawn(async move {
+            let answer = read_answer(&mut poll).await;
+            let _ = refused.send(answer);
+            poll
+        }));
+    }
+    let answer = tokio::time::timeout(PATIENCE, refusals.recv())
+        .await
+        .expect("none of 8 polls on 8 connections was refused within 30 s")
+        .unwrap();
+    assert!(answer.status_line.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert_eq!(answer.json()["code"], "overloaded", "{answer:?}");
+    // Seven polls still wait, and every connection slot is taken: `/healthz` still
+    // gets one (the refused poll's connection, now idle, makes room).
+    let mut health = connect(&server).await;
+    health.write_all(HEALTHZ).await.unwrap();
+    let answer = read_answer(&mut health).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        refusals.try_recv().is_err(),
+        "only one of the 8 polls is refused"
+    );
+    for reader in readers {
+        reader.abort();
+    }
+}
+
 /// At the cap, the connection that waits for a request is closed to make room, and
 /// those answering a request (parked long-polls) are left alone.
 #[tokio::test]
@@ -229,42 +325,11 @@ async fn the_cap_closes_a_waiting_connection_never_one_with_a_request_in_flight(
         "--max-long-polls",
         "3",
     ]);
-    let mut polls = Vec::new();
-    for _ in 0..3 {
-        let mut stream = connect(&server).await;
-        stream.write_all(POLL).await.unwrap();
-        polls.push(stream);
-    }
+    let mut polls = park_polls(&server, 3, 30).await;
     // The fourth connection asks until the long-poll limit refuses it: then all three
     // polls are parked, and it is the one connection waiting for a request.
     let mut idle = connect(&server).await;
-    let mut statuses = Vec::new();
-    loop {
-        idle.write_all(b"GET /events?after=0&wait=0.01 HTTP/1.1\r\nHost: test\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_answer(&mut idle).await;
-        if answer.status_line.starts_with("HTTP/1.1 503") {
-            break;
-        }
-        statuses.push(answer.status_line);
-        // A poll that arrived while a probe held a slot was refused: send it again.
-        for poll in &mut polls {
-            let mut byte = [0; 1];
-            if let Ok(Ok(1..)) = tokio::time::timeout(Duration::ZERO, poll.peek(&mut byte)).await {
-                let refused = read_answer(poll).await;
-                assert!(
-                    refused.status_line.starts_with("HTTP/1.1 503"),
-                    "a poll was answered before any event: {refused:?}"
-                );
-                poll.write_all(POLL).await.unwrap();
-            }
-        }
-        assert!(
-            statuses.len() < 1000,
-            "the polls never parked: {statuses:?}"
-        );
-    }
+    poll_until_refused(&mut idle, &mut polls).await;
     let mut late = connect(&server).await;
     late.write_all(HEALTHZ).await.unwrap();
     let answer = read_answer(&mut late).await;
@@ -306,4 +371,142 @@ async fn the_cap_closes_a_waiting_connection_never_one_with_a_request_in_flight(
             "poll {n}: {answer:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_page_still_being_sent_is_never_closed_to_make_room() {
+    let server = ServerProcess::start(&[
+        "--database",
+        "memory",
+        "--max-connections",
+        "2",
+        "--max-page-bytes",
+        "16777216",
+    ]);
+    // About 10 MB of events: more than the sockets buffer between server and client.
+    let http = reqwest::Client::new();
+    for n in 0..100 {
+        let event = serde_json::json!({
+            "id": uuid::Uuid::now_v7(),
+            "createdAt": "2024-12-04T10:00:15Z",
+            "aggregateId": format!("order-{n}"),
+            "eventType": "OrderPurchasedEvent",
+            "eventJson": serde_json::json!({"pad": "x".repeat(100_000)}).to_string(),
+        });
+        let response = http
+            .post(format!("{}/events", server.base))
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    }
+
+    // Live reads may lag the commit a moment (the tail answers with what it has): wait
+    // until one page from the start holds all 100, as the slow reader's page must.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (page, _, _) =
+            common::read_page(&http, &format!("{}/events?after=0&limit=1000", server.base)).await;
+        if page.len() == 100 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the 100th event is not served after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A reader that takes the answer's head, then nothing more for now: the server is
+    // left writing the body.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address = server.base.trim_start_matches("http://").parse().unwrap();
+    let mut slow = socket.connect(address).await.unwrap();
+    slow.write_all(b"GET /events?after=0&limit=1000 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let head_end = loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let mut chunk = [0; 1024];
+        let n = tokio::time::timeout(PATIENCE, slow.read(&mut chunk))
+            .await
+            .expect("the page's head within 30 s")
+            .unwrap();
+        assert!(n > 0, "closed before the page's head");
+        received.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // Both slots taken (one by a connection that sends nothing), then a third connection:
+    // the cap makes room by closing the silent one, not the one still sending its page.
+    let _silent = connect(&server).await;
+    let mut health = connect(&server).await;
+    health.write_all(HEALTHZ).await.unwrap();
+    let answer = read_answer(&mut health).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 200"), "{answer:?}");
+
+    // Read on until the body is whole by its framing, or the server closes.
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    let mut body = received[head_end..].to_vec();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let whole = match length {
+                Some(length) => body.len() >= length,
+                None => chunked && body.ends_with(b"\r\n0\r\n\r\n"),
+            };
+            if whole {
+                break;
+            }
+            let mut chunk = [0; 65536];
+            match slow.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the whole page, or the connection closed, within 30 s");
+    // Cut short, the page would not parse.
+    let json = if chunked {
+        dechunk(&body)
+    } else {
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    let page: Vec<Value> = serde_json::from_str(&json).unwrap_or_else(|error| {
+        panic!(
+            "the page arrived cut short ({error}): {} of its bytes",
+            body.len()
+        )
+    });
+    let positions: Vec<u64> = page.iter().filter_map(|e| e["position"].as_u64()).collect();
+    assert_eq!(positions, (1..=100).collect::<Vec<_>>());
+}
+
+/// The payload of a chunked HTTP/1 body (as far as it is whole).
+fn dechunk(mut body: &[u8]) -> String {
+    let mut payload = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&body[..line_end]).trim(), 16)
+            .unwrap_or(0);
+        let end = line_end + 2 + size;
+        if size == 0 || body.len() < end + 2 {
+            break;
+        }
+        payload.extend_from_slice(&body[line_end + 2..end]);
+        body = &body[end + 2..];
+    }
+    String::from_utf8_lossy(&payload).into_owned()
 }

@@ -1,6 +1,6 @@
 //! The plain requests of `post` and `stats`, and what each failure tells the user.
 
-use distributed_events_client::wire::{ErrorBody, Receipt};
+use distributed_events_client::wire::{codes, ErrorBody, Receipt};
 use distributed_events_client::StoredEvent;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -36,17 +36,33 @@ impl Server {
     pub(crate) async fn head(&self) -> Result<u64, Failure> {
         #[derive(serde::Deserialize)]
         struct Health {
-            head: u64,
+            head: Option<u64>,
         }
         let health: Health = self.get_json(&format!("{}/healthz", self.url)).await?;
-        Ok(health.head)
+        // The server shows its head only to callers with a valid token.
+        health.head.ok_or_else(|| {
+            refusal(
+                401,
+                "unauthorized",
+                "/healthz shows the head only to callers with a valid token",
+                self.token.is_some(),
+            )
+        })
     }
 
     /// The oldest event this caller may see, if any: where the retained window starts.
     pub(crate) async fn oldest(&self) -> Result<Option<StoredEvent>, Failure> {
-        let page: Vec<StoredEvent> = self
-            .get_json(&format!("{}/events?after=0&limit=1", self.url))
+        let first_page = |after: u64| format!("{}/events?after={after}&limit=1", self.url);
+        let (status, body) = self
+            .answer(self.authorized(self.http.get(first_page(0))))
             .await?;
+        // After a cleanup the events right after 0 are gone; the server says where the
+        // kept ones start.
+        let body = match expired_resume_after(status, &body) {
+            Some(resume_after) => self.get(&first_page(resume_after)).await?,
+            None => self.success(status, body)?,
+        };
+        let page: Vec<StoredEvent> = decode(&body)?;
         Ok(page.into_iter().next())
     }
 
@@ -73,7 +89,11 @@ impl Server {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, Failure> {
-        decode(&self.send(self.authorized(self.http.get(url))).await?)
+        decode(&self.get(url).await?)
+    }
+
+    async fn get(&self, url: &str) -> Result<String, Failure> {
+        self.send(self.authorized(self.http.get(url))).await
     }
 
     fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -85,6 +105,15 @@ impl Server {
 
     /// Sends `request`; the body of a 2xx answer, or what went wrong.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<String, Failure> {
+        let (status, body) = self.answer(request).await?;
+        self.success(status, body)
+    }
+
+    /// Sends `request`; the answer's status and body, whatever the status.
+    async fn answer(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, String), Failure> {
         let response = request
             .send()
             .await
@@ -94,6 +123,11 @@ impl Server {
             .text()
             .await
             .map_err(|error| unreachable(&self.url, &describe(&error)))?;
+        Ok((status, body))
+    }
+
+    /// The body of a 2xx answer, or the failure an error answer means.
+    fn success(&self, status: StatusCode, body: String) -> Result<String, Failure> {
         if status.is_success() {
             return Ok(body);
         }
@@ -123,6 +157,18 @@ pub(crate) fn refusal(status: u16, code: &str, message: &str, has_token: bool) -
         Ok(StatusCode::GONE) => Failure::CursorGone(said),
         _ => Failure::Refused(said),
     }
+}
+
+/// Where to resume when the answer is `410 cursor_expired`: retention deleted the events
+/// after the cursor.
+fn expired_resume_after(status: StatusCode, body: &str) -> Option<u64> {
+    if status != StatusCode::GONE {
+        return None;
+    }
+    let error: ErrorBody = serde_json::from_str(body).ok()?;
+    (error.code == codes::CURSOR_EXPIRED)
+        .then_some(error.resume_after)
+        .flatten()
 }
 
 /// The failure when no answer came.

@@ -218,9 +218,10 @@ async fn stats(server: &Server, args: StatsArgs) -> Result<(), Failure> {
     match oldest {
         Some(oldest) => {
             let first = oldest.position.unwrap_or_default();
-            // Below `first - 1`, the events right after the cursor were deleted.
-            let expired = if first > 1 {
-                format!("; `tail --after` below {} gets 410", first - 1)
+            // Below `first - 1`, the events right after the cursor were deleted (`0`
+            // goes on from the oldest kept all the same).
+            let expired = if first > 2 {
+                format!("; `tail --after` 1 to {} gets 410", first - 2)
             } else {
                 String::new()
             };

@@ -85,6 +85,16 @@ pub(crate) async fn run(server: &Server, args: TailArgs) -> Result<(), Failure> 
             // Errors first: a reset must stop us before events past the gap print.
             biased;
             Some(error) = errors.next() => {
+                if let ClientError::CursorReset { from: 0, resume_after, .. } = &error {
+                    if args.after == Some(0) {
+                        // `--after 0` asks for everything kept: retention deleted the
+                        // start, so everything kept begins after `resume_after`.
+                        eprintln!(
+                            "the server deleted its oldest events: following from the oldest it kept, after position {resume_after}"
+                        );
+                        continue;
+                    }
+                }
                 if let Some(failure) = fatal(server, &error) {
                     break Err(failure);
                 }
