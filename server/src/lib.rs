@@ -56,7 +56,7 @@ pub mod store;
 mod tail;
 mod telemetry;
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -93,7 +93,10 @@ pub enum PublishError {
 
 /// A server-side event bus whose every event is persisted and served to clients.
 ///
-/// Cheap to clone; clones share everything.
+/// Cheap to clone; clones share everything. When the last clone (and the last router
+/// made from one) is dropped, the background tasks stop and release the store, as
+/// [`begin_shutdown`](Self::begin_shutdown) would; [`close`](Self::close) also waits
+/// for them and flushes the store.
 #[derive(Clone)]
 pub struct EventBusServer {
     inner: Arc<Inner>,
@@ -112,8 +115,17 @@ struct Inner {
     long_polls: Arc<long_polls::LongPolls>,
     /// The recent events, from which live polls are answered.
     tail: Arc<tail::Tail>,
-    /// The periodic cleanup and the tail's follower.
+    /// The periodic cleanup and the tail's follower. They hold no `EventBusServer`, so
+    /// they do not keep it alive.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The drop guard: the last handle gone, the background tasks stop, and with them
+/// their hold on the store.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 /// Configures an [`EventBusServer`].
@@ -223,7 +235,11 @@ impl EventBusServerBuilder {
             }),
         };
         if let (Some(_), Some(interval)) = (self.retention, self.cleanup_interval) {
-            let task = tokio::spawn(run_cleanup(server.clone(), interval));
+            let task = tokio::spawn(run_cleanup(
+                Arc::downgrade(&server.inner),
+                server.inner.shutdown.clone(),
+                interval,
+            ));
             server
                 .inner
                 .tasks
@@ -235,15 +251,20 @@ impl EventBusServerBuilder {
     }
 }
 
-async fn run_cleanup(server: EventBusServer, interval: Duration) {
+/// Cleans up every `interval` until shutdown. It holds the server only while a cleanup
+/// runs: a strong reference would keep it alive forever.
+async fn run_cleanup(server: Weak<Inner>, shutdown: CancellationToken, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = server.inner.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        match server.cleanup().await {
+        let Some(inner) = server.upgrade() else {
+            return;
+        };
+        match (EventBusServer { inner }).cleanup().await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retention cleanup"),
             Err(error) => {
