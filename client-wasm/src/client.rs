@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use distributed_events_shared::{
     AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, StoredEvent,
 };
@@ -62,7 +62,7 @@ pub(crate) struct Inner {
     cursor_key: String,
     page_size: u32,
     backoff: (Duration, Duration),
-    request_timeout: Duration,
+    timeout_beyond_wait: Duration,
     platform: Box<dyn Platform>,
     state: Mutex<State>,
     events: Broadcast<StoredEvent>,
@@ -128,7 +128,7 @@ impl EventBusClient {
             cursor_key,
             page_size: config.page_size,
             backoff: config.backoff,
-            request_timeout: config.request_timeout,
+            timeout_beyond_wait: config.timeout_beyond_wait,
             platform,
             state: Mutex::new(State {
                 delivery: Delivery::new(None, config.dedup_capacity),
@@ -210,10 +210,11 @@ impl EventBusClient {
         self.inner().publish(stored, Some(AnyEvent::new(event)))
     }
 
-    /// Publishes an untyped event, as [`publish`](Self::publish) does; typed subscribers
-    /// get it when its type is registered. Fails when `eventJson` is not JSON or does not
-    /// decode as the registered type.
-    pub fn publish_stored(&self, mut event: StoredEvent) -> Result<(), ClientError> {
+    /// Publishes an untyped event, given as a wire record that nothing has stored yet,
+    /// as [`publish`](Self::publish) does; typed subscribers get it when its type is
+    /// registered. Fails when `eventJson` is not JSON or does not decode as the
+    /// registered type.
+    pub fn publish_record(&self, mut event: StoredEvent) -> Result<(), ClientError> {
         let invalid = |message: String| ClientError::InvalidEvent { message };
         if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&event.event_json) {
             return Err(invalid(format!("eventJson is not JSON: {error}")));
@@ -477,8 +478,7 @@ impl Inner {
 
     /// Shows `error` in the status, reports it unless transient, and waits `delay`.
     async fn back_off(&self, side: Side, error: ClientError, delay: Duration) {
-        let retry_at =
-            Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let retry_at = retry_time(Utc::now(), delay);
         if !error.is_transient() {
             self.report(error.clone());
         }
@@ -489,6 +489,15 @@ impl Inner {
     fn next_delay(&self, backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
         backoff.next(retry_after, &mut self.lock().jitter)
     }
+}
+
+/// When a retry after `delay` from `now` is due; the latest time there is when that lies
+/// past it (a backoff of `Duration::MAX`).
+fn retry_time(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|delay| now.checked_add_signed(delay))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The receiving loop: find the start, then poll, dispatch, repeat.
@@ -510,8 +519,10 @@ async fn receive(inner: Arc<Inner>) {
     loop {
         let cursor = inner.lock().delivery.cursor();
         let (wait, timeout) = match inner.mode {
-            Mode::LongPoll { wait } => (caught_up.then_some(wait), inner.request_timeout + wait),
-            Mode::Poll { .. } => (None, inner.request_timeout),
+            Mode::LongPoll { wait } => {
+                (caught_up.then_some(wait), inner.timeout_beyond_wait + wait)
+            }
+            Mode::Poll { .. } => (None, inner.timeout_beyond_wait),
         };
         let asked_at = Utc::now();
         let result = match (cursor, start) {
@@ -584,7 +595,7 @@ async fn receive(inner: Arc<Inner>) {
                 let delay = inner.next_delay(&mut backoff, retry_after);
                 inner.back_off(Side::Receive, error, delay).await;
             }
-            Err(Failure::Refused(error)) => {
+            Err(Failure::Rejected(error)) => {
                 // A query the server will not take: the app hears of it; retrying slowly
                 // lets a fixed server pick up again.
                 let delay = inner.next_delay(&mut backoff, None);
@@ -609,7 +620,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
         loop {
             // The same body each time: the event id makes the retry idempotent.
             let result = inner
-                .exchange(request.clone(), inner.request_timeout)
+                .exchange(request.clone(), inner.timeout_beyond_wait)
                 .await
                 .and_then(protocol::read_receipt);
             match result {
@@ -622,7 +633,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
                     let delay = inner.next_delay(&mut backoff, retry_after);
                     inner.back_off(Side::Send, error, delay).await;
                 }
-                Err(Failure::Refused(error)) => {
+                Err(Failure::Rejected(error)) => {
                     inner.forget_echo(event.id);
                     inner.set_status(Side::Send, Status::Live);
                     inner.report(match error {

@@ -77,7 +77,7 @@ pub struct ClientBuilder {
     pub(crate) page_size: u32,
     pub(crate) dedup_capacity: usize,
     pub(crate) backoff: (Duration, Duration),
-    pub(crate) request_timeout: Duration,
+    pub(crate) timeout_beyond_wait: Duration,
 }
 
 /// The long-poll wait: below the server's cap (30 s) and below the idle timeouts of
@@ -102,7 +102,7 @@ impl ClientBuilder {
             page_size: 1000,
             dedup_capacity: 4096,
             backoff: (Duration::from_millis(500), Duration::from_secs(30)),
-            request_timeout: Duration::from_secs(15),
+            timeout_beyond_wait: Duration::from_secs(15),
         }
     }
 
@@ -204,9 +204,10 @@ impl ClientBuilder {
         self
     }
 
-    /// How long a request may take beyond its long-poll wait (default 15 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+    /// How long a request may take beyond its long-poll wait (default 15 s): a long-poll
+    /// times out after its wait plus this; a post or a poll without a wait, after this.
+    pub fn timeout_beyond_wait(mut self, timeout: Duration) -> Self {
+        self.timeout_beyond_wait = timeout;
         self
     }
 
@@ -234,16 +235,11 @@ impl ClientBuilder {
 
     fn validate(&mut self) -> Result<(), ClientError> {
         let fail = |message: String| Err(ClientError::Config { message });
-        let url = self.server_url.trim();
-        // Relative URLs ("/api") reach the page's own origin, which only a browser has.
-        let relative_ok = cfg!(target_arch = "wasm32") && url.starts_with('/');
-        if !(url.starts_with("http://") || url.starts_with("https://") || relative_ok) {
-            return fail(format!(
-                "serverUrl must start with http:// or https://, got {:?}",
-                self.server_url
-            ));
-        }
-        self.server_url = url.trim_end_matches('/').to_owned();
+        self.server_url = server_url(
+            &self.server_url,
+            "the server URL of `EventBusClient::builder`",
+        )
+        .map_err(|message| ClientError::Config { message })?;
         for (name, value) in &self.headers {
             let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
             if name.is_empty() || !name.chars().all(token_char) {
@@ -280,6 +276,20 @@ impl ClientBuilder {
         }
         Ok(())
     }
+}
+
+/// `url` without surrounding blanks and trailing slashes, or what is wrong with it,
+/// calling it `name` (the builder's argument, or the JS option).
+pub(crate) fn server_url(url: &str, name: &str) -> Result<String, String> {
+    let trimmed = url.trim();
+    // Relative URLs ("/api") reach the page's own origin, which only a browser has.
+    let relative_ok = cfg!(target_arch = "wasm32") && trimmed.starts_with('/');
+    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://") || relative_ok) {
+        return Err(format!(
+            "{name} must start with http:// or https://, got {url:?}"
+        ));
+    }
+    Ok(trimmed.trim_end_matches('/').to_owned())
 }
 
 impl std::fmt::Debug for ClientBuilder {

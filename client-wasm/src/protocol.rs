@@ -78,10 +78,12 @@ pub(crate) enum Failure {
     },
     /// `410`: the cursor is gone; poll again with `after = resume_after`.
     Reset { code: String, resume_after: u64 },
-    /// The server refused the request itself (`400`, `409`, `413`): sending it again
-    /// cannot succeed. Any other status says nothing against the request, not even
+    /// The server rejected the request itself (`400`, `409`, `413`): sent again
+    /// unchanged, it gets the same answer until the server changes. The send loop drops
+    /// the event; the receive loop, which has no other request to make, reports it and
+    /// retries slowly. Any other status says nothing against the request, not even
     /// against an event: a `404` or `405` means the client is pointed at the wrong place.
-    Refused(ClientError),
+    Rejected(ClientError),
 }
 
 /// One page of `GET /events`.
@@ -232,7 +234,7 @@ fn success(response: HttpResponse) -> Result<HttpResponse, Failure> {
         },
     };
     if matches!(status, 400 | 409 | 413) {
-        return Err(Failure::Refused(error));
+        return Err(Failure::Rejected(error));
     }
     // Anything else may pass: the server recovers, the token source has a fresh token
     // (401), the address or a proxy is fixed (404, 405).
@@ -376,13 +378,13 @@ mod tests {
         ));
         assert!(matches!(
             read_receipt(answer(409, r#"{"error":"used","code":"id_conflict"}"#)).unwrap_err(),
-            Failure::Refused(error) if error.code() == "id_conflict"
+            Failure::Rejected(error) if error.code() == "id_conflict"
         ));
         for (status, code) in [(400, "bad_request"), (413, "payload_too_large")] {
             let body = format!(r#"{{"error":"no","code":"{code}"}}"#);
             assert!(matches!(
                 read_receipt(answer(status, &body)).unwrap_err(),
-                Failure::Refused(error) if error.code() == code
+                Failure::Rejected(error) if error.code() == code
             ));
         }
         // Not a refusal of the event: the client is pointed at the wrong place, or a

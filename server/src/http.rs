@@ -54,8 +54,9 @@ pub struct Limits {
     /// [`max_long_polls`](Self::max_long_polls). Applies only with an authenticator.
     pub max_long_polls_per_tenant: Option<usize>,
     /// Longest time a request may take beyond the longest `wait` ([`max_wait`](Self::max_wait))
-    /// before it is answered `503` (default 30 s, so 60 s in all).
-    pub request_timeout: Duration,
+    /// before it is answered `503` (default 30 s, so 60 s in all): the timeout of a
+    /// request is `max_wait` plus this.
+    pub timeout_beyond_wait: Duration,
     /// Longest time a `POST /events` body may take to arrive; past it the answer is `408`
     /// (default 15 s).
     pub body_read_timeout: Duration,
@@ -71,7 +72,7 @@ impl Default for Limits {
             max_wait: Duration::from_secs(30),
             max_long_polls: 10_000,
             max_long_polls_per_tenant: None,
-            request_timeout: Duration::from_secs(30),
+            timeout_beyond_wait: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(15),
         }
     }
@@ -303,7 +304,12 @@ async fn record(request: Request, next: Next) -> Response {
 /// timeout, as when the store hangs.
 async fn deadline(State(server): State<EventBusServer>, request: Request, next: Next) -> Response {
     let limits = &server.inner.limits;
-    match tokio::time::timeout(limits.max_wait + limits.request_timeout, next.run(request)).await {
+    match tokio::time::timeout(
+        limits.max_wait + limits.timeout_beyond_wait,
+        next.run(request),
+    )
+    .await
+    {
         Ok(response) => response,
         Err(_) => {
             tracing::error!("request timed out");
@@ -447,7 +453,7 @@ async fn get_events(
         (None, None) => Err(AppError::BadRequest(
             "`after` or `since` is required: pass `after=<position>` (a whole number, 0 for the start) or `since=<RFC 3339 time>`".into(),
         )),
-        (None, Some(since)) => read_since(&server, &principal, since, limit).await,
+        (None, Some(since)) => page_since(&server, &principal, since, limit).await,
         (Some(after), None) => {
             let after = after.parse::<u64>().map_err(|_| {
                 AppError::BadRequest(format!("`after` must be a whole number of 0 or more, got {after:?}"))
@@ -587,8 +593,8 @@ async fn read_after(
 /// such event on in position order, filtered before the limit as in cursor mode. The
 /// cursor header works as in cursor mode, so a client can go on with `after=`. With no
 /// such event it is the head as of before the read, never 0: a client that starts "from
-/// now" must not replay history.
-async fn read_since(
+/// now" must not replay history. (The store's `read_since` only finds the first event.)
+async fn page_since(
     server: &EventBusServer,
     principal: &Principal,
     since: &str,

@@ -30,6 +30,11 @@ pub struct DomainEvent<T> {
     /// Unique id; also the idempotency key when the event is posted to a server.
     pub id: Uuid,
     /// When the event happened, in UTC, at microsecond precision.
+    ///
+    /// One time, named by layer: `occurred_at` here, `occurredAt` in the JS
+    /// `ClientEvent`, [`StoredEvent::created_at`](crate::StoredEvent::created_at) on a
+    /// record, and `createdAt` on the wire (docs/PROTOCOL.md). All four carry the same
+    /// value: the publisher's clock, truncated to microseconds by the server.
     pub occurred_at: DateTime<Utc>,
     /// The aggregate the event belongs to.
     pub aggregate_id: String,

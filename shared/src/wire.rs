@@ -20,7 +20,8 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 pub struct StoredEvent {
     /// Unique event id, chosen by whoever created the event; the idempotency key.
     pub id: Uuid,
-    /// When the event happened (RFC 3339, UTC).
+    /// When the event happened (RFC 3339, UTC). The same time as a decoded event's
+    /// `occurred_at` (`occurredAt` in JS); `DomainEvent::occurred_at` lists its names.
     pub created_at: DateTime<Utc>,
     /// The aggregate the event belongs to.
     #[cfg_attr(feature = "openapi", schema(min_length = 1))]

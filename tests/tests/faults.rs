@@ -501,7 +501,7 @@ async fn through_a_chaos_proxy_clients_resume_outboxes_drain_and_nothing_is_lost
     // enough that stalls hit them.
     let through_proxy = || {
         client(&proxy.url())
-            .request_timeout(Duration::from_millis(800))
+            .timeout_beyond_wait(Duration::from_millis(800))
             .long_poll(Duration::from_secs(1))
     };
     let consumers: Vec<Recorder> = (0..3)
