@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use distributed_events_shared::{
-    AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, StoredEvent,
+    AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, EventsQuery,
+    StoredEvent,
 };
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::channel::oneshot;
@@ -21,7 +22,7 @@ use crate::broadcast::{Broadcast, Subscription};
 use crate::config::{ClientBuilder, Mode, Start, TokenSource};
 use crate::delivery::Delivery;
 use crate::platform::{HttpRequest, HttpResponse, MaybeSend, Platform};
-use crate::protocol::{self, Failure, Page, Query};
+use crate::protocol::{self, Failure, Page};
 use crate::status::{Status, StatusParts};
 use crate::{ClientError, CursorStore};
 
@@ -525,24 +526,30 @@ async fn receive(inner: Arc<Inner>) {
             Mode::Poll { .. } => (None, inner.timeout_beyond_wait),
         };
         let asked_at = Utc::now();
-        let result = match (cursor, start) {
-            (Some(after), _) => {
-                let query = Query::After { after, wait };
-                let request = protocol::events_request(&inner.base, &query, inner.page_size);
+        let query = match (cursor, start) {
+            (Some(after), _) => Some(EventsQuery {
+                after: Some(after),
+                wait,
+                ..EventsQuery::default()
+            }),
+            (None, Start::Timestamp(since)) => Some(EventsQuery {
+                since: Some(since),
+                ..EventsQuery::default()
+            }),
+            (None, _) => None,
+        };
+        let result = match query {
+            Some(query) => {
+                let query = EventsQuery {
+                    limit: Some(inner.page_size.into()),
+                    ..query
+                };
                 inner
-                    .exchange(request, timeout)
+                    .exchange(protocol::events_request(&inner.base, &query), timeout)
                     .await
                     .and_then(protocol::read_page)
             }
-            (None, Start::Timestamp(since)) => {
-                let request =
-                    protocol::events_request(&inner.base, &Query::Since(since), inner.page_size);
-                inner
-                    .exchange(request, timeout)
-                    .await
-                    .and_then(protocol::read_page)
-            }
-            (None, _) => {
+            None => {
                 let request = protocol::head_request(&inner.base);
                 match inner
                     .exchange(request, timeout)

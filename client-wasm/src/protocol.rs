@@ -3,41 +3,16 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use distributed_events_shared::wire::{codes, CURSOR_HEADER};
-use distributed_events_shared::{ErrorBody, Receipt, StoredEvent};
+use distributed_events_shared::{ErrorBody, EventsQuery, Receipt, StoredEvent};
 use serde::Deserialize;
 
 use crate::platform::{HttpRequest, HttpResponse, Method};
 use crate::ClientError;
 
-/// What a `GET /events` asks for.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Query {
-    /// Cursor mode, long-polling when `wait` is set.
-    After { after: u64, wait: Option<Duration> },
-    /// Timestamp mode, to find a starting point.
-    Since(DateTime<Utc>),
-}
-
-pub(crate) fn events_request(base: &str, query: &Query, limit: u32) -> HttpRequest {
-    let url = match query {
-        Query::After { after, wait: None } => format!("{base}/events?after={after}&limit={limit}"),
-        Query::After {
-            after,
-            wait: Some(wait),
-        } => format!(
-            "{base}/events?after={after}&limit={limit}&wait={}.{:03}",
-            wait.as_secs(),
-            wait.subsec_millis()
-        ),
-        // `Z` and no `+`, so the time needs no escaping in a query string.
-        Query::Since(since) => format!(
-            "{base}/events?since={}&limit={limit}",
-            since.to_rfc3339_opts(SecondsFormat::Micros, true)
-        ),
-    };
-    get(url)
+/// `GET /events` with `query` (the query type is shared with the server).
+pub(crate) fn events_request(base: &str, query: &EventsQuery) -> HttpRequest {
+    get(format!("{base}/events?{}", query.to_query_string()))
 }
 
 /// `GET /healthz`, whose `head` is where a client that starts "now" begins.
@@ -262,16 +237,25 @@ mod tests {
     fn requests_follow_the_protocol() {
         let poll = events_request(
             "http://h",
-            &Query::After {
-                after: 5,
+            &EventsQuery {
+                after: Some(5),
+                limit: Some(100),
                 wait: Some(Duration::from_millis(25_500)),
+                ..EventsQuery::default()
             },
-            100,
         );
         assert_eq!(poll.url, "http://h/events?after=5&limit=100&wait=25.500");
         let since = "2024-12-04T10:00:05.123456Z".parse().unwrap();
         assert_eq!(
-            events_request("http://h", &Query::Since(since), 10).url,
+            events_request(
+                "http://h",
+                &EventsQuery {
+                    since: Some(since),
+                    limit: Some(10),
+                    ..EventsQuery::default()
+                }
+            )
+            .url,
             "http://h/events?since=2024-12-04T10:00:05.123456Z&limit=10"
         );
     }

@@ -5,9 +5,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Query, Request, State,
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, RawQuery, Request, State,
 };
 use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -15,10 +15,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use distributed_events_shared::wire::{codes, ErrorBody, CURSOR_HEADER, REPLAYED_HEADER};
-use distributed_events_shared::{InvalidEvent, Receipt, StoredEvent};
-use serde::{Deserialize, Serialize};
+use distributed_events_shared::{EventsQuery, InvalidEvent, Receipt, StoredEvent};
+use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
@@ -416,29 +415,6 @@ impl FromRequestParts<EventBusServer> for Caller {
     }
 }
 
-/// The query of `GET /events`. Every field is taken as text and parsed by the handler,
-/// so that a malformed one gets a `400` that names it; the schema says what is valid.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct EventsQuery {
-    /// Cursor mode: the events after this position; `0` for the start, then the
-    /// `X-Events-Cursor` of the previous answer. Pass `after` or `since`, not both.
-    #[param(value_type = Option<u64>, minimum = 0)]
-    after: Option<String>,
-    /// Timestamp mode: the events with `createdAt` at or after this time, from the first
-    /// such event on in position order.
-    #[param(value_type = Option<String>, format = DateTime)]
-    since: Option<String>,
-    /// Most events in the answer, from 1; larger values are lowered to the server's cap
-    /// (1000 by default).
-    #[param(value_type = Option<u64>, minimum = 1)]
-    limit: Option<String>,
-    /// Cursor mode: when no event is available, wait up to this many seconds for one
-    /// (decimals allowed; larger values are lowered to the server's cap, 30 s by default).
-    #[param(value_type = Option<f64>, minimum = 0)]
-    wait: Option<String>,
-}
-
 /// The error answers that `/events` may give to any request.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // only documents: `AppError` builds these answers
@@ -473,12 +449,17 @@ enum CommonErrors {
 async fn get_events(
     State(server): State<EventBusServer>,
     Caller(principal): Caller,
-    query: Result<Query<EventsQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
-    let Query(query) = query.map_err(|rejection| AppError::BadRequest(rejection.body_text()))?;
+    let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+        .map_err(|error| AppError::BadRequest(error.to_string()))?;
     let limits = server.limits();
-    let limit = parse_limit(query.limit.as_deref(), limits.max_page)?;
-    let page = match (query.after.as_deref(), query.since.as_deref()) {
+    let limit = query.limit.map_or(limits.max_page, |limit| {
+        usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(limits.max_page)
+    });
+    let page = match (query.after, query.since) {
         (Some(_), Some(_)) => {
             return Err(AppError::BadRequest(
                 "pass either `after` (a position) or `since` (a time), not both".into(),
@@ -489,52 +470,13 @@ async fn get_events(
                 "`after` or `since` is required: pass `after=<position>` (a whole number, 0 for the start) or `since=<RFC 3339 time>`".into(),
             ))
         }
-        (None, Some(since)) => server.page_since(&principal, parse_since(since)?, limit).await?,
+        (None, Some(since)) => server.page_since(&principal, since, limit).await?,
         (Some(after), None) => {
-            let after = after.parse::<u64>().map_err(|_| {
-                AppError::BadRequest(format!("`after` must be a whole number of 0 or more, got {after:?}"))
-            })?;
-            let wait = parse_wait(query.wait.as_deref(), limits.max_wait)?;
+            let wait = query.wait.unwrap_or_default().min(limits.max_wait);
             server.read_after(&principal, after, limit, wait).await?
         }
     };
     Ok(events_response(page.events, page.cursor))
-}
-
-fn parse_limit(limit: Option<&str>, max: usize) -> Result<usize, AppError> {
-    let Some(limit) = limit else { return Ok(max) };
-    match limit.parse::<u64>() {
-        Ok(0) | Err(_) => Err(AppError::BadRequest(format!(
-            "`limit` must be a whole number from 1 to {max}, got {limit:?}"
-        ))),
-        Ok(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX).min(max)),
-    }
-}
-
-fn parse_wait(wait: Option<&str>, max: Duration) -> Result<Duration, AppError> {
-    let Some(wait) = wait else {
-        return Ok(Duration::ZERO);
-    };
-    match wait.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
-            Ok(Duration::from_secs_f64(seconds.min(max.as_secs_f64())))
-        }
-        _ => Err(AppError::BadRequest(format!(
-            "`wait` must be a number of seconds from 0 to {}, got {wait:?}",
-            max.as_secs_f64()
-        ))),
-    }
-}
-
-/// `since` as a time, or a `400` that says what it should be.
-fn parse_since(since: &str) -> Result<DateTime<Utc>, AppError> {
-    DateTime::parse_from_rfc3339(since)
-        .map(|since| since.with_timezone(&Utc))
-        .map_err(|error| {
-            AppError::BadRequest(format!(
-                "`since` must be an RFC 3339 time such as 2024-12-04T10:00:00Z, got {since:?} ({error})"
-            ))
-        })
 }
 
 /// A JSON array of already serialized events, with the cursor header. The body is sent
