@@ -143,6 +143,7 @@ impl From<ReadError> for AppError {
     fn from(error: ReadError) -> Self {
         match error {
             ReadError::Store(error) => Self::store(error),
+            ReadError::Query(message) => Self::BadRequest(message.into()),
             ReadError::CursorExpired { resume_after } => Self::CursorExpired { resume_after },
             ReadError::CursorAhead { resume_after } => Self::CursorAhead { resume_after },
             ReadError::Overloaded(reason) => Self::Overloaded {
@@ -453,29 +454,7 @@ async fn get_events(
 ) -> Result<Response, AppError> {
     let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|error| AppError::BadRequest(error.to_string()))?;
-    let limits = server.limits();
-    let limit = query.limit.map_or(limits.max_page, |limit| {
-        usize::try_from(limit)
-            .unwrap_or(usize::MAX)
-            .min(limits.max_page)
-    });
-    let page = match (query.after, query.since) {
-        (Some(_), Some(_)) => {
-            return Err(AppError::BadRequest(
-                "pass either `after` (a position) or `since` (a time), not both".into(),
-            ))
-        }
-        (None, None) => {
-            return Err(AppError::BadRequest(
-                "`after` or `since` is required: pass `after=<position>` (a whole number, 0 for the start) or `since=<RFC 3339 time>`".into(),
-            ))
-        }
-        (None, Some(since)) => server.page_since(&principal, since, limit).await?,
-        (Some(after), None) => {
-            let wait = query.wait.unwrap_or_default().min(limits.max_wait);
-            server.read_after(&principal, after, limit, wait).await?
-        }
-    };
+    let page = server.read_events(&principal, &query).await?;
     Ok(events_response(page.events, page.cursor))
 }
 

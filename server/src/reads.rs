@@ -1,12 +1,12 @@
-//! Reading events for a caller: the two modes of `GET /events`, without HTTP. The
-//! HTTP edge parses the query, calls these, and turns the answer or [`ReadError`] into a
-//! response.
+//! Reading events for a caller: `GET /events` without HTTP. The HTTP edge parses the
+//! query ([`EventsQuery`], from `shared`), calls [`EventBusServer::read_events`], and
+//! turns the page or [`ReadError`] into a response; a new query parameter is used here.
 
 use std::time::Duration;
 
 use axum::body::Bytes;
 use chrono::{DateTime, Utc};
-use distributed_events_shared::StoredEvent;
+use distributed_events_shared::{EventsQuery, StoredEvent};
 
 use crate::auth::{is_visible, Principal};
 use crate::store::StoreError;
@@ -27,6 +27,9 @@ pub(crate) struct EventsPage {
 pub(crate) enum ReadError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The query asks for no read, or for two at once.
+    #[error("{0}")]
+    Query(&'static str),
     /// Retention deleted events after the cursor; go on after `resume_after`.
     #[error("events after this cursor were deleted; resume after {resume_after}")]
     CursorExpired { resume_after: u64 },
@@ -39,9 +42,37 @@ pub(crate) enum ReadError {
 }
 
 impl EventBusServer {
+    /// The page `query` asks for: after a cursor (long-polling with `wait`) or since a
+    /// time, `limit` and `wait` lowered to the server's caps.
+    pub(crate) async fn read_events(
+        &self,
+        principal: &Principal,
+        query: &EventsQuery,
+    ) -> Result<EventsPage, ReadError> {
+        let limits = &self.inner.limits;
+        let limit = query.limit.map_or(limits.max_page, |limit| {
+            usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .min(limits.max_page)
+        });
+        match (query.after, query.since) {
+            (Some(_), Some(_)) => Err(ReadError::Query(
+                "pass either `after` (a position) or `since` (a time), not both",
+            )),
+            (None, None) => Err(ReadError::Query(
+                "`after` or `since` is required: pass `after=<position>` (a whole number, 0 for the start) or `since=<RFC 3339 time>`",
+            )),
+            (None, Some(since)) => self.page_since(principal, since, limit).await,
+            (Some(after), None) => {
+                let wait = query.wait.unwrap_or_default().min(limits.max_wait);
+                self.read_after(principal, after, limit, wait).await
+            }
+        }
+    }
+
     /// Cursor mode, with the long-poll: read; if nothing is visible, wait for the next
     /// commit (not for a timer) and read again, until `wait` runs out or shutdown begins.
-    pub(crate) async fn read_after(
+    async fn read_after(
         &self,
         principal: &Principal,
         after: u64,
@@ -135,7 +166,7 @@ impl EventBusServer {
     /// event it is the head as of before the read, never 0: a client that starts "from
     /// now" must not replay history. (The store's `read_since` only finds the first
     /// event.)
-    pub(crate) async fn page_since(
+    async fn page_since(
         &self,
         principal: &Principal,
         since: DateTime<Utc>,
