@@ -1,11 +1,8 @@
 //! The server under test: a child process (the real binary, or this bench's own
 //! hello-world server), its URL, and what `/proc` says about its CPU, memory and sockets.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Child, Command};
 
 use crate::BenchError;
 
@@ -19,42 +16,19 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `program args...` and waits for its `listening on http://ADDR` line.
     pub fn start(program: &Path, args: &[String]) -> Result<Self, BenchError> {
-        let mut child = Command::new(program)
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
+        let mut command = Command::new(program);
+        command.args(args).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        let (mut child, listening) = distributed_events_tests::spawn_listening(command, "server")
             .map_err(|error| {
                 BenchError(format!(
                     "cannot start {}: {error}; build it first with `cargo build --release -p distributed-events-server`",
                     program.display()
                 ))
             })?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| BenchError("no stderr pipe".into()))?;
-        let (found, listening) = mpsc::channel();
-        // Drains stderr for the process's whole life so that it never blocks on a full
-        // pipe; its warnings show in the bench's output.
-        std::thread::spawn(move || {
-            let mut found = Some(found);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(address) = line.strip_prefix("listening on http://") {
-                    if let Some(found) = found.take() {
-                        let _ = found.send(address.trim().to_owned());
-                    }
-                    continue;
-                }
-                eprintln!("[server] {line}");
-            }
-        });
-        match listening.recv_timeout(Duration::from_secs(30)) {
+        match listening {
             Ok(address) => Ok(Self {
                 child,
                 url: format!("http://{address}"),

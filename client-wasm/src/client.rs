@@ -6,9 +6,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use distributed_events_shared::{
-    AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, StoredEvent,
+    AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, EventsQuery,
+    StoredEvent,
 };
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::channel::oneshot;
@@ -18,12 +19,12 @@ use uuid::Uuid;
 
 use crate::backoff::{Backoff, Jitter};
 use crate::broadcast::{Broadcast, Subscription};
-use crate::config::{ClientBuilder, Mode, Start, TokenSource};
+use crate::config::{ClientBuilder, Mode, Settings, Start};
 use crate::delivery::Delivery;
 use crate::platform::{HttpRequest, HttpResponse, MaybeSend, Platform};
-use crate::protocol::{self, Failure, Page, Query};
+use crate::protocol::{self, Failure, Page};
 use crate::status::{Status, StatusParts};
-use crate::{ClientError, CursorStore};
+use crate::ClientError;
 
 /// A local [`EventBus`] kept in sync with a distributed-events server.
 ///
@@ -50,19 +51,9 @@ impl Drop for Handle {
 }
 
 pub(crate) struct Inner {
-    base: String,
+    settings: Settings,
     bus: EventBus,
     registry: RwLock<EventRegistry>,
-    mode: Mode,
-    auto_forward: bool,
-    start: Start,
-    headers: Vec<(String, String)>,
-    token: Option<Box<dyn TokenSource>>,
-    cursor_store: Option<Box<dyn CursorStore>>,
-    cursor_key: String,
-    page_size: u32,
-    backoff: (Duration, Duration),
-    request_timeout: Duration,
     platform: Box<dyn Platform>,
     state: Mutex<State>,
     events: Broadcast<StoredEvent>,
@@ -112,23 +103,10 @@ impl EventBusClient {
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub(crate) fn start(config: ClientBuilder, platform: Box<dyn Platform>) -> Self {
         let (outbox, outbox_receiver) = unbounded();
-        let cursor_key = config
-            .cursor_key
-            .unwrap_or_else(|| format!("distributed-events:cursor:{}", config.server_url));
         let inner = Arc::new(Inner {
-            base: config.server_url,
+            settings: config.settings,
             bus: config.bus,
             registry: RwLock::new(config.registry),
-            mode: config.mode,
-            auto_forward: config.auto_forward,
-            start: config.start,
-            headers: config.headers,
-            token: config.token,
-            cursor_store: config.cursor_store,
-            cursor_key,
-            page_size: config.page_size,
-            backoff: config.backoff,
-            request_timeout: config.request_timeout,
             platform,
             state: Mutex::new(State {
                 delivery: Delivery::new(None, config.dedup_capacity),
@@ -210,10 +188,11 @@ impl EventBusClient {
         self.inner().publish(stored, Some(AnyEvent::new(event)))
     }
 
-    /// Publishes an untyped event, as [`publish`](Self::publish) does; typed subscribers
-    /// get it when its type is registered. Fails when `eventJson` is not JSON or does not
-    /// decode as the registered type.
-    pub fn publish_stored(&self, mut event: StoredEvent) -> Result<(), ClientError> {
+    /// Publishes an untyped event, given as a wire record that nothing has stored yet,
+    /// as [`publish`](Self::publish) does; typed subscribers get it when its type is
+    /// registered. Fails when `eventJson` is not JSON or does not decode as the
+    /// registered type.
+    pub fn publish_record(&self, mut event: StoredEvent) -> Result<(), ClientError> {
         let invalid = |message: String| ClientError::InvalidEvent { message };
         if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&event.event_json) {
             return Err(invalid(format!("eventJson is not JSON: {error}")));
@@ -251,7 +230,7 @@ impl EventBusClient {
 impl fmt::Debug for EventBusClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventBusClient")
-            .field("server_url", &self.inner().base)
+            .field("server_url", &self.inner().settings.server_url)
             .field("status", &self.status())
             .field("cursor", &self.cursor())
             .finish_non_exhaustive()
@@ -366,7 +345,7 @@ impl Inner {
         }
         let state = &mut *state;
         match &state.outbox {
-            Some(outbox) if self.auto_forward => {
+            Some(outbox) if self.settings.auto_forward => {
                 // Under the lock, before the event can reach the server, so that its echo
                 // is recognised.
                 state.delivery.expect_echo(event.id);
@@ -440,8 +419,8 @@ impl Inner {
     }
 
     fn save_cursor(&self, cursor: u64) {
-        if let Some(store) = &self.cursor_store {
-            if let Err(message) = store.save(&self.cursor_key, cursor) {
+        if let Some(store) = &self.settings.cursor_store {
+            if let Err(message) = store.save(self.settings.cursor_key(), cursor) {
                 self.report(ClientError::CursorStore { message });
             }
         }
@@ -457,8 +436,10 @@ impl Inner {
             error,
             retry_after: None,
         };
-        request.headers.extend(self.headers.iter().cloned());
-        if let Some(source) = &self.token {
+        request
+            .headers
+            .extend(self.settings.headers.iter().cloned());
+        if let Some(source) = &self.settings.token {
             match source.token().await {
                 Ok(Some(token)) => request
                     .headers
@@ -477,8 +458,7 @@ impl Inner {
 
     /// Shows `error` in the status, reports it unless transient, and waits `delay`.
     async fn back_off(&self, side: Side, error: ClientError, delay: Duration) {
-        let retry_at =
-            Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let retry_at = retry_time(Utc::now(), delay);
         if !error.is_transient() {
             self.report(error.clone());
         }
@@ -486,55 +466,73 @@ impl Inner {
         self.platform.sleep(delay).await;
     }
 
+    /// After a failed poll: a reset moves the cursor (and is reported); anything else
+    /// backs off.
+    async fn recover_receiving(&self, failure: Failure, backoff: &mut Backoff) {
+        match failure {
+            Failure::Reset { code, resume_after } => {
+                let from = self.lock().delivery.reset(resume_after);
+                self.save_cursor(resume_after);
+                self.report(ClientError::CursorReset {
+                    code,
+                    from: from.unwrap_or_default(),
+                    resume_after,
+                });
+            }
+            Failure::Retry { error, retry_after } => {
+                let delay = self.next_delay(backoff, retry_after);
+                self.back_off(Side::Receive, error, delay).await;
+            }
+            Failure::Rejected(error) => {
+                // A query the server will not take: the app hears of it; retrying slowly
+                // lets a fixed server pick up again.
+                let delay = self.next_delay(backoff, None);
+                self.back_off(Side::Receive, error, delay).await;
+            }
+        }
+    }
+
     fn next_delay(&self, backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
         backoff.next(retry_after, &mut self.lock().jitter)
     }
 }
 
-/// The receiving loop: find the start, then poll, dispatch, repeat.
+/// When a retry after `delay` from `now` is due; the latest time there is when that lies
+/// past it (a backoff of `Duration::MAX`).
+fn retry_time(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|delay| now.checked_add_signed(delay))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The receiving loop: find the start, then poll.
 async fn receive(inner: Arc<Inner>) {
-    let mut backoff = Backoff::new(inner.backoff.0, inner.backoff.1);
-    let mut start = inner.start;
-    if let Some(store) = &inner.cursor_store {
-        match store.load(&inner.cursor_key) {
+    let mut backoff = Backoff::new(inner.settings.backoff.0, inner.settings.backoff.1);
+    let since = resolve_start(&inner, &mut backoff).await;
+    poll(&inner, since, backoff).await;
+}
+
+/// Sets the cursor to where receiving starts: the saved one, the configured position, or
+/// the server's head (asked for until it answers). For a start by time it returns the
+/// time instead: the first poll asks by it, and its answer sets the cursor.
+async fn resolve_start(inner: &Inner, backoff: &mut Backoff) -> Option<DateTime<Utc>> {
+    let mut start = inner.settings.start;
+    if let Some(store) = &inner.settings.cursor_store {
+        match store.load(inner.settings.cursor_key()) {
             Ok(Some(saved)) => start = Start::Position(saved),
             Ok(None) => {}
             Err(message) => inner.report(ClientError::CursorStore { message }),
         }
     }
-    if let Start::Position(position) = start {
-        inner.lock().delivery.start_at(position);
-    }
-    // Catch up without waiting; long-poll only once a page came back short.
-    let mut caught_up = false;
-    loop {
-        let cursor = inner.lock().delivery.cursor();
-        let (wait, timeout) = match inner.mode {
-            Mode::LongPoll { wait } => (caught_up.then_some(wait), inner.request_timeout + wait),
-            Mode::Poll { .. } => (None, inner.request_timeout),
-        };
-        let asked_at = Utc::now();
-        let result = match (cursor, start) {
-            (Some(after), _) => {
-                let query = Query::After { after, wait };
-                let request = protocol::events_request(&inner.base, &query, inner.page_size);
-                inner
-                    .exchange(request, timeout)
-                    .await
-                    .and_then(protocol::read_page)
-            }
-            (None, Start::Timestamp(since)) => {
-                let request =
-                    protocol::events_request(&inner.base, &Query::Since(since), inner.page_size);
-                inner
-                    .exchange(request, timeout)
-                    .await
-                    .and_then(protocol::read_page)
-            }
-            (None, _) => {
-                let request = protocol::head_request(&inner.base);
+    match start {
+        Start::Position(position) => inner.lock().delivery.start_at(position),
+        Start::Timestamp(since) => return Some(since),
+        Start::Now => {
+            while inner.lock().delivery.cursor().is_none() {
+                let request = protocol::head_request(&inner.settings.server_url);
                 match inner
-                    .exchange(request, timeout)
+                    .exchange(request, inner.settings.poll_timeout())
                     .await
                     .and_then(protocol::read_head)
                 {
@@ -543,52 +541,65 @@ async fn receive(inner: Arc<Inner>) {
                         inner.save_cursor(head);
                         inner.set_status(Side::Receive, Status::Live);
                         backoff.reset();
-                        continue;
                     }
-                    Err(failure) => Err(failure),
+                    Err(failure) => inner.recover_receiving(failure, backoff).await,
                 }
             }
+        }
+    }
+    None
+}
+
+/// Polls after the cursor (by `since` while there is none), dispatches, repeats.
+async fn poll(inner: &Inner, since: Option<DateTime<Utc>>, mut backoff: Backoff) {
+    // Catch up without waiting; long-poll only once a page came back short.
+    let mut caught_up = false;
+    loop {
+        let cursor = inner.lock().delivery.cursor();
+        let wait = match inner.settings.mode {
+            Mode::LongPoll { wait } => caught_up.then_some(wait),
+            Mode::Poll { .. } => None,
         };
+        let query = EventsQuery {
+            after: cursor,
+            since: since.filter(|_| cursor.is_none()),
+            limit: Some(inner.settings.page_size.into()),
+            wait: wait.filter(|_| cursor.is_some()),
+        };
+        let asked_at = Utc::now();
+        let result = inner
+            .exchange(
+                protocol::events_request(&inner.settings.server_url, &query),
+                inner.settings.poll_timeout(),
+            )
+            .await
+            .and_then(protocol::read_page);
         match result {
             Ok(page) => {
                 backoff.reset();
                 inner.set_status(Side::Receive, Status::Live);
                 let count = page.events.len() + page.undecodable.len();
                 inner.deliver(page);
-                let short = count < inner.page_size as usize;
-                match inner.mode {
+                let short = count < inner.settings.page_size as usize;
+                match inner.settings.mode {
                     Mode::Poll { interval } if short => inner.platform.sleep(interval).await,
                     Mode::LongPoll { wait } if caught_up && count == 0 => {
                         // An empty answer long before the wait ended: the server is
                         // shutting down and answers at once. Do not spin on it.
                         let waited = (Utc::now() - asked_at).to_std().unwrap_or_default();
                         if waited < wait / 2 {
-                            inner.platform.sleep(inner.backoff.0).await;
+                            inner.platform.sleep(inner.settings.backoff.0).await;
                         }
                     }
                     _ => {}
                 }
                 caught_up = short;
             }
-            Err(Failure::Reset { code, resume_after }) => {
-                let from = inner.lock().delivery.reset(resume_after);
-                inner.save_cursor(resume_after);
-                inner.report(ClientError::CursorReset {
-                    code,
-                    from: from.unwrap_or_default(),
-                    resume_after,
-                });
-                caught_up = false;
-            }
-            Err(Failure::Retry { error, retry_after }) => {
-                let delay = inner.next_delay(&mut backoff, retry_after);
-                inner.back_off(Side::Receive, error, delay).await;
-            }
-            Err(Failure::Refused(error)) => {
-                // A query the server will not take: the app hears of it; retrying slowly
-                // lets a fixed server pick up again.
-                let delay = inner.next_delay(&mut backoff, None);
-                inner.back_off(Side::Receive, error, delay).await;
+            Err(failure) => {
+                if matches!(failure, Failure::Reset { .. }) {
+                    caught_up = false;
+                }
+                inner.recover_receiving(failure, &mut backoff).await;
             }
         }
     }
@@ -596,9 +607,9 @@ async fn receive(inner: Arc<Inner>) {
 
 /// The sending loop: post each outbox event, in order, until the server has it.
 async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
-    let mut backoff = Backoff::new(inner.backoff.0, inner.backoff.1);
+    let mut backoff = Backoff::new(inner.settings.backoff.0, inner.settings.backoff.1);
     while let Some(event) = outbox.next().await {
-        let request = match protocol::post_request(&inner.base, &event) {
+        let request = match protocol::post_request(&inner.settings.server_url, &event) {
             Ok(request) => request,
             Err(error) => {
                 inner.forget_echo(event.id);
@@ -609,7 +620,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
         loop {
             // The same body each time: the event id makes the retry idempotent.
             let result = inner
-                .exchange(request.clone(), inner.request_timeout)
+                .exchange(request.clone(), inner.settings.timeout_beyond_wait)
                 .await
                 .and_then(protocol::read_receipt);
             match result {
@@ -622,7 +633,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
                     let delay = inner.next_delay(&mut backoff, retry_after);
                     inner.back_off(Side::Send, error, delay).await;
                 }
-                Err(Failure::Refused(error)) => {
+                Err(Failure::Rejected(error)) => {
                     inner.forget_echo(event.id);
                     inner.set_status(Side::Send, Status::Live);
                     inner.report(match error {

@@ -64,20 +64,44 @@ pub(crate) enum Start {
 /// ```
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ClientBuilder {
-    pub(crate) server_url: String,
     pub(crate) bus: EventBus,
     pub(crate) registry: EventRegistry,
+    pub(crate) dedup_capacity: usize,
+    /// Kept as is by the running client.
+    pub(crate) settings: Settings,
+}
+
+/// The configuration the running client reads: the builder's, moved, not copied.
+pub(crate) struct Settings {
+    /// Without trailing slashes once validated.
+    pub(crate) server_url: String,
     pub(crate) mode: Mode,
     pub(crate) auto_forward: bool,
     pub(crate) start: Start,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) token: Option<Box<dyn TokenSource>>,
     pub(crate) cursor_store: Option<Box<dyn CursorStore>>,
+    /// Set once validated (the default names the server).
     pub(crate) cursor_key: Option<String>,
     pub(crate) page_size: u32,
-    pub(crate) dedup_capacity: usize,
     pub(crate) backoff: (Duration, Duration),
-    pub(crate) request_timeout: Duration,
+    pub(crate) timeout_beyond_wait: Duration,
+}
+
+impl Settings {
+    /// The key of the saved cursor.
+    pub(crate) fn cursor_key(&self) -> &str {
+        self.cursor_key.as_deref().unwrap_or_default()
+    }
+
+    /// The timeout of a `GET /events` or `GET /healthz`: a long-poll's wait and the time
+    /// beyond it.
+    pub(crate) fn poll_timeout(&self) -> Duration {
+        match self.mode {
+            Mode::LongPoll { wait } => self.timeout_beyond_wait + wait,
+            Mode::Poll { .. } => self.timeout_beyond_wait,
+        }
+    }
 }
 
 /// The long-poll wait: below the server's cap (30 s) and below the idle timeouts of
@@ -89,20 +113,22 @@ pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(5);
 impl ClientBuilder {
     pub(crate) fn new(server_url: String) -> Self {
         Self {
-            server_url,
             bus: EventBus::new(),
             registry: EventRegistry::new(),
-            mode: Mode::LongPoll { wait: DEFAULT_WAIT },
-            auto_forward: false,
-            start: Start::Now,
-            headers: Vec::new(),
-            token: None,
-            cursor_store: None,
-            cursor_key: None,
-            page_size: 1000,
             dedup_capacity: 4096,
-            backoff: (Duration::from_millis(500), Duration::from_secs(30)),
-            request_timeout: Duration::from_secs(15),
+            settings: Settings {
+                server_url,
+                mode: Mode::LongPoll { wait: DEFAULT_WAIT },
+                auto_forward: false,
+                start: Start::Now,
+                headers: Vec::new(),
+                token: None,
+                cursor_store: None,
+                cursor_key: None,
+                page_size: 1000,
+                backoff: (Duration::from_millis(500), Duration::from_secs(30)),
+                timeout_beyond_wait: Duration::from_secs(15),
+            },
         }
     }
 
@@ -124,20 +150,20 @@ impl ClientBuilder {
     /// Long-polls with this `wait` (the default mode, with 25 s): events arrive within
     /// milliseconds of being stored. The server lowers waits above its cap (30 s).
     pub fn long_poll(mut self, wait: Duration) -> Self {
-        self.mode = Mode::LongPoll { wait };
+        self.settings.mode = Mode::LongPoll { wait };
         self
     }
 
     /// Asks every `interval` instead of long-polling, as the seed did.
     pub fn polling_interval(mut self, interval: Duration) -> Self {
-        self.mode = Mode::Poll { interval };
+        self.settings.mode = Mode::Poll { interval };
         self
     }
 
     /// Whether [`EventBusClient::publish`] also sends events to the server (default: no,
     /// as in the seed).
     pub fn auto_forward(mut self, auto_forward: bool) -> Self {
-        self.auto_forward = auto_forward;
+        self.settings.auto_forward = auto_forward;
         self
     }
 
@@ -146,7 +172,7 @@ impl ClientBuilder {
     /// stored from now on. A saved cursor (see [`cursor_store`](Self::cursor_store))
     /// wins over both.
     pub fn initial_position(mut self, position: u64) -> Self {
-        self.start = Start::Position(position);
+        self.settings.start = Start::Position(position);
         self
     }
 
@@ -154,38 +180,38 @@ impl ClientBuilder {
     /// come from event creators' clocks, so this only finds the starting point; from
     /// there the client follows the server's positions.
     pub fn initial_timestamp(mut self, since: DateTime<Utc>) -> Self {
-        self.start = Start::Timestamp(since);
+        self.settings.start = Start::Timestamp(since);
         self
     }
 
     /// A header sent with every request, such as a tenant or API key header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        self.settings.headers.push((name.into(), value.into()));
         self
     }
 
     /// Where the access token comes from; see [`TokenSource`].
     pub fn token_source(mut self, source: impl TokenSource) -> Self {
-        self.token = Some(Box::new(source));
+        self.settings.token = Some(Box::new(source));
         self
     }
 
     /// Saves the cursor after every page and resumes from it on the next start.
     pub fn cursor_store(mut self, store: impl CursorStore) -> Self {
-        self.cursor_store = Some(Box::new(store));
+        self.settings.cursor_store = Some(Box::new(store));
         self
     }
 
     /// The key of the saved cursor (default: `distributed-events:cursor:<serverUrl>`).
     /// Give each client of one server its own key when several run side by side.
     pub fn cursor_key(mut self, key: impl Into<String>) -> Self {
-        self.cursor_key = Some(key.into());
+        self.settings.cursor_key = Some(key.into());
         self
     }
 
     /// At most this many events per request (default and server cap: 1000).
     pub fn page_size(mut self, page_size: u32) -> Self {
-        self.page_size = page_size;
+        self.settings.page_size = page_size;
         self
     }
 
@@ -200,13 +226,14 @@ impl ClientBuilder {
     /// Retry delays: the first retry waits about `initial`, each next one twice as long,
     /// up to `max` (defaults: 500 ms and 30 s); each delay is jittered down by up to half.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.backoff = (initial, max);
+        self.settings.backoff = (initial, max);
         self
     }
 
-    /// How long a request may take beyond its long-poll wait (default 15 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+    /// How long a request may take beyond its long-poll wait (default 15 s): a long-poll
+    /// times out after its wait plus this; a post or a poll without a wait, after this.
+    pub fn timeout_beyond_wait(mut self, timeout: Duration) -> Self {
+        self.settings.timeout_beyond_wait = timeout;
         self
     }
 
@@ -234,17 +261,18 @@ impl ClientBuilder {
 
     fn validate(&mut self) -> Result<(), ClientError> {
         let fail = |message: String| Err(ClientError::Config { message });
-        let url = self.server_url.trim();
-        // Relative URLs ("/api") reach the page's own origin, which only a browser has.
-        let relative_ok = cfg!(target_arch = "wasm32") && url.starts_with('/');
-        if !(url.starts_with("http://") || url.starts_with("https://") || relative_ok) {
-            return fail(format!(
-                "serverUrl must start with http:// or https://, got {:?}",
-                self.server_url
+        self.settings.server_url = server_url(
+            &self.settings.server_url,
+            "the server URL of `EventBusClient::builder`",
+        )
+        .map_err(|message| ClientError::Config { message })?;
+        if self.settings.cursor_key.is_none() {
+            self.settings.cursor_key = Some(format!(
+                "distributed-events:cursor:{}",
+                self.settings.server_url
             ));
         }
-        self.server_url = url.trim_end_matches('/').to_owned();
-        for (name, value) in &self.headers {
+        for (name, value) in &self.settings.headers {
             let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
             if name.is_empty() || !name.chars().all(token_char) {
                 return fail(format!("{name:?} is not a valid HTTP header name"));
@@ -255,7 +283,7 @@ impl ClientBuilder {
                 ));
             }
         }
-        match self.mode {
+        match self.settings.mode {
             Mode::LongPoll { wait } if wait.is_zero() => {
                 return fail(
                     "the long-poll wait must be above zero; use polling_interval to poll".into(),
@@ -266,29 +294,43 @@ impl ClientBuilder {
             }
             _ => {}
         }
-        if !(1..=1000).contains(&self.page_size) {
+        if !(1..=1000).contains(&self.settings.page_size) {
             return fail(format!(
                 "the page size must be 1 to 1000, got {}",
-                self.page_size
+                self.settings.page_size
             ));
         }
         if self.dedup_capacity == 0 {
             return fail("the dedup capacity must be at least 1".into());
         }
-        if self.backoff.0.is_zero() {
+        if self.settings.backoff.0.is_zero() {
             return fail("the initial backoff must be above zero".into());
         }
         Ok(())
     }
 }
 
+/// `url` without surrounding blanks and trailing slashes, or what is wrong with it,
+/// calling it `name` (the builder's argument, or the JS option).
+pub(crate) fn server_url(url: &str, name: &str) -> Result<String, String> {
+    let trimmed = url.trim();
+    // Relative URLs ("/api") reach the page's own origin, which only a browser has.
+    let relative_ok = cfg!(target_arch = "wasm32") && trimmed.starts_with('/');
+    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://") || relative_ok) {
+        return Err(format!(
+            "{name} must start with http:// or https://, got {url:?}"
+        ));
+    }
+    Ok(trimmed.trim_end_matches('/').to_owned())
+}
+
 impl std::fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientBuilder")
-            .field("server_url", &self.server_url)
-            .field("mode", &self.mode)
-            .field("auto_forward", &self.auto_forward)
-            .field("start", &self.start)
+            .field("server_url", &self.settings.server_url)
+            .field("mode", &self.settings.mode)
+            .field("auto_forward", &self.settings.auto_forward)
+            .field("start", &self.settings.start)
             .field("registry", &self.registry)
             .finish_non_exhaustive()
     }

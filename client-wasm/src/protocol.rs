@@ -3,41 +3,16 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use distributed_events_shared::wire::{codes, CURSOR_HEADER};
-use distributed_events_shared::{ErrorBody, Receipt, StoredEvent};
+use distributed_events_shared::{ErrorBody, EventsQuery, Receipt, StoredEvent};
 use serde::Deserialize;
 
 use crate::platform::{HttpRequest, HttpResponse, Method};
 use crate::ClientError;
 
-/// What a `GET /events` asks for.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Query {
-    /// Cursor mode, long-polling when `wait` is set.
-    After { after: u64, wait: Option<Duration> },
-    /// Timestamp mode, to find a starting point.
-    Since(DateTime<Utc>),
-}
-
-pub(crate) fn events_request(base: &str, query: &Query, limit: u32) -> HttpRequest {
-    let url = match query {
-        Query::After { after, wait: None } => format!("{base}/events?after={after}&limit={limit}"),
-        Query::After {
-            after,
-            wait: Some(wait),
-        } => format!(
-            "{base}/events?after={after}&limit={limit}&wait={}.{:03}",
-            wait.as_secs(),
-            wait.subsec_millis()
-        ),
-        // `Z` and no `+`, so the time needs no escaping in a query string.
-        Query::Since(since) => format!(
-            "{base}/events?since={}&limit={limit}",
-            since.to_rfc3339_opts(SecondsFormat::Micros, true)
-        ),
-    };
-    get(url)
+/// `GET /events` with `query` (the query type is shared with the server).
+pub(crate) fn events_request(base: &str, query: &EventsQuery) -> HttpRequest {
+    get(format!("{base}/events?{}", query.to_query_string()))
 }
 
 /// `GET /healthz`, whose `head` is where a client that starts "now" begins.
@@ -78,10 +53,12 @@ pub(crate) enum Failure {
     },
     /// `410`: the cursor is gone; poll again with `after = resume_after`.
     Reset { code: String, resume_after: u64 },
-    /// The server refused the request itself (`400`, `409`, `413`): sending it again
-    /// cannot succeed. Any other status says nothing against the request, not even
+    /// The server rejected the request itself (`400`, `409`, `413`): sent again
+    /// unchanged, it gets the same answer until the server changes. The send loop drops
+    /// the event; the receive loop, which has no other request to make, reports it and
+    /// retries slowly. Any other status says nothing against the request, not even
     /// against an event: a `404` or `405` means the client is pointed at the wrong place.
-    Refused(ClientError),
+    Rejected(ClientError),
 }
 
 /// One page of `GET /events`.
@@ -252,7 +229,7 @@ fn success(response: HttpResponse) -> Result<HttpResponse, Failure> {
         },
     };
     if matches!(status, 400 | 409 | 413) {
-        return Err(Failure::Refused(error));
+        return Err(Failure::Rejected(error));
     }
     // Anything else may pass: the server recovers, the token source has a fresh token
     // (401), the address or a proxy is fixed (404, 405).
@@ -280,16 +257,25 @@ mod tests {
     fn requests_follow_the_protocol() {
         let poll = events_request(
             "http://h",
-            &Query::After {
-                after: 5,
+            &EventsQuery {
+                after: Some(5),
+                limit: Some(100),
                 wait: Some(Duration::from_millis(25_500)),
+                ..EventsQuery::default()
             },
-            100,
         );
         assert_eq!(poll.url, "http://h/events?after=5&limit=100&wait=25.500");
         let since = "2024-12-04T10:00:05.123456Z".parse().unwrap();
         assert_eq!(
-            events_request("http://h", &Query::Since(since), 10).url,
+            events_request(
+                "http://h",
+                &EventsQuery {
+                    since: Some(since),
+                    limit: Some(10),
+                    ..EventsQuery::default()
+                }
+            )
+            .url,
             "http://h/events?since=2024-12-04T10:00:05.123456Z&limit=10"
         );
     }
@@ -396,13 +382,13 @@ mod tests {
         ));
         assert!(matches!(
             read_receipt(answer(409, r#"{"error":"used","code":"id_conflict"}"#)).unwrap_err(),
-            Failure::Refused(error) if error.code() == "id_conflict"
+            Failure::Rejected(error) if error.code() == "id_conflict"
         ));
         for (status, code) in [(400, "bad_request"), (413, "payload_too_large")] {
             let body = format!(r#"{{"error":"no","code":"{code}"}}"#);
             assert!(matches!(
                 read_receipt(answer(status, &body)).unwrap_err(),
-                Failure::Refused(error) if error.code() == code
+                Failure::Rejected(error) if error.code() == code
             ));
         }
         // Not a refusal of the event: the client is pointed at the wrong place, or a

@@ -5,9 +5,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Query, Request, State,
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, RawQuery, Request, State,
 };
 use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -15,19 +15,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use distributed_events_shared::wire::{codes, ErrorBody, CURSOR_HEADER, REPLAYED_HEADER};
-use distributed_events_shared::{InvalidEvent, Receipt, StoredEvent};
-use serde::{Deserialize, Serialize};
+use distributed_events_shared::{EventsQuery, InvalidEvent, Receipt, StoredEvent};
+use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
-use crate::auth::{is_visible, Principal};
+use crate::auth::Principal;
+use crate::reads::ReadError;
 use crate::store::StoreError;
-use crate::tail::json_of;
-use crate::telemetry::{self, LivePoll};
-use crate::EventBusServer;
+use crate::telemetry;
+use crate::{EventBusServer, PublishError};
 
 /// Limits of the HTTP endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,8 +53,9 @@ pub struct Limits {
     /// [`max_long_polls`](Self::max_long_polls). Applies only with an authenticator.
     pub max_long_polls_per_tenant: Option<usize>,
     /// Longest time a request may take beyond the longest `wait` ([`max_wait`](Self::max_wait))
-    /// before it is answered `503` (default 30 s, so 60 s in all).
-    pub request_timeout: Duration,
+    /// before it is answered `503` (default 30 s, so 60 s in all): the timeout of a
+    /// request is `max_wait` plus this.
+    pub timeout_beyond_wait: Duration,
     /// Longest time a `POST /events` body may take to arrive; past it the answer is `408`
     /// (default 15 s).
     pub body_read_timeout: Duration,
@@ -71,7 +71,7 @@ impl Default for Limits {
             max_wait: Duration::from_secs(30),
             max_long_polls: 10_000,
             max_long_polls_per_tenant: None,
-            request_timeout: Duration::from_secs(30),
+            timeout_beyond_wait: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(15),
         }
     }
@@ -130,6 +130,39 @@ impl AppError {
 impl From<InvalidEvent> for AppError {
     fn from(error: InvalidEvent) -> Self {
         Self::BadRequest(error.to_string())
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(error: StoreError) -> Self {
+        Self::store(error)
+    }
+}
+
+impl From<ReadError> for AppError {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::Store(error) => Self::store(error),
+            ReadError::Query(message) => Self::BadRequest(message.into()),
+            ReadError::CursorExpired { resume_after } => Self::CursorExpired { resume_after },
+            ReadError::CursorAhead { resume_after } => Self::CursorAhead { resume_after },
+            ReadError::Overloaded(reason) => Self::Overloaded {
+                retry_after: Duration::from_secs(1),
+                reason,
+            },
+        }
+    }
+}
+
+impl From<PublishError> for AppError {
+    fn from(error: PublishError) -> Self {
+        match error {
+            PublishError::Store(error) => Self::store(error),
+            PublishError::IdConflict(id) => Self::IdConflict(id),
+            PublishError::Invalid(_) | PublishError::Encode(_) | PublishError::WrongType { .. } => {
+                Self::BadRequest(error.to_string())
+            }
+        }
     }
 }
 
@@ -234,7 +267,7 @@ impl IntoResponse for AppError {
 }
 
 pub(crate) fn router(server: EventBusServer) -> Router {
-    let max_body = server.inner.limits.max_body_bytes;
+    let max_body = server.limits().max_body_bytes;
     Router::new()
         .route("/events", get(get_events).post(post_event))
         .route("/healthz", get(healthz))
@@ -302,8 +335,13 @@ async fn record(request: Request, next: Next) -> Response {
 /// Answers `503` when a request outlives the longest `wait` by more than the request
 /// timeout, as when the store hangs.
 async fn deadline(State(server): State<EventBusServer>, request: Request, next: Next) -> Response {
-    let limits = &server.inner.limits;
-    match tokio::time::timeout(limits.max_wait + limits.request_timeout, next.run(request)).await {
+    let limits = server.limits();
+    match tokio::time::timeout(
+        limits.max_wait + limits.timeout_beyond_wait,
+        next.run(request),
+    )
+    .await
+    {
         Ok(response) => response,
         Err(_) => {
             tracing::error!("request timed out");
@@ -364,7 +402,7 @@ impl FromRequestParts<EventBusServer> for Caller {
         parts: &mut Parts,
         server: &EventBusServer,
     ) -> Result<Self, AppError> {
-        let Some(authenticator) = &server.inner.authenticator else {
+        let Some(authenticator) = server.authenticator() else {
             return Ok(Self(Principal::default()));
         };
         authenticator
@@ -376,29 +414,6 @@ impl FromRequestParts<EventBusServer> for Caller {
                 message: rejection.message,
             })
     }
-}
-
-/// The query of `GET /events`. Every field is taken as text and parsed by the handler,
-/// so that a malformed one gets a `400` that names it; the schema says what is valid.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct EventsQuery {
-    /// Cursor mode: the events after this position; `0` for the start, then the
-    /// `X-Events-Cursor` of the previous answer. Pass `after` or `since`, not both.
-    #[param(value_type = Option<u64>, minimum = 0)]
-    after: Option<String>,
-    /// Timestamp mode: the events with `createdAt` at or after this time, from the first
-    /// such event on in position order.
-    #[param(value_type = Option<String>, format = DateTime)]
-    since: Option<String>,
-    /// Most events in the answer, from 1; larger values are lowered to the server's cap
-    /// (1000 by default).
-    #[param(value_type = Option<u64>, minimum = 1)]
-    limit: Option<String>,
-    /// Cursor mode: when no event is available, wait up to this many seconds for one
-    /// (decimals allowed; larger values are lowered to the server's cap, 30 s by default).
-    #[param(value_type = Option<f64>, minimum = 0)]
-    wait: Option<String>,
 }
 
 /// The error answers that `/events` may give to any request.
@@ -435,201 +450,12 @@ enum CommonErrors {
 async fn get_events(
     State(server): State<EventBusServer>,
     Caller(principal): Caller,
-    query: Result<Query<EventsQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
-    let Query(query) = query.map_err(|rejection| AppError::BadRequest(rejection.body_text()))?;
-    let limits = &server.inner.limits;
-    let limit = parse_limit(query.limit.as_deref(), limits.max_page)?;
-    match (query.after.as_deref(), query.since.as_deref()) {
-        (Some(_), Some(_)) => Err(AppError::BadRequest(
-            "pass either `after` (a position) or `since` (a time), not both".into(),
-        )),
-        (None, None) => Err(AppError::BadRequest(
-            "`after` or `since` is required: pass `after=<position>` (a whole number, 0 for the start) or `since=<RFC 3339 time>`".into(),
-        )),
-        (None, Some(since)) => read_since(&server, &principal, since, limit).await,
-        (Some(after), None) => {
-            let after = after.parse::<u64>().map_err(|_| {
-                AppError::BadRequest(format!("`after` must be a whole number of 0 or more, got {after:?}"))
-            })?;
-            let wait = parse_wait(query.wait.as_deref(), limits.max_wait)?;
-            read_after(&server, &principal, after, limit, wait).await
-        }
-    }
-}
-
-fn parse_limit(limit: Option<&str>, max: usize) -> Result<usize, AppError> {
-    let Some(limit) = limit else { return Ok(max) };
-    match limit.parse::<u64>() {
-        Ok(0) | Err(_) => Err(AppError::BadRequest(format!(
-            "`limit` must be a whole number from 1 to {max}, got {limit:?}"
-        ))),
-        Ok(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX).min(max)),
-    }
-}
-
-fn parse_wait(wait: Option<&str>, max: Duration) -> Result<Duration, AppError> {
-    let Some(wait) = wait else {
-        return Ok(Duration::ZERO);
-    };
-    match wait.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
-            Ok(Duration::from_secs_f64(seconds.min(max.as_secs_f64())))
-        }
-        _ => Err(AppError::BadRequest(format!(
-            "`wait` must be a number of seconds from 0 to {}, got {wait:?}",
-            max.as_secs_f64()
-        ))),
-    }
-}
-
-/// Cursor mode, with the long-poll: read; if nothing is visible, wait for the next
-/// commit (not for a timer) and read again, until `wait` runs out or shutdown begins.
-async fn read_after(
-    server: &EventBusServer,
-    principal: &Principal,
-    after: u64,
-    limit: usize,
-    wait: Duration,
-) -> Result<Response, AppError> {
-    let store = &server.inner.store;
-    let tail = &server.inner.tail;
-    let tenant = principal.tenant_id.as_deref();
-    let filter = server.inner.filter.as_deref();
-    let max_bytes = server.inner.limits.max_page_bytes;
-    let visible = |event: &StoredEvent| is_visible(filter, event, principal);
-    // Subscribe before the first read so that no commit between read and wait is missed.
-    let mut end = tail.watch_end();
-    let committed = store.watch_head();
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut cursor = after;
-    let mut checked_ahead = false;
-    // Held while this request waits; released with the answer.
-    let mut permit = None;
-    loop {
-        // The tail answers unless the cursor lies before it, or it has nothing yet for a
-        // commit the store already acknowledged (read your own writes).
-        let from_tail = tail
-            .read(cursor, limit, max_bytes, tenant, &visible)
-            .filter(|page| !page.events.is_empty() || page.cursor >= *committed.borrow());
-        let events = match from_tail {
-            Some(page) => {
-                cursor = page.cursor;
-                metrics::counter!(telemetry::DELIVERED, "source" => "tail")
-                    .increment(page.events.len() as u64);
-                page.events
-            }
-            None => {
-                let page = store
-                    .read_after(cursor, limit, max_bytes, tenant, &visible)
-                    .await
-                    .map_err(AppError::store)?;
-                // Checked after the read: a cleanup that ran before it (on any instance)
-                // shows here, so a read that missed deleted events is never answered as
-                // complete.
-                let pruned_through = store.pruned_through().await.map_err(AppError::store)?;
-                if cursor < pruned_through {
-                    return Err(AppError::CursorExpired {
-                        resume_after: pruned_through,
-                    });
-                }
-                cursor = page.cursor;
-                metrics::counter!(telemetry::DELIVERED, "source" => "store")
-                    .increment(page.events.len() as u64);
-                // Each event is dropped once serialized: the page is held about once.
-                page.events
-                    .into_iter()
-                    .map(|event| json_of(&event))
-                    .collect()
-            }
-        };
-        if events.is_empty() && !checked_ahead && cursor > *end.borrow() {
-            // This process has not seen that position; ask the store whether anyone has.
-            let stored_head = store.head().await.map_err(AppError::store)?;
-            if cursor > stored_head {
-                return Err(AppError::CursorAhead {
-                    resume_after: stored_head,
-                });
-            }
-            checked_ahead = true;
-        }
-        if !events.is_empty()
-            || tokio::time::Instant::now() >= deadline
-            || server.inner.shutdown.is_cancelled()
-        {
-            return Ok(events_response(events, cursor));
-        }
-        if permit.is_none() {
-            permit = Some(LivePoll::new(
-                server
-                    .inner
-                    .long_polls
-                    .try_acquire(tenant)
-                    .map_err(|refusal| AppError::Overloaded {
-                        retry_after: Duration::from_secs(1),
-                        reason: refusal.reason(),
-                    })?,
-            ));
-        }
-        tokio::select! {
-            changed = end.wait_for(|&end| end > cursor) => {
-                if changed.is_err() {
-                    return Ok(events_response(Vec::new(), cursor));
-                }
-            }
-            () = tokio::time::sleep_until(deadline) => {}
-            () = server.inner.shutdown.cancelled() => {}
-        }
-    }
-}
-
-/// Timestamp mode (the seed's API): events with `createdAt >= since`, from the first
-/// such event on in position order, filtered before the limit as in cursor mode. The
-/// cursor header works as in cursor mode, so a client can go on with `after=`. With no
-/// such event it is the head as of before the read, never 0: a client that starts "from
-/// now" must not replay history.
-async fn read_since(
-    server: &EventBusServer,
-    principal: &Principal,
-    since: &str,
-    limit: usize,
-) -> Result<Response, AppError> {
-    let since = DateTime::parse_from_rfc3339(since)
-        .map_err(|error| {
-            AppError::BadRequest(format!(
-                "`since` must be an RFC 3339 time such as 2024-12-04T10:00:00Z, got {since:?} ({error})"
-            ))
-        })?
-        .with_timezone(&Utc);
-    let store = &server.inner.store;
-    let tenant = principal.tenant_id.as_deref();
-    let filter = server.inner.filter.as_deref();
-    // Read before the search: whatever commits after it lies past it.
-    let head = store.head().await.map_err(AppError::store)?;
-    let first = store
-        .read_since(since, 1, tenant)
-        .await
-        .map_err(AppError::store)?
-        .first()
-        .and_then(|event| event.position);
-    let Some(first) = first else {
-        return Ok(events_response(Vec::new(), head));
-    };
-    let visible =
-        |event: &StoredEvent| event.created_at >= since && is_visible(filter, event, principal);
-    let max_bytes = server.inner.limits.max_page_bytes;
-    let page = store
-        .read_after(first.saturating_sub(1), limit, max_bytes, tenant, &visible)
-        .await
-        .map_err(AppError::store)?;
-    metrics::counter!(telemetry::DELIVERED, "source" => "store")
-        .increment(page.events.len() as u64);
-    let events = page
-        .events
-        .into_iter()
-        .map(|event| json_of(&event))
-        .collect();
-    Ok(events_response(events, page.cursor))
+    let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+        .map_err(|error| AppError::BadRequest(error.to_string()))?;
+    let page = server.read_events(&principal, &query).await?;
+    Ok(events_response(page.events, page.cursor))
 }
 
 /// A JSON array of already serialized events, with the cursor header. The body is sent
@@ -689,7 +515,7 @@ async fn post_event(
     if !is_json(request.headers()) {
         return Err(AppError::UnsupportedMediaType);
     }
-    let limits = &server.inner.limits;
+    let limits = server.limits();
     // Refused before the body is read, so that `Expect: 100-continue` gets no `100`.
     let declared = request
         .headers()
@@ -765,9 +591,9 @@ async fn healthz(
     State(server): State<EventBusServer>,
     caller: Result<Caller, AppError>,
 ) -> Result<Response, AppError> {
-    let store = &server.inner.store;
-    let head = store.head().await.map_err(AppError::store)?;
-    let writable = store.accepts_writes().await.map_err(AppError::store)?;
+    let store = server.store();
+    let head = store.head().await?;
+    let writable = store.accepts_writes().await?;
     let status = if writable { "ok" } else { "read_only" };
     let head = caller.is_ok().then_some(head);
     Ok(Json(Health {

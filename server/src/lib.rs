@@ -51,12 +51,13 @@ mod http;
 mod jwt;
 mod long_polls;
 mod openapi;
+mod reads;
 mod serve;
 pub mod store;
 mod tail;
 mod telemetry;
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -89,11 +90,22 @@ pub enum PublishError {
     /// The id was used before for a different event.
     #[error("event id {0} was already used for a different event; give the event a new id")]
     IdConflict(Uuid),
+    /// A posted event of a registered type whose payload does not decode as that type.
+    #[error("`eventJson` must decode as the registered type `{event_type}`: {error}")]
+    WrongType {
+        /// The event's type.
+        event_type: String,
+        /// Why it does not decode.
+        error: DecodeError,
+    },
 }
 
 /// A server-side event bus whose every event is persisted and served to clients.
 ///
-/// Cheap to clone; clones share everything.
+/// Cheap to clone; clones share everything. When the last clone (and the last router
+/// made from one) is dropped, the background tasks stop and release the store, as
+/// [`begin_shutdown`](Self::begin_shutdown) would; [`close`](Self::close) also waits
+/// for them and flushes the store.
 #[derive(Clone)]
 pub struct EventBusServer {
     inner: Arc<Inner>,
@@ -112,8 +124,17 @@ struct Inner {
     long_polls: Arc<long_polls::LongPolls>,
     /// The recent events, from which live polls are answered.
     tail: Arc<tail::Tail>,
-    /// The periodic cleanup and the tail's follower.
+    /// The periodic cleanup and the tail's follower. They hold no `EventBusServer`, so
+    /// they do not keep it alive.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The drop guard: the last handle gone, the background tasks stop, and with them
+/// their hold on the store.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 /// Configures an [`EventBusServer`].
@@ -223,7 +244,11 @@ impl EventBusServerBuilder {
             }),
         };
         if let (Some(_), Some(interval)) = (self.retention, self.cleanup_interval) {
-            let task = tokio::spawn(run_cleanup(server.clone(), interval));
+            let task = tokio::spawn(run_cleanup(
+                Arc::downgrade(&server.inner),
+                server.inner.shutdown.clone(),
+                interval,
+            ));
             server
                 .inner
                 .tasks
@@ -235,15 +260,20 @@ impl EventBusServerBuilder {
     }
 }
 
-async fn run_cleanup(server: EventBusServer, interval: Duration) {
+/// Cleans up every `interval` until shutdown. It holds the server only while a cleanup
+/// runs: a strong reference would keep it alive forever.
+async fn run_cleanup(server: Weak<Inner>, shutdown: CancellationToken, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = server.inner.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        match server.cleanup().await {
+        let Some(inner) = server.upgrade() else {
+            return;
+        };
+        match (EventBusServer { inner }).cleanup().await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retention cleanup"),
             Err(error) => {
@@ -273,27 +303,44 @@ impl EventBusServer {
     /// on error nothing was published. Publishing the same event (same id) again is a
     /// no-op that returns the original receipt.
     pub async fn publish<T: Event>(&self, event: DomainEvent<T>) -> Result<Receipt, PublishError> {
-        let mut stored = event.to_stored()?;
-        stored.created_at = normalize_time(stored.created_at);
-        stored.validate()?;
-        match self.inner.store.append(stored.clone()).await? {
-            Appended::New(saved) => {
-                metrics::counter!(telemetry::APPENDED, "outcome" => "new").increment(1);
-                let receipt = receipt(&saved);
+        let stored = event.to_stored()?;
+        let (receipt, _) = self
+            .append_checked(stored, |saved| {
                 self.inner.bus.publish(DomainEvent {
                     position: saved.position,
                     occurred_at: saved.created_at,
                     ..event
                 });
-                Ok(receipt)
+            })
+            .await?;
+        Ok(receipt)
+    }
+
+    /// The one way in for every event: stamps the time as stores keep it, checks the
+    /// event rules, stores it, and calls `on_new` with what was stored when it is new.
+    /// Returns the receipt and whether it replays an earlier append of the same event.
+    async fn append_checked(
+        &self,
+        mut event: StoredEvent,
+        on_new: impl FnOnce(&StoredEvent),
+    ) -> Result<(Receipt, bool), PublishError> {
+        event.position = None;
+        event.created_at = normalize_time(event.created_at);
+        // After stamping, so that what is stored is what was checked.
+        event.validate()?;
+        match self.inner.store.append(event.clone()).await? {
+            Appended::New(saved) => {
+                metrics::counter!(telemetry::APPENDED, "outcome" => "new").increment(1);
+                on_new(&saved);
+                Ok((receipt(&saved), false))
             }
-            Appended::Existing(existing) if same_event(&existing, &stored) => {
+            Appended::Existing(existing) if same_event(&existing, &event) => {
                 metrics::counter!(telemetry::APPENDED, "outcome" => "replayed").increment(1);
-                Ok(receipt(&existing))
+                Ok((receipt(&existing), true))
             }
             Appended::Existing(_) => {
                 metrics::counter!(telemetry::APPENDED, "outcome" => "conflict").increment(1);
-                Err(PublishError::IdConflict(stored.id))
+                Err(PublishError::IdConflict(event.id))
             }
         }
     }
@@ -383,14 +430,14 @@ impl EventBusServer {
         self.inner.store.close().await;
     }
 
-    /// Validates, stamps and stores a posted event, then publishes it locally.
-    /// Returns the receipt and whether it replays an earlier post.
-    async fn accept(
+    /// Stamps a posted event with the caller's identity, checks it against the
+    /// registry, stores it, then publishes it locally. Returns the receipt and whether it
+    /// replays an earlier post.
+    pub(crate) async fn accept(
         &self,
         mut event: StoredEvent,
         principal: &Principal,
-    ) -> Result<(Receipt, bool), http::AppError> {
-        use http::AppError;
+    ) -> Result<(Receipt, bool), PublishError> {
         // Identity comes from authentication, never from the body: with an
         // authenticator, a principal without a user (a token without `sub`) posts events
         // without one rather than with whatever the body claims, in its fields or in its
@@ -405,58 +452,41 @@ impl EventBusServer {
                 event.context.remove(CONTEXT_SESSION_ID);
             }
         }
-        event.position = None;
-        event.created_at = normalize_time(event.created_at);
-        // After stamping, so that what is stored is what was checked.
-        event.validate()?;
-        let known_type = {
-            let registry = self
-                .inner
-                .registry
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            match registry.decode(&event) {
-                Ok(_) => true,
-                Err(DecodeError::UnknownType { .. }) => false,
-                Err(error) => {
-                    return Err(AppError::BadRequest(format!(
-                        "`eventJson` must decode as the registered type `{}`: {error}",
-                        event.event_type
-                    )))
-                }
+        let known_type = match self.registry().decode(&event) {
+            Ok(_) => true,
+            Err(DecodeError::UnknownType { .. }) => false,
+            Err(error) => {
+                return Err(PublishError::WrongType {
+                    event_type: event.event_type,
+                    error,
+                })
             }
         };
-        match self
-            .inner
-            .store
-            .append(event.clone())
-            .await
-            .map_err(AppError::store)?
-        {
-            Appended::New(saved) => {
-                metrics::counter!(telemetry::APPENDED, "outcome" => "new").increment(1);
-                if known_type {
-                    let decoded = self
-                        .inner
-                        .registry
-                        .read()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .decode(&saved);
-                    if let Ok(decoded) = decoded {
-                        self.inner.bus.publish_any(decoded);
-                    }
+        self.append_checked(event, |saved| {
+            if known_type {
+                if let Ok(decoded) = self.registry().decode(saved) {
+                    self.inner.bus.publish_any(decoded);
                 }
-                Ok((receipt(&saved), false))
             }
-            Appended::Existing(existing) if same_event(&existing, &event) => {
-                metrics::counter!(telemetry::APPENDED, "outcome" => "replayed").increment(1);
-                Ok((receipt(&existing), true))
-            }
-            Appended::Existing(_) => {
-                metrics::counter!(telemetry::APPENDED, "outcome" => "conflict").increment(1);
-                Err(AppError::IdConflict(event.id))
-            }
-        }
+        })
+        .await
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, EventRegistry> {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The limits of the HTTP endpoints.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Who checks the credentials of requests; `None`: everyone is anonymous.
+    pub(crate) fn authenticator(&self) -> Option<&dyn Authenticator> {
+        self.inner.authenticator.as_deref()
     }
 }
 

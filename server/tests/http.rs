@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use distributed_events_server::store::{MemoryStore, SharedStore};
+use distributed_events_server::store::{EventStore, MemoryStore, SharedStore, SqliteStore};
 use distributed_events_server::{
     AuthRejection, DomainEvent, Event, EventBusServer, Limits, Principal, StoredEvent,
 };
@@ -604,6 +604,47 @@ async fn periodic_cleanup_runs_by_itself() {
     }
     assert_eq!(get(&server, "/events?after=1").await.body, json!([]));
     server.close().await;
+}
+
+/// Dropping the last handle without `close()` stops the tail follower and the periodic
+/// cleanup, which release the store: a second server can then open the same SQLite file
+/// (whose store holds an exclusive lock file while it is open).
+#[tokio::test]
+async fn dropping_the_server_stops_its_tasks_and_releases_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let path = path.to_str().unwrap();
+    let store: SharedStore = Arc::new(SqliteStore::open(path).await.unwrap());
+    let server = EventBusServer::builder(store)
+        .retention(Duration::from_secs(3600))
+        .cleanup_interval(Duration::from_millis(10))
+        .build();
+    post(&server, &post_body(Uuid::now_v7(), "Thing", "{}")).await;
+    let Err(error) = SqliteStore::open(path).await else {
+        panic!("a second store opened a file in use");
+    };
+    assert!(
+        error.to_string().contains("another server is using"),
+        "{error}"
+    );
+    drop(server);
+    let start = Instant::now();
+    let reopened = loop {
+        match SqliteStore::open(path).await {
+            Ok(store) => break store,
+            Err(error) => assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the dropped server still holds the store: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        reopened.head().await.unwrap(),
+        1,
+        "the event survived the drop"
+    );
+    reopened.close().await;
 }
 
 #[tokio::test]

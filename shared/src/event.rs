@@ -1,22 +1,8 @@
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
 
-use crate::registry::DecodeError;
-use crate::wire::StoredEvent;
-
-/// Context entries of an event: who caused it and in which tenant, plus anything an app
-/// wants its authorization filter to see.
-pub type Context = BTreeMap<String, serde_json::Value>;
-
-/// Context key whose string value becomes [`StoredEvent::user_id`].
-pub const CONTEXT_USER_ID: &str = "userId";
-/// Context key whose string value becomes [`StoredEvent::tenant_id`].
-pub const CONTEXT_TENANT_ID: &str = "tenantId";
-/// Context key whose string value becomes [`StoredEvent::session_id`].
-pub const CONTEXT_SESSION_ID: &str = "sessionId";
+use crate::wire::{Context, StoredEvent};
 
 /// A payload type that travels as a domain event. Implement it with `#[derive(Event)]`.
 pub trait Event: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -30,6 +16,11 @@ pub struct DomainEvent<T> {
     /// Unique id; also the idempotency key when the event is posted to a server.
     pub id: Uuid,
     /// When the event happened, in UTC, at microsecond precision.
+    ///
+    /// One time, named by layer: `occurred_at` here, `occurredAt` in the JS
+    /// `ClientEvent`, [`StoredEvent::created_at`](crate::StoredEvent::created_at) on a
+    /// record, and `createdAt` on the wire (docs/PROTOCOL.md). All four carry the same
+    /// value: the publisher's clock, truncated to microseconds by the server.
     pub occurred_at: DateTime<Utc>,
     /// The aggregate the event belongs to.
     pub aggregate_id: String,
@@ -113,4 +104,35 @@ impl<T: Event> DomainEvent<T> {
 /// stored event reads back equal to what was written.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// Why a wire record could not be turned into a typed event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// No type of that name is registered. Add the type to the app's `event_registry!`.
+    #[error("unknown event type `{event_type}` (event {id}); add it to the event registry")]
+    UnknownType {
+        /// The wire name that was not found.
+        event_type: String,
+        /// The event's id.
+        id: Uuid,
+    },
+    /// The payload does not match the registered type.
+    #[error("event {id} of type `{event_type}` has a payload that does not decode: {message}")]
+    Payload {
+        /// The event's wire name.
+        event_type: String,
+        /// The event's id.
+        id: Uuid,
+        /// What serde said.
+        message: String,
+    },
+    /// The record is of another type than the one asked for.
+    #[error("expected an event of type `{expected}`, found `{found}`")]
+    WrongType {
+        /// The type asked for.
+        expected: &'static str,
+        /// The record's type.
+        found: String,
+    },
 }

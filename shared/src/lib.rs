@@ -39,17 +39,20 @@ extern crate self as distributed_events_shared;
 
 mod bus;
 mod event;
+mod query;
 mod registry;
 mod rules;
 pub mod wire;
 
 pub use bus::{AnyEventStream, EventBus, EventStream};
-pub use event::{
-    now, Context, DomainEvent, Event, CONTEXT_SESSION_ID, CONTEXT_TENANT_ID, CONTEXT_USER_ID,
-};
-pub use registry::{AnyEvent, DecodeError, EventRegistry};
+pub use event::{now, DecodeError, DomainEvent, Event};
+pub use query::EventsQuery;
+pub use registry::{AnyEvent, EventRegistry};
 pub use rules::{InvalidEvent, MAX_NESTING};
-pub use wire::{ErrorBody, Receipt, StoredEvent};
+pub use wire::{
+    Context, ErrorBody, Receipt, StoredEvent, CONTEXT_SESSION_ID, CONTEXT_TENANT_ID,
+    CONTEXT_USER_ID,
+};
 
 /// `#[derive(Event)]`: makes a serde type a domain-event payload. The wire name is the
 /// type's name unless `#[event(name = "...")]` sets it.

@@ -5,39 +5,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::event::{DomainEvent, Event};
+use crate::event::{DecodeError, DomainEvent, Event};
 use crate::wire::StoredEvent;
-
-/// Why a wire record could not be turned into a typed event.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// No type of that name is registered. Add the type to the app's `event_registry!`.
-    #[error("unknown event type `{event_type}` (event {id}); add it to the event registry")]
-    UnknownType {
-        /// The wire name that was not found.
-        event_type: String,
-        /// The event's id.
-        id: Uuid,
-    },
-    /// The payload does not match the registered type.
-    #[error("event {id} of type `{event_type}` has a payload that does not decode: {message}")]
-    Payload {
-        /// The event's wire name.
-        event_type: String,
-        /// The event's id.
-        id: Uuid,
-        /// What serde said.
-        message: String,
-    },
-    /// The record is of another type than the one asked for.
-    #[error("expected an event of type `{expected}`, found `{found}`")]
-    WrongType {
-        /// The type asked for.
-        expected: &'static str,
-        /// The record's type.
-        found: String,
-    },
-}
 
 /// A typed event with its type erased, as the bus carries it: any `DomainEvent<T>`.
 #[derive(Clone)]

@@ -1,10 +1,21 @@
 //! The JSON wire format, shared by the server, the clients and `docs/PROTOCOL.md`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::event::{Context, CONTEXT_SESSION_ID, CONTEXT_TENANT_ID, CONTEXT_USER_ID};
+/// Context entries of an event: who caused it and in which tenant, plus anything an app
+/// wants its authorization filter to see.
+pub type Context = BTreeMap<String, serde_json::Value>;
+
+/// Context key whose string value becomes [`StoredEvent::user_id`].
+pub const CONTEXT_USER_ID: &str = "userId";
+/// Context key whose string value becomes [`StoredEvent::tenant_id`].
+pub const CONTEXT_TENANT_ID: &str = "tenantId";
+/// Context key whose string value becomes [`StoredEvent::session_id`].
+pub const CONTEXT_SESSION_ID: &str = "sessionId";
 
 /// Header on every `GET /events` answer: the `after` to poll with next. It can lie past
 /// the last event returned when the server skipped events this caller may not see.
@@ -20,7 +31,8 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 pub struct StoredEvent {
     /// Unique event id, chosen by whoever created the event; the idempotency key.
     pub id: Uuid,
-    /// When the event happened (RFC 3339, UTC).
+    /// When the event happened (RFC 3339, UTC). The same time as a decoded event's
+    /// `occurred_at` (`occurredAt` in JS); `DomainEvent::occurred_at` lists its names.
     pub created_at: DateTime<Utc>,
     /// The aggregate the event belongs to.
     #[cfg_attr(feature = "openapi", schema(min_length = 1))]

@@ -1,7 +1,8 @@
 //! Helpers of the cross-crate tests in `tests/`: [`TestServer`], a real
 //! `distributed-events-server` process on a temporary SQLite file that a test can kill
 //! and restart at the same address, watch (its PID and memory) and starve of disk space
-//! (a file-size limit).
+//! (a file-size limit); and [`spawn_listening`], the one launcher of a server process,
+//! which `server/tests`, `tests/` and `bench/` all start their servers with.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -174,7 +175,8 @@ impl TestServer {
                     "RUST_LOG",
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
                 );
-            let (mut child, listening) = spawn_listening(command, "server");
+            let (mut child, listening) =
+                spawn_listening(command, "server").expect("start distributed-events-server");
             match listening {
                 Ok(address) => {
                     self.address = address;
@@ -205,21 +207,23 @@ impl Drop for TestServer {
     }
 }
 
-/// Starts `command` (the server binary and its arguments), sends its log to the test's
-/// output with `[label]` before each line, and waits for its `listening on http://ADDR`
-/// line: the process and `ADDR`, or why no address came (it exited first, or printed none
-/// within 30 s).
+/// Starts `command` (a server binary and its arguments), sends its log to the caller's
+/// standard error (a test's captured output) with `[label]` before each line, and waits
+/// for its `listening on http://ADDR` line: the process and `ADDR`, or why no address
+/// came (it exited first, or printed none within 30 s). `Err` when it cannot be started.
 pub fn spawn_listening(
     mut command: Command,
     label: &str,
-) -> (Child, Result<String, mpsc::RecvTimeoutError>) {
+) -> std::io::Result<(Child, Result<String, mpsc::RecvTimeoutError>)> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .expect("start distributed-events-server");
-    let stderr = child.stderr.take().expect("piped stderr");
+        .spawn()?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
     let (found, listening) = mpsc::channel();
     let label = label.to_owned();
     // Drains stderr for the process's whole life, so that it never blocks on a full
@@ -236,5 +240,5 @@ pub fn spawn_listening(
         }
     });
     let address = listening.recv_timeout(Duration::from_secs(30));
-    (child, address)
+    Ok((child, address))
 }

@@ -177,7 +177,7 @@ async fn exactly_once_under_polling_overlapping_long_polls_and_a_server_restart(
             "reconnecting",
             client(&server)
                 .long_poll(Duration::from_millis(50))
-                .request_timeout(Duration::from_millis(1))
+                .timeout_beyond_wait(Duration::from_millis(1))
                 .build(),
         ),
     ];
@@ -393,7 +393,7 @@ async fn unknown_types_are_reported_with_the_event() {
         .expect("stored");
     unknown.event_type = "SomethingElse".into();
     writer
-        .publish_stored(unknown.clone())
+        .publish_record(unknown.clone())
         .expect("publish an untyped event");
     writer
         .publish(DomainEvent::new("agg", Note { writer: 0, seq: 1 }))

@@ -22,7 +22,7 @@
 
 #[path = "../../server/tests/common/databases.rs"]
 mod databases;
-mod harness;
+mod delivery_checks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use harness::{
+use delivery_checks::{
     assert_producers_in_order, assert_store_consistent, client, count_backoffs, end_with_marker,
     error_code, note, post_until_acked, publish_steadily, read_all, wait_live, wait_until_stored,
     Ack, Recorder,
@@ -501,7 +501,7 @@ async fn through_a_chaos_proxy_clients_resume_outboxes_drain_and_nothing_is_lost
     // enough that stalls hit them.
     let through_proxy = || {
         client(&proxy.url())
-            .request_timeout(Duration::from_millis(800))
+            .timeout_beyond_wait(Duration::from_millis(800))
             .long_poll(Duration::from_secs(1))
     };
     let consumers: Vec<Recorder> = (0..3)

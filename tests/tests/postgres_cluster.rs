@@ -8,14 +8,14 @@
 //! (`cargo build -p distributed-events-server`); without the URL each test says it was
 //! skipped. Each test works in a schema of its own, so they run in parallel.
 
-mod support;
+mod postgres_servers;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
-use support::{
+use postgres_servers::{
     new_event, poll, post_until_stored, read_all, read_until, start_cluster, summary, Ack,
 };
 
@@ -23,10 +23,10 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_and_readers_on_three_instances_lose_and_repeat_nothing() {
-    let Some(url) = support::database_url() else {
+    let Some(url) = postgres_servers::database_url() else {
         return;
     };
-    let database = support::fresh_schema(&url).await;
+    let database = postgres_servers::fresh_schema(&url).await;
     let servers = start_cluster(3, &database, &[]);
     let client = reqwest::Client::new();
 
@@ -78,7 +78,7 @@ async fn concurrent_writers_and_readers_on_three_instances_lose_and_repeat_nothi
 /// every reader saw exactly the acknowledged events, all in the same order. Returns the
 /// acknowledgements.
 async fn write_and_read_concurrently(
-    servers: &[support::Server],
+    servers: &[postgres_servers::Server],
     client: &reqwest::Client,
     writers_per_instance: usize,
     per_writer: usize,
@@ -132,10 +132,10 @@ async fn write_and_read_concurrently(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_id_posted_to_two_instances_at_once_is_stored_once() {
-    let Some(url) = support::database_url() else {
+    let Some(url) = postgres_servers::database_url() else {
         return;
     };
-    let database = support::fresh_schema(&url).await;
+    let database = postgres_servers::fresh_schema(&url).await;
     let servers = start_cluster(2, &database, &[]);
     let client = reqwest::Client::new();
 
@@ -161,10 +161,10 @@ async fn one_id_posted_to_two_instances_at_once_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn long_poll_on_one_instance_wakes_on_a_post_to_another() {
-    let Some(url) = support::database_url() else {
+    let Some(url) = postgres_servers::database_url() else {
         return;
     };
-    let database = support::fresh_schema(&url).await;
+    let database = postgres_servers::fresh_schema(&url).await;
     let servers = start_cluster(2, &database, &[]);
     let client = reqwest::Client::new();
     let (waiter, poster) = (&servers[0], &servers[1]);
@@ -213,10 +213,10 @@ async fn long_poll_on_one_instance_wakes_on_a_post_to_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_run_by_every_instance_deletes_a_clean_prefix() {
-    let Some(url) = support::database_url() else {
+    let Some(url) = postgres_servers::database_url() else {
         return;
     };
-    let database = support::fresh_schema(&url).await;
+    let database = postgres_servers::fresh_schema(&url).await;
     // Every instance cleans up ten times a second, keeping one second of events, while
     // every instance appends.
     let servers = start_cluster(
@@ -333,7 +333,7 @@ async fn snapshot(db: &mut PgConnection) -> (i64, i64, Vec<i64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; run it explicitly"]
 async fn measure_throughput_and_wake_up() {
-    let Some(url) = support::database_url() else {
+    let Some(url) = postgres_servers::database_url() else {
         return;
     };
     const SECONDS: u64 = 5;
@@ -357,7 +357,7 @@ async fn measure_throughput_and_wake_up() {
                 std::fs::create_dir_all(&sqlite_dir).expect("temp dir");
                 format!("sqlite://{}", sqlite_dir.join("events.db").display())
             }
-            _ => support::fresh_schema(&url).await,
+            _ => postgres_servers::fresh_schema(&url).await,
         };
         let servers = start_cluster(instances, &database, &[]);
         let deadline = Instant::now() + Duration::from_secs(SECONDS);
@@ -390,7 +390,7 @@ async fn measure_throughput_and_wake_up() {
         let _ = std::fs::remove_dir_all(&sqlite_dir);
     }
 
-    let database = support::fresh_schema(&url).await;
+    let database = postgres_servers::fresh_schema(&url).await;
     let servers = start_cluster(2, &database, &[]);
     let mut after = 0;
     let mut latencies = Vec::new();

@@ -9,14 +9,14 @@
 //! cluster and the rights to run `pg_ctlcluster` (root, as in CI); without the URL it says
 //! that it was skipped.
 
-mod support;
+mod postgres_servers;
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{
+use postgres_servers::{
     assert_json_error, new_event, poll, post_until_stored, read_all, read_until_target,
     start_cluster, Ack,
 };
@@ -103,11 +103,11 @@ impl Drop for LocalCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restart_under_load_loses_nothing_acknowledged() {
-    let Some(url) = support::database_url() else {
+    let Some(url) = postgres_servers::database_url() else {
         return;
     };
     let cluster = LocalCluster::find(&url);
-    let database = support::fresh_schema(&url).await;
+    let database = postgres_servers::fresh_schema(&url).await;
     let servers = start_cluster(2, &database, &[]);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

@@ -17,7 +17,7 @@
 //! exceed the first one after the warm-up by at most half plus 20 MiB. Waiting is bounded
 //! only to turn a hang into a failure.
 
-mod harness;
+mod delivery_checks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,7 +28,7 @@ use distributed_events_tests::TestServer;
 use futures::StreamExt;
 use uuid::Uuid;
 
-use harness::{
+use delivery_checks::{
     assert_producers_in_order, assert_store_consistent, client, count_backoffs, end_with_marker,
     publish_steadily, wait_until_stored, Recorder,
 };

@@ -196,7 +196,7 @@ impl Fake {
 
     fn client(&self, configure: impl FnOnce(ClientBuilder) -> ClientBuilder) -> EventBusClient {
         let builder = EventBusClient::builder("http://fake/")
-            .request_timeout(FOREVER)
+            .timeout_beyond_wait(FOREVER)
             .long_poll(Duration::from_secs(10));
         configure(builder).build_on(Box::new(self.clone())).unwrap()
     }
@@ -748,4 +748,39 @@ fn an_initial_timestamp_finds_the_start_then_the_cursor_takes_over() {
     assert_eq!(positions, [3, 4, 5]);
     assert!(fake.state().requests[0].contains("since="));
     assert!(fake.state().requests[1].contains("after=4"));
+}
+
+#[test]
+fn a_backoff_near_duration_max_backs_off_without_panicking() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = fake.client(|b| b.initial_position(0).backoff(Duration::MAX, Duration::MAX));
+    let mut status = client.status_changes();
+    fake.script(Scripted::Fail(Method::Get));
+    fake.settle(&mut pool);
+    let changes = drain(&mut status);
+    assert!(
+        changes.iter().any(|s| matches!(
+            s,
+            Status::BackingOff { retry_at, .. } if *retry_at == DateTime::<Utc>::MAX_UTC
+        )),
+        "the retry lies past the latest time there is: {changes:?}"
+    );
+    let now = Utc::now();
+    assert_eq!(
+        retry_time(now, Duration::from_secs(2)),
+        now + chrono::Duration::seconds(2)
+    );
+}
+
+#[test]
+fn a_bad_url_error_names_the_builders_argument() {
+    let error = EventBusClient::builder("localhost:8080")
+        .build_on(Box::new(Fake::default()))
+        .expect_err("a URL without a scheme is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("EventBusClient::builder") && !message.contains("serverUrl"),
+        "{message}"
+    );
 }

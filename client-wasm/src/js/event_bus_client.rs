@@ -133,7 +133,7 @@ impl JsEventBusClient {
         event.set_full_context(options.context.unwrap_or_default());
         let id = event.id.to_string();
         self.0
-            .publish_stored(event)
+            .publish_record(event)
             .map_err(|error| error_to_js(&error))?;
         Ok(id)
     }
@@ -307,8 +307,10 @@ impl Options {
     }
 
     fn into_builder(self) -> Result<crate::ClientBuilder, JsValue> {
-        let mut builder = EventBusClient::builder(self.server_url)
-            .auto_forward(self.auto_forward.unwrap_or(false));
+        let server_url = crate::config::server_url(&self.server_url, "serverUrl")
+            .map_err(|message| invalid_options(&message))?;
+        let mut builder =
+            EventBusClient::builder(server_url).auto_forward(self.auto_forward.unwrap_or(false));
         // Polling when asked for by `live: false` or by a `pollingInterval` (the seed's
         // option) alone; long-polling otherwise.
         let polling = match (self.live, self.polling_interval) {

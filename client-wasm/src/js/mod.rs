@@ -48,7 +48,7 @@ export interface ClientEvent<P = JsonValue> {
   id: string;
   eventType: string;
   aggregateId: string;
-  /** When it happened: RFC 3339, UTC. */
+  /** When it happened: RFC 3339, UTC (the record's `createdAt`). */
   occurredAt: string;
   /** Where the server stored it; `null` for an event published by this client (it is not delivered again when it comes back). */
   position: number | null;

@@ -4,11 +4,8 @@
 pub mod conformance;
 pub mod databases;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Child, Command};
 
 /// One `GET` of `url` (a cursor read): the page's events, its `X-Events-Cursor` and
 /// the length of its body.
@@ -55,27 +52,17 @@ impl ServerProcess {
     }
 
     fn spawn(mut command: Command, args: &[&str]) -> Self {
-        let mut child = command
+        command
             .args(["--bind", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
+            .env("RUST_LOG", "warn");
+        let (child, address) = distributed_events_tests::spawn_listening(command, "server")
             .expect("the server binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(address) = line.strip_prefix("listening on ") {
-                    let _ = sender.send(address.to_owned());
-                }
-                eprintln!("[server] {line}");
-            }
-        });
-        let base = receiver
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server printed its address");
-        Self { child, base }
+        let address = address.expect("the server printed its address");
+        Self {
+            child,
+            base: format!("http://{address}"),
+        }
     }
 
     /// Starts the binary on a SQLite file.

@@ -39,7 +39,8 @@ impl Server {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
             );
-        let (mut child, address) = distributed_events_tests::spawn_listening(command, name);
+        let (mut child, address) = distributed_events_tests::spawn_listening(command, name)
+            .expect("start distributed-events-server");
         let base = match address {
             Ok(address) => format!("http://{address}"),
             Err(_) => {

@@ -1,0 +1,209 @@
+//! Reading events for a caller: `GET /events` without HTTP. The HTTP edge parses the
+//! query ([`EventsQuery`], from `shared`), calls [`EventBusServer::read_events`], and
+//! turns the page or [`ReadError`] into a response; a new query parameter is used here.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use chrono::{DateTime, Utc};
+use distributed_events_shared::{EventsQuery, StoredEvent};
+
+use crate::auth::{is_visible, Principal};
+use crate::store::StoreError;
+use crate::tail::json_of;
+use crate::telemetry::{self, LivePoll};
+use crate::EventBusServer;
+
+/// A page for a caller: the events' JSON, in position order, and the `after` of the
+/// next read.
+#[derive(Debug)]
+pub(crate) struct EventsPage {
+    pub(crate) events: Vec<Bytes>,
+    pub(crate) cursor: u64,
+}
+
+/// Why a read has no page to answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The query asks for no read, or for two at once.
+    #[error("{0}")]
+    Query(&'static str),
+    /// Retention deleted events after the cursor; go on after `resume_after`.
+    #[error("events after this cursor were deleted; resume after {resume_after}")]
+    CursorExpired { resume_after: u64 },
+    /// The cursor is past every position ever assigned; go on after `resume_after`.
+    #[error("this cursor is past every stored event; resume after {resume_after}")]
+    CursorAhead { resume_after: u64 },
+    /// Too many long-polls wait already (on this server, or of this tenant).
+    #[error("{0}")]
+    Overloaded(&'static str),
+}
+
+impl EventBusServer {
+    /// The page `query` asks for: after a cursor (long-polling with `wait`) or since a
+    /// time, `limit` and `wait` lowered to the server's caps.
+    pub(crate) async fn read_events(
+        &self,
+        principal: &Principal,
+        query: &EventsQuery,
+    ) -> Result<EventsPage, ReadError> {
+        let limits = &self.inner.limits;
+        let limit = query.limit.map_or(limits.max_page, |limit| {
+            usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .min(limits.max_page)
+        });
+        match (query.after, query.since) {
+            (Some(_), Some(_)) => Err(ReadError::Query(
+                "pass either `after` (a position) or `since` (a time), not both",
+            )),
+            (None, None) => Err(ReadError::Query(
+                "`after` or `since` is required: pass `after=<position>` (a whole number, 0 for the start) or `since=<RFC 3339 time>`",
+            )),
+            (None, Some(since)) => self.page_since(principal, since, limit).await,
+            (Some(after), None) => {
+                let wait = query.wait.unwrap_or_default().min(limits.max_wait);
+                self.read_after(principal, after, limit, wait).await
+            }
+        }
+    }
+
+    /// Cursor mode, with the long-poll: read; if nothing is visible, wait for the next
+    /// commit (not for a timer) and read again, until `wait` runs out or shutdown begins.
+    async fn read_after(
+        &self,
+        principal: &Principal,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<EventsPage, ReadError> {
+        let inner = &self.inner;
+        let store = &inner.store;
+        let tail = &inner.tail;
+        let tenant = principal.tenant_id.as_deref();
+        let filter = inner.filter.as_deref();
+        let max_bytes = inner.limits.max_page_bytes;
+        let visible = |event: &StoredEvent| is_visible(filter, event, principal);
+        // Subscribe before the first read so that no commit between read and wait is missed.
+        let mut end = tail.watch_end();
+        let committed = store.watch_head();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut cursor = after;
+        let mut checked_ahead = false;
+        // Held while this request waits; released with the answer.
+        let mut permit = None;
+        loop {
+            // The tail answers unless the cursor lies before it, or it has nothing yet for a
+            // commit the store already acknowledged (read your own writes).
+            let from_tail = tail
+                .read(cursor, limit, max_bytes, tenant, &visible)
+                .filter(|page| !page.events.is_empty() || page.cursor >= *committed.borrow());
+            let events = match from_tail {
+                Some(page) => {
+                    cursor = page.cursor;
+                    metrics::counter!(telemetry::DELIVERED, "source" => "tail")
+                        .increment(page.events.len() as u64);
+                    page.events
+                }
+                None => {
+                    let page = store
+                        .read_after(cursor, limit, max_bytes, tenant, &visible)
+                        .await?;
+                    // Checked after the read: a cleanup that ran before it (on any
+                    // instance) shows here, so a read that missed deleted events is never
+                    // answered as complete.
+                    let pruned_through = store.pruned_through().await?;
+                    if cursor < pruned_through {
+                        return Err(ReadError::CursorExpired {
+                            resume_after: pruned_through,
+                        });
+                    }
+                    cursor = page.cursor;
+                    serialized(page.events)
+                }
+            };
+            if events.is_empty() && !checked_ahead && cursor > *end.borrow() {
+                // This process has not seen that position; ask the store whether anyone has.
+                let stored_head = store.head().await?;
+                if cursor > stored_head {
+                    return Err(ReadError::CursorAhead {
+                        resume_after: stored_head,
+                    });
+                }
+                checked_ahead = true;
+            }
+            if !events.is_empty()
+                || tokio::time::Instant::now() >= deadline
+                || inner.shutdown.is_cancelled()
+            {
+                return Ok(EventsPage { events, cursor });
+            }
+            if permit.is_none() {
+                permit = Some(LivePoll::new(
+                    inner
+                        .long_polls
+                        .try_acquire(tenant)
+                        .map_err(|refusal| ReadError::Overloaded(refusal.reason()))?,
+                ));
+            }
+            tokio::select! {
+                changed = end.wait_for(|&end| end > cursor) => {
+                    if changed.is_err() {
+                        return Ok(EventsPage { events: Vec::new(), cursor });
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {}
+                () = inner.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Timestamp mode (the seed's API): events with `createdAt >= since`, from the first
+    /// such event on in position order, filtered before the limit as in cursor mode. The
+    /// cursor works as in cursor mode, so a client can go on with `after=`. With no such
+    /// event it is the head as of before the read, never 0: a client that starts "from
+    /// now" must not replay history. (The store's `read_since` only finds the first
+    /// event.)
+    async fn page_since(
+        &self,
+        principal: &Principal,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<EventsPage, ReadError> {
+        let store = &self.inner.store;
+        let tenant = principal.tenant_id.as_deref();
+        let filter = self.inner.filter.as_deref();
+        // Read before the search: whatever commits after it lies past it.
+        let head = store.head().await?;
+        let first = store
+            .read_since(since, 1, tenant)
+            .await?
+            .first()
+            .and_then(|event| event.position);
+        let Some(first) = first else {
+            return Ok(EventsPage {
+                events: Vec::new(),
+                cursor: head,
+            });
+        };
+        let visible =
+            |event: &StoredEvent| event.created_at >= since && is_visible(filter, event, principal);
+        let max_bytes = self.inner.limits.max_page_bytes;
+        let page = store
+            .read_after(first.saturating_sub(1), limit, max_bytes, tenant, &visible)
+            .await?;
+        Ok(EventsPage {
+            events: serialized(page.events),
+            cursor: page.cursor,
+        })
+    }
+}
+
+/// The JSON of events read from the store, counted as delivered from it. Each event is
+/// dropped once serialized: the page is held about once.
+fn serialized(events: Vec<StoredEvent>) -> Vec<Bytes> {
+    metrics::counter!(telemetry::DELIVERED, "source" => "store").increment(events.len() as u64);
+    events.into_iter().map(|event| json_of(&event)).collect()
+}
