@@ -512,9 +512,7 @@ async fn post_event(
     Caller(principal): Caller,
     request: Request,
 ) -> Result<Response, AppError> {
-    if !is_json(request.headers()) {
-        return Err(AppError::UnsupportedMediaType);
-    }
+    let json = is_json(request.headers());
     let limits = server.limits();
     // Refused before the body is read, so that `Expect: 100-continue` gets no `100`.
     let declared = request
@@ -531,6 +529,11 @@ async fn post_event(
             StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(limits.max_body_bytes),
             _ => AppError::BadRequest(rejection.body_text()),
         })?;
+    // Checked once the body is read: answering before it would close the connection on
+    // unread bytes, and the reset can reach the client before the answer.
+    if !json {
+        return Err(AppError::UnsupportedMediaType);
+    }
     let event = StoredEvent::from_json(&body)?;
     let (receipt, replayed) = server.accept(event, &principal).await?;
     let mut response = (StatusCode::CREATED, Json(receipt)).into_response();

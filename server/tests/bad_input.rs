@@ -22,9 +22,11 @@ fn valid_event() -> Value {
 async fn raw(base: &str, request: &[u8]) -> (u16, String) {
     let address = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream.write_all(request).await.unwrap();
+    // The server may answer (and close) before it has read everything, as for a body
+    // over the limit: a failed write is not the test's failure, a missing answer is.
+    let _ = stream.write_all(request).await;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
+    let _ = stream.read_to_end(&mut answer).await;
     let answer = String::from_utf8_lossy(&answer).into_owned();
     let status = answer
         .split(' ')
