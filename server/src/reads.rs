@@ -10,9 +10,12 @@ use distributed_events_shared::{EventsQuery, StoredEvent};
 
 use crate::auth::{is_visible, Principal};
 use crate::store::StoreError;
-use crate::tail::json_of;
+use crate::tail::{json_of, TailPage};
 use crate::telemetry::{self, LivePoll};
 use crate::EventBusServer;
+
+/// Longest a read waits for the tail to take in what the store acknowledged before it.
+const TAIL_CATCH_UP: Duration = Duration::from_millis(500);
 
 /// A page for a caller: the events' JSON, in position order, and the `after` of the
 /// next read.
@@ -88,18 +91,28 @@ impl EventBusServer {
         let visible = |event: &StoredEvent| is_visible(filter, event, principal);
         // Subscribe before the first read so that no commit between read and wait is missed.
         let mut end = tail.watch_end();
-        let committed = store.watch_head();
+        // What was acknowledged before this request: its answer must not leave any of it
+        // out (read your own writes), even while the tail is still taking it in.
+        let acknowledged = *store.watch_head().borrow();
         let deadline = tokio::time::Instant::now() + wait;
         let mut cursor = after;
         let mut checked_ahead = false;
         // Held while this request waits; released with the answer.
         let mut permit = None;
         loop {
-            // The tail answers unless the cursor lies before it, or it has nothing yet for a
-            // commit the store already acknowledged (read your own writes).
-            let from_tail = tail
-                .read(cursor, limit, max_bytes, tenant, &visible)
-                .filter(|page| !page.events.is_empty() || page.cursor >= *committed.borrow());
+            // The tail answers unless the cursor lies before it, or its page is not full and
+            // stops short of what was acknowledged: then its follower gets a moment to
+            // catch up (it reads each commit within milliseconds), and the store answers
+            // if it has not.
+            let covers = |page: &TailPage| page.full || page.cursor >= acknowledged;
+            let mut from_tail = tail.read(cursor, limit, max_bytes, tenant, &visible);
+            if from_tail.as_ref().is_some_and(|page| !covers(page)) {
+                let caught_up = end.wait_for(|&end| end >= acknowledged);
+                let _ = tokio::time::timeout(TAIL_CATCH_UP, caught_up).await;
+                from_tail = tail
+                    .read(cursor, limit, max_bytes, tenant, &visible)
+                    .filter(covers);
+            }
             let events = match from_tail {
                 Some(page) => {
                     cursor = page.cursor;

@@ -67,6 +67,8 @@ pub(crate) fn json_of(event: &StoredEvent) -> Bytes {
 pub(crate) struct TailPage {
     pub(crate) events: Vec<Bytes>,
     pub(crate) cursor: u64,
+    /// Cut by the limit or the byte cap: more events follow in the tail.
+    pub(crate) full: bool,
 }
 
 /// The recent events: every event with a position in `(start, end]`, in order.
@@ -128,6 +130,7 @@ impl Tail {
         let mut page = TailPage {
             events: Vec::new(),
             cursor: after.max(state.end),
+            full: false,
         };
         let mut bytes = 0usize;
         let mut last = after;
@@ -138,11 +141,13 @@ impl Tail {
                 if !page.events.is_empty() && bytes > max_bytes {
                     // This event starts the next page.
                     page.cursor = last;
+                    page.full = true;
                     break;
                 }
                 page.events.push(entry.json.clone());
                 if page.events.len() == limit {
                     page.cursor = entry.position();
+                    page.full = true;
                     break;
                 }
             }

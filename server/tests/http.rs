@@ -117,6 +117,37 @@ async fn post_then_get_in_both_modes() {
 }
 
 /// Posts an event of `aggregate` created at `created_at`.
+/// A read answers everything acknowledged before it (read your own writes), even while
+/// the tail that live reads are answered from has not yet taken in the newest commit.
+#[tokio::test]
+async fn a_read_right_after_a_post_includes_it() {
+    let server = server();
+    for n in 1..=20 {
+        let id = Uuid::now_v7();
+        let posted = post(&server, &post_body(id, "OrderPurchasedEvent", "{}")).await;
+        assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
+        let page = get(&server, "/events?after=0").await;
+        let ids: Vec<&str> = page
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids.len(),
+            n,
+            "the read right after post {n} left events out"
+        );
+        assert_eq!(ids.last().copied(), Some(id.to_string().as_str()));
+        // Let the tail's follower take the commit in, so that the next read finds a tail
+        // that holds all but the next post.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 async fn post_at(server: &EventBusServer, aggregate: &str, created_at: &str) {
     let mut body = post_body(Uuid::now_v7(), "OrderPurchasedEvent", "{}");
     body["aggregateId"] = json!(aggregate);
