@@ -107,8 +107,11 @@ impl EventBusServer {
             let covers = |page: &TailPage| page.full || page.cursor >= acknowledged;
             let mut from_tail = tail.read(cursor, limit, max_bytes, tenant, &visible);
             if from_tail.as_ref().is_some_and(|page| !covers(page)) {
-                let caught_up = end.wait_for(|&end| end >= acknowledged);
-                let _ = tokio::time::timeout(TAIL_CATCH_UP, caught_up).await;
+                // Not once shutdown has begun: the follower has stopped.
+                tokio::select! {
+                    _ = tokio::time::timeout(TAIL_CATCH_UP, end.wait_for(|&end| end >= acknowledged)) => {}
+                    () = inner.shutdown.cancelled() => {}
+                }
                 from_tail = tail
                     .read(cursor, limit, max_bytes, tenant, &visible)
                     .filter(covers);

@@ -67,7 +67,7 @@ pub(crate) fn json_of(event: &StoredEvent) -> Bytes {
 pub(crate) struct TailPage {
     pub(crate) events: Vec<Bytes>,
     pub(crate) cursor: u64,
-    /// Cut by the limit or the byte cap: more events follow in the tail.
+    /// Cut by the limit or the byte cap: its cursor is the last event's position.
     pub(crate) full: bool,
 }
 
@@ -179,6 +179,11 @@ impl Tail {
         let end = state.end;
         state.report();
         drop(state);
+        self.announce_end(end);
+    }
+
+    /// Wakes the polls (and reads catching up) waiting for `end` to pass their cursor.
+    fn announce_end(&self, end: u64) {
         self.end.send_if_modified(|known| {
             let moved = end > *known;
             *known = (*known).max(end);
@@ -204,7 +209,10 @@ impl Tail {
         }
         state.start = position;
         state.end = state.end.max(position);
+        let end = state.end;
         state.report();
+        drop(state);
+        self.announce_end(end);
     }
 }
 

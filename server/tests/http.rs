@@ -116,7 +116,6 @@ async fn post_then_get_in_both_modes() {
     assert_eq!(after.body, json!([]));
 }
 
-/// Posts an event of `aggregate` created at `created_at`.
 /// A read answers everything acknowledged before it (read your own writes), even while
 /// the tail that live reads are answered from has not yet taken in the newest commit.
 #[tokio::test]
@@ -148,6 +147,7 @@ async fn a_read_right_after_a_post_includes_it() {
     }
 }
 
+/// Posts an event of `aggregate` created at `created_at`.
 async fn post_at(server: &EventBusServer, aggregate: &str, created_at: &str) {
     let mut body = post_body(Uuid::now_v7(), "OrderPurchasedEvent", "{}");
     body["aggregateId"] = json!(aggregate);
