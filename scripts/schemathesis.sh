@@ -19,7 +19,9 @@ fi
 # Schemathesis in its own virtualenv, installed once (pinned major version: the CLI's
 # options changed at 4.0).
 venv="${CARGO_TARGET_DIR:-$PWD/target}/schemathesis-venv"
-if [[ ! -x "$venv/bin/st" ]]; then
+# A venv that no longer runs (its folder was moved, or its Python changed) is made anew.
+if ! "$venv/bin/st" --version >/dev/null 2>&1; then
+    rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
 fi
