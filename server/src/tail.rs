@@ -67,7 +67,8 @@ pub(crate) fn json_of(event: &StoredEvent) -> Bytes {
 pub(crate) struct TailPage {
     pub(crate) events: Vec<Bytes>,
     pub(crate) cursor: u64,
-    /// Cut by the limit or the byte cap: its cursor is the last event's position.
+    /// Cut by the limit or the byte cap: its cursor is the last event's position, and no
+    /// later commit changes it.
     pub(crate) full: bool,
 }
 
@@ -132,6 +133,8 @@ impl Tail {
             cursor: after.max(state.end),
             full: false,
         };
+        // Cut as `EventStore::read_after` cuts, so that a full page is the same page
+        // (events and cursor) from here and from the store.
         let mut bytes = 0usize;
         let mut last = after;
         for entry in state.events.range(first..) {
@@ -145,13 +148,13 @@ impl Tail {
                     break;
                 }
                 page.events.push(entry.json.clone());
-                if page.events.len() == limit {
-                    page.cursor = entry.position();
+                last = entry.position();
+                if page.events.len() == limit || bytes >= max_bytes {
+                    page.cursor = last;
                     page.full = true;
                     break;
                 }
             }
-            last = entry.position();
         }
         Some(page)
     }
