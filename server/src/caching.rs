@@ -90,7 +90,10 @@ mod tests {
         assert_ne!(etag(&page, 7), etag(&[Bytes::from_static(b"[]")], 7));
         let tag = etag(&page, 7);
         let tag = tag.to_str().unwrap();
-        assert!(tag.len() == 34 && tag.starts_with('"') && tag.ends_with('"'), "{tag}");
+        assert!(
+            tag.len() == 34 && tag.starts_with('"') && tag.ends_with('"'),
+            "{tag}"
+        );
     }
 
     #[test]
@@ -99,7 +102,10 @@ mod tests {
         let text = tag.to_str().unwrap();
         assert!(not_modified(&request(&[text]), &tag));
         assert!(not_modified(&request(&[&format!("W/{text}")]), &tag));
-        assert!(not_modified(&request(&[&format!("\"other\", {text}")]), &tag));
+        assert!(not_modified(
+            &request(&[&format!("\"other\", {text}")]),
+            &tag
+        ));
         assert!(not_modified(&request(&["\"other\"", text]), &tag));
         assert!(not_modified(&request(&["*"]), &tag));
         assert!(!not_modified(&request(&["\"other\""]), &tag));

@@ -388,7 +388,11 @@ pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, InvalidOrigin> {
     Ok(CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([CONTENT_TYPE, axum::http::header::AUTHORIZATION, IF_NONE_MATCH])
+        .allow_headers([
+            CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+            IF_NONE_MATCH,
+        ])
         .expose_headers([
             HeaderName::from_static(CURSOR_HEADER),
             HeaderName::from_static(REPLAYED_HEADER),
@@ -441,7 +445,10 @@ enum CommonErrors {
 #[utoipa::path(
     get,
     path = "/events",
-    params(EventsQuery),
+    params(
+        EventsQuery,
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a page the caller holds: answered `304` (no body) while the page is the same."),
+    ),
     responses(
         (status = 200, description = "The events, in ascending position order; `[]` when none came within `wait`.",
             body = Vec<StoredEvent>,
@@ -467,9 +474,8 @@ async fn get_events(
     let answer = async {
         // Credentials first: a `304` tells that the caller's page is current.
         let Caller(principal) = caller?;
-        let query: EventsQuery =
-            serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
-                .map_err(|error| AppError::BadRequest(error.to_string()))?;
+        let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+            .map_err(|error| AppError::BadRequest(error.to_string()))?;
         let page = server.read_events(&principal, &query).await?;
         Ok::<_, AppError>(page_response(
             page,

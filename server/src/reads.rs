@@ -229,9 +229,8 @@ impl EventBusServer {
         let page = store
             .read_after(first.saturating_sub(1), limit, max_bytes, tenant, &visible)
             .await?;
-        let immutable = page.full
-            && self.inner.retention.is_none()
-            && !filter_failed.load(Ordering::Relaxed);
+        let immutable =
+            page.full && self.inner.retention.is_none() && !filter_failed.load(Ordering::Relaxed);
         Ok(EventsPage {
             events: serialized(page.events),
             cursor: page.cursor,

@@ -146,7 +146,10 @@ async fn a_full_page_is_immutable_and_every_other_answer_is_no_store() {
         "no-store",
         "the page at the head grows"
     );
-    assert!(head.header("etag").starts_with('"'), "every page has an ETag");
+    assert!(
+        head.header("etag").starts_with('"'),
+        "every page has an ETag"
+    );
     assert_vary(&head);
     let empty = get(&server, "/events?after=5", &[]).await;
     assert_eq!(empty.header("cache-control"), "no-store");
@@ -171,7 +174,12 @@ async fn if_none_match_answers_304_with_the_same_headers_and_no_body() {
     }
     let full = get(&server, "/events?after=0&limit=3", &[]).await;
     let etag = full.header("etag");
-    let again = get(&server, "/events?after=0&limit=3", &[("if-none-match", etag)]).await;
+    let again = get(
+        &server,
+        "/events?after=0&limit=3",
+        &[("if-none-match", etag)],
+    )
+    .await;
     assert_eq!(again.status, StatusCode::NOT_MODIFIED);
     assert!(again.body.is_empty());
     for name in ["etag", "cache-control", "vary", "x-events-cursor"] {
@@ -179,9 +187,13 @@ async fn if_none_match_answers_304_with_the_same_headers_and_no_body() {
     }
     let weak = format!("\"nope\", W/{etag}");
     assert_eq!(
-        get(&server, "/events?after=0&limit=3", &[("if-none-match", &weak)])
-            .await
-            .status,
+        get(
+            &server,
+            "/events?after=0&limit=3",
+            &[("if-none-match", &weak)]
+        )
+        .await
+        .status,
         StatusCode::NOT_MODIFIED
     );
     let other = get(
@@ -225,7 +237,12 @@ async fn with_authentication_pages_are_private_and_a_304_needs_credentials() {
     assert_vary(&alice);
     let etag = alice.header("etag");
 
-    let anonymous = get(&server, "/events?after=0&limit=2", &[("if-none-match", etag)]).await;
+    let anonymous = get(
+        &server,
+        "/events?after=0&limit=2",
+        &[("if-none-match", etag)],
+    )
+    .await;
     assert_eq!(
         anonymous.status,
         StatusCode::UNAUTHORIZED,
@@ -325,7 +342,10 @@ async fn a_page_the_authorization_filter_failed_on_is_no_store() {
 /// deleting it would move the page, so with retention it is not final.
 #[tokio::test]
 async fn since_pages_are_immutable_only_without_retention() {
-    for (retention, expected) in [(None, PUBLIC), (Some(Duration::from_secs(3600)), "no-store")] {
+    for (retention, expected) in [
+        (None, PUBLIC),
+        (Some(Duration::from_secs(3600)), "no-store"),
+    ] {
         let mut builder = EventBusServer::builder(Arc::new(MemoryStore::new()));
         if let Some(retention) = retention {
             builder = builder.retention(retention);

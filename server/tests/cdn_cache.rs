@@ -20,6 +20,14 @@ use uuid::Uuid;
 /// cache folder.
 const NGINX_CONF: &str = include_str!("../../docs/nginx.conf");
 
+#[test]
+fn the_readme_shows_the_tested_configuration() {
+    assert!(
+        include_str!("../../README.md").contains(NGINX_CONF),
+        "README.md's nginx block (\"Behind a CDN or nginx\") differs from docs/nginx.conf: copy the file into it"
+    );
+}
+
 /// The nginx binary: on `PATH`, or Debian's place for it (not on a user's `PATH`).
 /// `None` after saying so, outside CI; in CI a missing nginx fails the test.
 fn nginx_binary() -> Option<PathBuf> {
@@ -65,7 +73,11 @@ struct Nginx {
 impl Nginx {
     fn start(binary: &Path, dir: &Path, upstream: &str) -> Self {
         let port = free_port();
-        let site = replace(NGINX_CONF, "server 127.0.0.1:8080;", &format!("server {upstream};"));
+        let site = replace(
+            NGINX_CONF,
+            "server 127.0.0.1:8080;",
+            &format!("server {upstream};"),
+        );
         let site = replace(&site, "listen 80;", &format!("listen 127.0.0.1:{port};"));
         let cache = dir.join("cache");
         let site = replace(
@@ -219,10 +231,8 @@ async fn a_full_page_comes_from_nginx_s_cache_and_the_head_from_the_server() {
     };
     let dir = tempfile::tempdir().unwrap();
     let metrics = format!("127.0.0.1:{}", free_port());
-    let server = common::ServerProcess::sqlite(
-        &dir.path().join("events.db"),
-        &["--metrics-bind", &metrics],
-    );
+    let server =
+        common::ServerProcess::sqlite(&dir.path().join("events.db"), &["--metrics-bind", &metrics]);
     let metrics = format!("http://{metrics}");
     let nginx_dir = dir.path().join("nginx");
     std::fs::create_dir(&nginx_dir).unwrap();
