@@ -496,8 +496,8 @@ fn page_response(page: EventsPage, authenticated: bool, request: &HeaderMap) -> 
         cursor,
         immutable,
     } = page;
-    let body = json_array(events);
-    let etag = caching::etag(&body, cursor);
+    let etag = caching::etag(events.iter().map(|event| &event.digest), cursor);
+    let body = json_array(events.into_iter().map(|event| event.bytes));
     let mut response = if caching::not_modified(request, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -529,10 +529,10 @@ fn page_response(page: EventsPage, authenticated: bool, request: &HeaderMap) -> 
 
 /// A JSON array of already serialized events, as chunks: sent as the events' own
 /// buffers, not copied into one, and each freed once written.
-fn json_array(events: Vec<Bytes>) -> Vec<Bytes> {
+fn json_array(events: impl ExactSizeIterator<Item = Bytes>) -> Vec<Bytes> {
     let mut chunks = Vec::with_capacity(2 * events.len() + 1);
     chunks.push(Bytes::from_static(b"["));
-    for (i, event) in events.into_iter().enumerate() {
+    for (i, event) in events.enumerate() {
         if i > 0 {
             chunks.push(Bytes::from_static(b","));
         }

@@ -5,13 +5,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use distributed_events_shared::{EventsQuery, StoredEvent};
 
 use crate::auth::{verdict, AuthorizationFilter, Principal, Verdict};
 use crate::store::StoreError;
-use crate::tail::{json_of, TailPage};
+use crate::tail::{EventJson, TailPage};
 use crate::telemetry::{self, LivePoll};
 use crate::EventBusServer;
 
@@ -22,7 +21,7 @@ const TAIL_CATCH_UP: Duration = Duration::from_millis(500);
 /// next read.
 #[derive(Debug)]
 pub(crate) struct EventsPage {
-    pub(crate) events: Vec<Bytes>,
+    pub(crate) events: Vec<EventJson>,
     pub(crate) cursor: u64,
     /// The same query gets this same page from now on, so caches may keep it: the page
     /// is full (it holds `limit` events, or the byte cap cut it), and nothing that could
@@ -259,7 +258,10 @@ fn sees(
 
 /// The JSON of events read from the store, counted as delivered from it. Each event is
 /// dropped once serialized: the page is held about once.
-fn serialized(events: Vec<StoredEvent>) -> Vec<Bytes> {
+fn serialized(events: Vec<StoredEvent>) -> Vec<EventJson> {
     metrics::counter!(telemetry::DELIVERED, "source" => "store").increment(events.len() as u64);
-    events.into_iter().map(|event| json_of(&event)).collect()
+    events
+        .into_iter()
+        .map(|event| EventJson::of(&event))
+        .collect()
 }

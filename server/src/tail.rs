@@ -14,6 +14,7 @@ use distributed_events_shared::StoredEvent;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::caching::EventDigest;
 use crate::store::{event_size, SharedStore, Visibility};
 use crate::telemetry;
 
@@ -31,12 +32,12 @@ const ENTRY_OVERHEAD: usize = 256;
 #[derive(Clone, Debug)]
 pub(crate) struct Serialized {
     pub(crate) event: StoredEvent,
-    pub(crate) json: Bytes,
+    pub(crate) json: EventJson,
 }
 
 impl Serialized {
     pub(crate) fn new(event: StoredEvent) -> Self {
-        let json = json_of(&event);
+        let json = EventJson::of(&event);
         Self { event, json }
     }
 
@@ -47,7 +48,23 @@ impl Serialized {
     /// The memory the entry holds, erring high: its JSON, the event (whose strings are
     /// no longer than the JSON that carries them) and the overhead.
     fn weight(&self) -> usize {
-        2 * self.json.len() + ENTRY_OVERHEAD
+        2 * self.json.bytes.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// An event's JSON as pages carry it, and its digest for the pages' `ETag`s: each made
+/// once per event, shared by every answer that carries it.
+#[derive(Clone, Debug)]
+pub(crate) struct EventJson {
+    pub(crate) bytes: Bytes,
+    pub(crate) digest: EventDigest,
+}
+
+impl EventJson {
+    pub(crate) fn of(event: &StoredEvent) -> Self {
+        let bytes = json_of(event);
+        let digest = EventDigest::of(&bytes);
+        Self { bytes, digest }
     }
 }
 
@@ -65,7 +82,7 @@ pub(crate) fn json_of(event: &StoredEvent) -> Bytes {
 /// A page answered from the tail.
 #[derive(Debug)]
 pub(crate) struct TailPage {
-    pub(crate) events: Vec<Bytes>,
+    pub(crate) events: Vec<EventJson>,
     pub(crate) cursor: u64,
     /// Cut by the limit or the byte cap: its cursor is the last event's position, and no
     /// later commit changes it.
@@ -302,7 +319,7 @@ mod tests {
         page.events
             .iter()
             .map(|json| {
-                serde_json::from_slice::<StoredEvent>(json)
+                serde_json::from_slice::<StoredEvent>(&json.bytes)
                     .unwrap()
                     .position
                     .unwrap()
