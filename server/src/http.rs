@@ -497,10 +497,10 @@ fn page_response(page: EventsPage, authenticated: bool, request: &HeaderMap) -> 
         immutable,
     } = page;
     let etag = caching::etag(events.iter().map(|event| &event.digest), cursor);
-    let body = json_array(events.into_iter().map(|event| event.bytes));
     let mut response = if caching::not_modified(request, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
+        let body = json_array(events.into_iter().map(|event| event.bytes));
         let size = body.iter().map(Bytes::len).sum::<usize>();
         let body = Body::from_stream(futures::stream::iter(
             body.into_iter().map(Ok::<_, Infallible>),
