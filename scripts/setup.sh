@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing distributed-events needs, idempotently: what the web
 # build needs (scripts/setup-web.sh: the wasm target, wasm-bindgen-cli, wasm-pack), then
-# the test suite's extras: cargo-fuzz, and Debian's Chromium and ChromeDriver for the
-# browser tests. Safe to run again and again.
+# the test suite's extras: cargo-fuzz, Debian's Chromium and ChromeDriver for the
+# browser tests, and Debian's nginx for the CDN cache test (server/tests/cdn_cache.rs).
+# Safe to run again and again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,9 @@ fi
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# /usr/sbin is not on every user's PATH. The test runs an nginx of its own; the service
+# Debian sets up is not needed.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} from Debian"
   sudo_cmd=""

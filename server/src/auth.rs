@@ -86,27 +86,40 @@ impl<E: fmt::Display> FilterOutcome for Result<bool, E> {
 pub(crate) type AuthorizationFilter =
     dyn Fn(&StoredEvent, &Principal) -> Result<bool, String> + Send + Sync;
 
+/// What [`verdict`] decided about an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Visible,
+    Hidden,
+    /// The filter errored or panicked: hidden this time, but it may decide otherwise on
+    /// the next read, so a page that hid it is not final.
+    FilterFailed,
+}
+
 /// Whether `principal` may see `event`: its own tenant only (when it has one), then the
 /// app's filter. A filter that errors or panics hides the event and is logged; it never
 /// fails the request.
-pub(crate) fn is_visible(
+pub(crate) fn verdict(
     filter: Option<&AuthorizationFilter>,
     event: &StoredEvent,
     principal: &Principal,
-) -> bool {
+) -> Verdict {
     if principal.tenant_id.is_some() && event.tenant_id != principal.tenant_id {
-        return false;
+        return Verdict::Hidden;
     }
-    let Some(filter) = filter else { return true };
+    let Some(filter) = filter else {
+        return Verdict::Visible;
+    };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| filter(event, principal))) {
-        Ok(Ok(visible)) => visible,
+        Ok(Ok(true)) => Verdict::Visible,
+        Ok(Ok(false)) => Verdict::Hidden,
         Ok(Err(error)) => {
             tracing::warn!(event = %event.id, %error, "authorization filter failed; event hidden");
-            false
+            Verdict::FilterFailed
         }
         Err(_) => {
             tracing::warn!(event = %event.id, "authorization filter panicked; event hidden");
-            false
+            Verdict::FilterFailed
         }
     }
 }

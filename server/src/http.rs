@@ -9,7 +9,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, RawQuery, Request, State,
 };
-use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +26,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::reads::ReadError;
+use crate::caching;
+use crate::reads::{EventsPage, ReadError};
 use crate::store::StoreError;
 use crate::telemetry;
 use crate::{EventBusServer, PublishError};
@@ -384,11 +388,16 @@ pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, InvalidOrigin> {
     Ok(CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([CONTENT_TYPE, axum::http::header::AUTHORIZATION])
+        .allow_headers([
+            CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+            IF_NONE_MATCH,
+        ])
         .expose_headers([
             HeaderName::from_static(CURSOR_HEADER),
             HeaderName::from_static(REPLAYED_HEADER),
             axum::http::header::RETRY_AFTER,
+            ETAG,
         ]))
 }
 
@@ -436,11 +445,20 @@ enum CommonErrors {
 #[utoipa::path(
     get,
     path = "/events",
-    params(EventsQuery),
+    params(
+        EventsQuery,
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a page the caller holds: answered `304` (no body) while the page is the same."),
+    ),
     responses(
         (status = 200, description = "The events, in ascending position order; `[]` when none came within `wait`.",
             body = Vec<StoredEvent>,
-            headers(("X-Events-Cursor" = u64, description = "The `after` of the next request: at least the last event's position, further when the server skipped events the caller may not see."))),
+            headers(
+                ("X-Events-Cursor" = u64, description = "The `after` of the next request: at least the last event's position, further when the server skipped events the caller may not see."),
+                ("ETag" = String, description = "A strong validator of this answer (its body and cursor); send it back in `If-None-Match` to get `304` while the page is the same."),
+                ("Cache-Control" = String, description = "`public, max-age=31536000, immutable` (`private, …` with authentication) for a full page, which never changes for its query; `no-store` for every other answer."),
+                ("Vary" = String, description = "`Authorization, Accept`."),
+            )),
+        (status = 304, description = "`If-None-Match` named this page's `ETag`: the caller has it already. No body; the same `ETag`, `Cache-Control`, `Vary` and `X-Events-Cursor` as the `200`."),
         (status = 400, description = "`bad_request`: a parameter is missing or malformed, or `after` and `since` came together.", body = ErrorBody),
         CommonErrors,
         (status = 410, description = "`cursor_expired` (retention deleted events after `after`) or `cursor_ahead` (`after` is past every position ever assigned): resume with `after` = `resumeAfter`.", body = ErrorBody),
@@ -449,43 +467,79 @@ enum CommonErrors {
 )]
 async fn get_events(
     State(server): State<EventBusServer>,
-    Caller(principal): Caller,
+    caller: Result<Caller, AppError>,
+    request: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Result<Response, AppError> {
-    let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
-        .map_err(|error| AppError::BadRequest(error.to_string()))?;
-    let page = server.read_events(&principal, &query).await?;
-    Ok(events_response(page.events, page.cursor))
+) -> Response {
+    let answer = async {
+        // Credentials first: a `304` tells that the caller's page is current.
+        let Caller(principal) = caller?;
+        let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+            .map_err(|error| AppError::BadRequest(error.to_string()))?;
+        let page = server.read_events(&principal, &query).await?;
+        Ok::<_, AppError>(page_response(
+            page,
+            server.authenticator().is_some(),
+            &request,
+        ))
+    };
+    let mut response = answer.await.unwrap_or_else(IntoResponse::into_response);
+    caching::set_defaults(response.headers_mut());
+    response
 }
 
-/// A JSON array of already serialized events, with the cursor header. The body is sent
-/// as the events' own buffers, not copied into one, and each is freed once written.
-fn events_response(events: Vec<Bytes>, cursor: u64) -> Response {
-    let size = events.iter().map(Bytes::len).sum::<usize>() + events.len().max(1) + 1;
+/// A page's answer: its JSON array with the cursor and the caching headers, or `304`
+/// when the request's `If-None-Match` names it.
+fn page_response(page: EventsPage, authenticated: bool, request: &HeaderMap) -> Response {
+    let EventsPage {
+        events,
+        cursor,
+        immutable,
+    } = page;
+    let etag = caching::etag(events.iter().map(|event| &event.digest), cursor);
+    let mut response = if caching::not_modified(request, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let body = json_array(events.into_iter().map(|event| event.bytes));
+        let size = body.iter().map(Bytes::len).sum::<usize>();
+        let body = Body::from_stream(futures::stream::iter(
+            body.into_iter().map(Ok::<_, Infallible>),
+        ));
+        (
+            [
+                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (CONTENT_LENGTH, HeaderValue::from(size)),
+            ],
+            body,
+        )
+            .into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static(CURSOR_HEADER),
+        HeaderValue::from(cursor),
+    );
+    headers.insert(ETAG, etag);
+    headers.insert(
+        CACHE_CONTROL,
+        caching::cache_control(immutable, authenticated),
+    );
+    response
+}
+
+/// A JSON array of already serialized events, as chunks: sent as the events' own
+/// buffers, not copied into one, and each freed once written.
+fn json_array(events: impl ExactSizeIterator<Item = Bytes>) -> Vec<Bytes> {
     let mut chunks = Vec::with_capacity(2 * events.len() + 1);
     chunks.push(Bytes::from_static(b"["));
-    for (i, event) in events.into_iter().enumerate() {
+    for (i, event) in events.enumerate() {
         if i > 0 {
             chunks.push(Bytes::from_static(b","));
         }
         chunks.push(event);
     }
     chunks.push(Bytes::from_static(b"]"));
-    let body = Body::from_stream(futures::stream::iter(
-        chunks.into_iter().map(Ok::<_, Infallible>),
-    ));
-    (
-        [
-            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-            (CONTENT_LENGTH, HeaderValue::from(size)),
-            (
-                HeaderName::from_static(CURSOR_HEADER),
-                HeaderValue::from(cursor),
-            ),
-        ],
-        body,
-    )
-        .into_response()
+    chunks
 }
 
 /// Stores one event; posting the same event (same id and content) again is a no-op.

@@ -47,6 +47,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod auth;
+mod caching;
 mod http;
 mod jwt;
 mod long_polls;

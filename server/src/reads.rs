@@ -2,15 +2,15 @@
 //! query ([`EventsQuery`], from `shared`), calls [`EventBusServer::read_events`], and
 //! turns the page or [`ReadError`] into a response; a new query parameter is used here.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use distributed_events_shared::{EventsQuery, StoredEvent};
 
-use crate::auth::{is_visible, Principal};
+use crate::auth::{verdict, AuthorizationFilter, Principal, Verdict};
 use crate::store::StoreError;
-use crate::tail::{json_of, TailPage};
+use crate::tail::{EventJson, TailPage};
 use crate::telemetry::{self, LivePoll};
 use crate::EventBusServer;
 
@@ -21,8 +21,15 @@ const TAIL_CATCH_UP: Duration = Duration::from_millis(500);
 /// next read.
 #[derive(Debug)]
 pub(crate) struct EventsPage {
-    pub(crate) events: Vec<Bytes>,
+    pub(crate) events: Vec<EventJson>,
     pub(crate) cursor: u64,
+    /// The same query gets this same page from now on, so caches may keep it: the page
+    /// is full (it holds `limit` events, or the byte cap cut it), and nothing that could
+    /// change shaped it. Not when it waited for a commit (a live answer), when the
+    /// authorization filter failed on an event (hidden this time only), or, in `since`
+    /// mode, with retention (deleting the first events moves where the page starts; in
+    /// cursor mode such a read answers `410` instead).
+    pub(crate) immutable: bool,
 }
 
 /// Why a read has no page to answer.
@@ -88,7 +95,8 @@ impl EventBusServer {
         let tenant = principal.tenant_id.as_deref();
         let filter = inner.filter.as_deref();
         let max_bytes = inner.limits.max_page_bytes;
-        let visible = |event: &StoredEvent| is_visible(filter, event, principal);
+        let filter_failed = AtomicBool::new(false);
+        let visible = |event: &StoredEvent| sees(filter, event, principal, &filter_failed);
         // Subscribe before the first read so that no commit between read and wait is missed.
         let mut end = tail.watch_end();
         // What was acknowledged before this request: its answer must not leave any of it
@@ -97,6 +105,7 @@ impl EventBusServer {
         let deadline = tokio::time::Instant::now() + wait;
         let mut cursor = after;
         let mut checked_ahead = false;
+        let mut waited = false;
         // Held while this request waits; released with the answer.
         let mut permit = None;
         loop {
@@ -116,12 +125,12 @@ impl EventBusServer {
                     .read(cursor, limit, max_bytes, tenant, &visible)
                     .filter(covers);
             }
-            let events = match from_tail {
+            let (events, full) = match from_tail {
                 Some(page) => {
                     cursor = page.cursor;
                     metrics::counter!(telemetry::DELIVERED, "source" => "tail")
                         .increment(page.events.len() as u64);
-                    page.events
+                    (page.events, page.full)
                 }
                 None => {
                     let page = store
@@ -137,7 +146,7 @@ impl EventBusServer {
                         });
                     }
                     cursor = page.cursor;
-                    serialized(page.events)
+                    (serialized(page.events), page.full)
                 }
             };
             if events.is_empty() && !checked_ahead && cursor > *end.borrow() {
@@ -154,7 +163,12 @@ impl EventBusServer {
                 || tokio::time::Instant::now() >= deadline
                 || inner.shutdown.is_cancelled()
             {
-                return Ok(EventsPage { events, cursor });
+                let immutable = full && !waited && !filter_failed.load(Ordering::Relaxed);
+                return Ok(EventsPage {
+                    events,
+                    cursor,
+                    immutable,
+                });
             }
             if permit.is_none() {
                 permit = Some(LivePoll::new(
@@ -164,10 +178,11 @@ impl EventBusServer {
                         .map_err(|refusal| ReadError::Overloaded(refusal.reason()))?,
                 ));
             }
+            waited = true;
             tokio::select! {
                 changed = end.wait_for(|&end| end > cursor) => {
                     if changed.is_err() {
-                        return Ok(EventsPage { events: Vec::new(), cursor });
+                        return Ok(EventsPage { events: Vec::new(), cursor, immutable: false });
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {}
@@ -202,24 +217,51 @@ impl EventBusServer {
             return Ok(EventsPage {
                 events: Vec::new(),
                 cursor: head,
+                immutable: false,
             });
         };
-        let visible =
-            |event: &StoredEvent| event.created_at >= since && is_visible(filter, event, principal);
+        let filter_failed = AtomicBool::new(false);
+        let visible = |event: &StoredEvent| {
+            event.created_at >= since && sees(filter, event, principal, &filter_failed)
+        };
         let max_bytes = self.inner.limits.max_page_bytes;
         let page = store
             .read_after(first.saturating_sub(1), limit, max_bytes, tenant, &visible)
             .await?;
+        let immutable =
+            page.full && self.inner.retention.is_none() && !filter_failed.load(Ordering::Relaxed);
         Ok(EventsPage {
             events: serialized(page.events),
             cursor: page.cursor,
+            immutable,
         })
+    }
+}
+
+/// Whether `principal` sees `event`, noting in `filter_failed` when the authorization
+/// filter failed on it.
+fn sees(
+    filter: Option<&AuthorizationFilter>,
+    event: &StoredEvent,
+    principal: &Principal,
+    filter_failed: &AtomicBool,
+) -> bool {
+    match verdict(filter, event, principal) {
+        Verdict::Visible => true,
+        Verdict::Hidden => false,
+        Verdict::FilterFailed => {
+            filter_failed.store(true, Ordering::Relaxed);
+            false
+        }
     }
 }
 
 /// The JSON of events read from the store, counted as delivered from it. Each event is
 /// dropped once serialized: the page is held about once.
-fn serialized(events: Vec<StoredEvent>) -> Vec<Bytes> {
+fn serialized(events: Vec<StoredEvent>) -> Vec<EventJson> {
     metrics::counter!(telemetry::DELIVERED, "source" => "store").increment(events.len() as u64);
-    events.into_iter().map(|event| json_of(&event)).collect()
+    events
+        .into_iter()
+        .map(|event| EventJson::of(&event))
+        .collect()
 }

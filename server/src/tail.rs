@@ -14,6 +14,7 @@ use distributed_events_shared::StoredEvent;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::caching::EventDigest;
 use crate::store::{event_size, SharedStore, Visibility};
 use crate::telemetry;
 
@@ -31,12 +32,12 @@ const ENTRY_OVERHEAD: usize = 256;
 #[derive(Clone, Debug)]
 pub(crate) struct Serialized {
     pub(crate) event: StoredEvent,
-    pub(crate) json: Bytes,
+    pub(crate) json: EventJson,
 }
 
 impl Serialized {
     pub(crate) fn new(event: StoredEvent) -> Self {
-        let json = json_of(&event);
+        let json = EventJson::of(&event);
         Self { event, json }
     }
 
@@ -47,7 +48,23 @@ impl Serialized {
     /// The memory the entry holds, erring high: its JSON, the event (whose strings are
     /// no longer than the JSON that carries them) and the overhead.
     fn weight(&self) -> usize {
-        2 * self.json.len() + ENTRY_OVERHEAD
+        2 * self.json.bytes.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// An event's JSON as pages carry it, and its digest for the pages' `ETag`s: each made
+/// once per event, shared by every answer that carries it.
+#[derive(Clone, Debug)]
+pub(crate) struct EventJson {
+    pub(crate) bytes: Bytes,
+    pub(crate) digest: EventDigest,
+}
+
+impl EventJson {
+    pub(crate) fn of(event: &StoredEvent) -> Self {
+        let bytes = json_of(event);
+        let digest = EventDigest::of(&bytes);
+        Self { bytes, digest }
     }
 }
 
@@ -65,9 +82,10 @@ pub(crate) fn json_of(event: &StoredEvent) -> Bytes {
 /// A page answered from the tail.
 #[derive(Debug)]
 pub(crate) struct TailPage {
-    pub(crate) events: Vec<Bytes>,
+    pub(crate) events: Vec<EventJson>,
     pub(crate) cursor: u64,
-    /// Cut by the limit or the byte cap: its cursor is the last event's position.
+    /// Cut by the limit or the byte cap: its cursor is the last event's position, and no
+    /// later commit changes it.
     pub(crate) full: bool,
 }
 
@@ -132,6 +150,8 @@ impl Tail {
             cursor: after.max(state.end),
             full: false,
         };
+        // Cut as `EventStore::read_after` cuts, so that a full page is the same page
+        // (events and cursor) from here and from the store.
         let mut bytes = 0usize;
         let mut last = after;
         for entry in state.events.range(first..) {
@@ -145,13 +165,13 @@ impl Tail {
                     break;
                 }
                 page.events.push(entry.json.clone());
-                if page.events.len() == limit {
-                    page.cursor = entry.position();
+                last = entry.position();
+                if page.events.len() == limit || bytes >= max_bytes {
+                    page.cursor = last;
                     page.full = true;
                     break;
                 }
             }
-            last = entry.position();
         }
         Some(page)
     }
@@ -299,7 +319,7 @@ mod tests {
         page.events
             .iter()
             .map(|json| {
-                serde_json::from_slice::<StoredEvent>(json)
+                serde_json::from_slice::<StoredEvent>(&json.bytes)
                     .unwrap()
                     .position
                     .unwrap()

@@ -84,6 +84,9 @@ pub struct Page {
     /// The `after` to read from next. At least the last event's position; more when the
     /// read skipped events the predicate refused.
     pub cursor: u64,
+    /// Holds `limit` events or was cut by the byte limit: its cursor is then the last
+    /// event's position, and no later commit changes the page.
+    pub full: bool,
 }
 
 /// How many events [`EventStore::read_after`] may examine per event it returns before it
@@ -168,7 +171,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// The predicate runs before the limits, so a page is full whenever enough visible
     /// events exist; the scan stops after examining `limit * 16` events, and the cursor
     /// then lies past what was examined so that the next read goes on from there. When
-    /// the byte limit ends the page, the cursor is the last event's position.
+    /// `limit` or the byte limit ends the page, it is [`full`](Page::full) and the cursor
+    /// is the last event's position, not past events the predicate refused after it: so
+    /// the page is the same whoever builds it (the server's tail reads it the same way).
     async fn read_after(
         &self,
         after: u64,
@@ -181,6 +186,7 @@ pub trait EventStore: Send + Sync + 'static {
         let mut page = Page {
             events: Vec::new(),
             cursor: after,
+            full: false,
         };
         let mut bytes = 0usize;
         let mut budget = limit.saturating_mul(SCAN_FACTOR);
@@ -195,14 +201,19 @@ pub trait EventStore: Send + Sync + 'static {
                 let size = event_size(&event);
                 read_bytes = read_bytes.saturating_add(size);
                 if visible(&event) {
-                    if !page.events.is_empty() && bytes.saturating_add(size) > max_bytes {
-                        // Full: this event starts the next page.
-                        return Ok(page);
+                    if let Some(last) = page.events.last() {
+                        if bytes.saturating_add(size) > max_bytes {
+                            // Full: this event starts the next page.
+                            page.cursor = last.position.unwrap_or(page.cursor);
+                            page.full = true;
+                            return Ok(page);
+                        }
                     }
                     bytes += size;
                     page.cursor = event.position.unwrap_or(page.cursor);
                     page.events.push(event);
                     if page.events.len() == limit || bytes >= max_bytes {
+                        page.full = true;
                         return Ok(page);
                     }
                 } else {

@@ -239,7 +239,7 @@ pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStor
 
     let mut cursor = 0;
     let mut seen = Vec::new();
-    let mut pages = 0;
+    let (mut pages, mut full_pages) = (0, 0);
     loop {
         let page = store
             .read_after(cursor, 100, max_bytes, None, &visible)
@@ -258,6 +258,15 @@ pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStor
             page.cursor >= last.position.unwrap(),
             "the cursor is at or past the last event"
         );
+        if page.full {
+            // The server's tail cuts the same way: a full page is one page, cacheable.
+            assert_eq!(
+                page.cursor,
+                last.position.unwrap(),
+                "a full page ends at its last event, not past invisible events after it"
+            );
+            full_pages += 1;
+        }
         seen.extend(page.events.iter().map(n_of));
         cursor = page.cursor;
         pages += 1;
@@ -266,8 +275,8 @@ pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStor
     let expected: Vec<usize> = (0..40).filter(|n| n % 4 != 3).collect();
     assert_eq!(seen, expected, "every visible event once, in order");
     assert!(
-        pages > 5,
-        "the byte limit split the read into pages ({pages})"
+        pages > 5 && full_pages + 1 >= pages,
+        "the byte limit split the read into full pages ({full_pages} of {pages}), but for the last"
     );
 
     let huge = store.read_after(0, 100, 1, None, &visible).await.unwrap();
@@ -277,6 +286,20 @@ pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStor
         "a page carries one event even when that is over the limit"
     );
     assert_eq!(huge.cursor, huge.events[0].position.unwrap());
+    assert!(huge.full);
+    let by_limit = store
+        .read_after(0, 2, usize::MAX, None, &visible)
+        .await
+        .unwrap();
+    assert!(by_limit.full && by_limit.events.len() == 2);
+    let rest = store
+        .read_after(30, 100, usize::MAX, None, &visible)
+        .await
+        .unwrap();
+    assert!(
+        !rest.full && !rest.events.is_empty(),
+        "a page short of both limits may still grow"
+    );
 }
 
 pub async fn tenant_reads_see_only_that_tenant_in_order(store: SharedStore) {
