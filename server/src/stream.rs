@@ -70,6 +70,7 @@ impl EventBusServer {
             keep_alive: limits.stream_keep_alive,
             last_write: Instant::now(),
             next: Some(Bytes::from(opening)),
+            ended: false,
             _permit: LivePoll::stream(permit),
         };
         Ok(futures::stream::unfold(reader, |mut reader| async move {
@@ -91,8 +92,10 @@ struct Reader {
     ends_at: Instant,
     keep_alive: Duration,
     last_write: Instant,
-    /// A chunk to send before reading again; after a `cursor_expired`, the last one.
+    /// A chunk to send before reading again.
     next: Option<Bytes>,
+    /// A `cursor_expired` was sent: nothing may follow.
+    ended: bool,
     /// Dropped with the stream (its end, or hyper dropping the body of a closed
     /// connection): the slot goes back to the long-poll cap.
     _permit: LivePoll<Permit>,
@@ -104,8 +107,7 @@ impl Reader {
         if let Some(chunk) = self.next.take() {
             return Some(chunk);
         }
-        if self.query.after.is_none() {
-            // A `cursor_expired` was the last chunk.
+        if self.ended {
             return None;
         }
         let inner = &self.server.inner;
@@ -137,7 +139,7 @@ impl Reader {
                 // follower is still reading what the store holds): wait again.
                 Ok(_) => {}
                 Err(ReadError::CursorExpired { resume_after }) => {
-                    self.query.after = None;
+                    self.ended = true;
                     return Some(cursor_expired(resume_after));
                 }
                 Err(error) => {
