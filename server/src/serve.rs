@@ -350,10 +350,12 @@ impl AsyncRead for Watched {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let stream = &this.stream;
+        // `try_read` needs initialized memory: zero at most this much per read.
+        let room = buf.remaining().min(64 * 1024);
         let read = std::task::ready!(poll_io(
             cx,
             |cx| stream.poll_read_ready(cx),
-            || stream.try_read(buf.initialize_unfilled()),
+            || stream.try_read(buf.initialize_unfilled_to(room)),
         ))?;
         buf.advance(read);
         if read > 0 {
