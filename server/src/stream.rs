@@ -118,13 +118,16 @@ impl Reader {
             return None;
         }
         let inner = &self.server.inner;
+        // Wait for the tail's end to pass this; past the cursor, or past where the end
+        // was when a read found nothing new, so that such a read is not repeated at once.
+        let mut wait_past = self.cursor;
         loop {
             let cursor = self.cursor;
             tokio::select! {
                 biased;
                 () = inner.shutdown.cancelled() => return None,
                 () = self.ends.as_mut() => return None,
-                moved = self.end.wait_for(|&end| end > cursor) => {
+                moved = self.end.wait_for(|&end| end > wait_past) => {
                     // The tail is gone: the server is going away.
                     moved.ok()?;
                 }
@@ -132,6 +135,7 @@ impl Reader {
                     return Some(Bytes::from_static(KEEP_ALIVE));
                 }
             }
+            let end = *self.end.borrow();
             // From here on the query reads after the cursor, even if it began with `since`.
             self.query.since = None;
             self.query.after = Some(cursor);
@@ -142,9 +146,9 @@ impl Reader {
                     self.cursor = page.cursor;
                     return Some(Bytes::from(chunk));
                 }
-                // The tail moved past the cursor with nothing for this reader yet (its
-                // follower is still reading what the store holds): wait again.
-                Ok(_) => {}
+                // Nothing past the cursor yet, though the tail's end is (a store read
+                // behind the tail, say): wait for the end to move again.
+                Ok(_) => wait_past = end,
                 Err(ReadError::CursorExpired { resume_after }) => {
                     self.ended = true;
                     return Some(cursor_expired(resume_after));
