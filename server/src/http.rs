@@ -10,8 +10,8 @@ use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, RawQuery, Request, State,
 };
 use axum::http::header::{
-    ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
-    WWW_AUTHENTICATE,
+    ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
+    RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -31,6 +31,9 @@ use crate::reads::{EventsPage, ReadError};
 use crate::store::StoreError;
 use crate::telemetry;
 use crate::{EventBusServer, PublishError};
+
+/// The header an `EventSource` reconnects with: the `id` of the last event it received.
+const LAST_EVENT_ID: &str = "last-event-id";
 
 /// Limits of the HTTP endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +66,13 @@ pub struct Limits {
     /// Longest time a `POST /events` body may take to arrive; past it the answer is `408`
     /// (default 15 s).
     pub body_read_timeout: Duration,
+    /// Longest life of a stream (`Accept: text/event-stream`), and never past the
+    /// credentials' expiry; then the server ends it and the client reconnects with
+    /// `Last-Event-ID` (default 300 s), so that proxies and token expiry behave.
+    pub max_stream_duration: Duration,
+    /// How long a stream may write nothing before it sends a keep-alive comment
+    /// (default 15 s).
+    pub stream_keep_alive: Duration,
 }
 
 impl Default for Limits {
@@ -77,6 +87,8 @@ impl Default for Limits {
             max_long_polls_per_tenant: None,
             timeout_beyond_wait: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(15),
+            max_stream_duration: Duration::from_secs(300),
+            stream_keep_alive: Duration::from_secs(15),
         }
     }
 }
@@ -392,6 +404,7 @@ pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, InvalidOrigin> {
             CONTENT_TYPE,
             axum::http::header::AUTHORIZATION,
             IF_NONE_MATCH,
+            HeaderName::from_static(LAST_EVENT_ID),
         ])
         .expose_headers([
             HeaderName::from_static(CURSOR_HEADER),
@@ -441,25 +454,30 @@ enum CommonErrors {
     Unavailable(ErrorBody),
 }
 
-/// The events after a cursor or since a time.
+/// The events after a cursor or since a time; with `Accept: text/event-stream`, a stream
+/// of them (Server-Sent Events): the catch-up, then each event as it commits.
 #[utoipa::path(
     get,
     path = "/events",
     params(
         EventsQuery,
         ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a page the caller holds: answered `304` (no body) while the page is the same."),
+        ("Last-Event-ID" = Option<u64>, Header, description = "With `Accept: text/event-stream`: resume the stream after this position (wins over `after` and `since`; an `EventSource` sends it when it reconnects)."),
     ),
     responses(
-        (status = 200, description = "The events, in ascending position order; `[]` when none came within `wait`.",
-            body = Vec<StoredEvent>,
+        (status = 200, description = "The events, in ascending position order; `[]` when none came within `wait`. With `Accept: text/event-stream`: a stream, `: ok` first, then one message per event (`id:` its position, `data:` its record as in a page), `id:` alone when the cursor moves past events the caller may not see, `: keep-alive` comments, and `event: cursor_expired` before the end when retention overtook the stream (docs/PROTOCOL.md). The server ends a stream after a while; reconnect with `Last-Event-ID`.",
+            content(
+                (Vec<StoredEvent> = "application/json"),
+                (String = "text/event-stream"),
+            ),
             headers(
-                ("X-Events-Cursor" = u64, description = "The `after` of the next request: at least the last event's position, further when the server skipped events the caller may not see."),
-                ("ETag" = String, description = "A strong validator of this answer (its body and cursor); send it back in `If-None-Match` to get `304` while the page is the same."),
-                ("Cache-Control" = String, description = "`public, max-age=31536000, immutable` (`private, …` with authentication) for a full page, which never changes for its query; `no-store` for every other answer."),
+                ("X-Events-Cursor" = u64, description = "Not on a stream. The `after` of the next request: at least the last event's position, further when the server skipped events the caller may not see."),
+                ("ETag" = String, description = "Not on a stream. A strong validator of this answer (its body and cursor); send it back in `If-None-Match` to get `304` while the page is the same."),
+                ("Cache-Control" = String, description = "`public, max-age=31536000, immutable` (`private, …` with authentication) for a full page, which never changes for its query; `no-store` for every other answer, streams included."),
                 ("Vary" = String, description = "`Authorization, Accept`."),
             )),
         (status = 304, description = "`If-None-Match` named this page's `ETag`: the caller has it already. No body; the same `ETag`, `Cache-Control`, `Vary` and `X-Events-Cursor` as the `200`."),
-        (status = 400, description = "`bad_request`: a parameter is missing or malformed, or `after` and `since` came together.", body = ErrorBody),
+        (status = 400, description = "`bad_request`: a parameter (or `Last-Event-ID`) is missing or malformed, or `after` and `since` came together.", body = ErrorBody),
         CommonErrors,
         (status = 410, description = "`cursor_expired` (retention deleted events after `after`) or `cursor_ahead` (`after` is past every position ever assigned): resume with `after` = `resumeAfter`.", body = ErrorBody),
     ),
@@ -476,6 +494,11 @@ async fn get_events(
         let Caller(principal) = caller?;
         let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
             .map_err(|error| AppError::BadRequest(error.to_string()))?;
+        if accepts_event_stream(&request) {
+            let last_event_id = last_event_id(&request)?;
+            let stream = server.open_stream(principal, query, last_event_id).await?;
+            return Ok(event_stream_response(stream));
+        }
         let page = server.read_events(&principal, &query).await?;
         Ok::<_, AppError>(page_response(
             page,
@@ -496,11 +519,11 @@ fn page_response(page: EventsPage, authenticated: bool, request: &HeaderMap) -> 
         cursor,
         immutable,
     } = page;
-    let etag = caching::etag(events.iter().map(|event| &event.digest), cursor);
+    let etag = caching::etag(events.iter().map(|event| &event.json.digest), cursor);
     let mut response = if caching::not_modified(request, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let body = json_array(events.into_iter().map(|event| event.bytes));
+        let body = json_array(events.into_iter().map(|event| event.json.bytes));
         let size = body.iter().map(Bytes::len).sum::<usize>();
         let body = Body::from_stream(futures::stream::iter(
             body.into_iter().map(Ok::<_, Infallible>),
@@ -525,6 +548,58 @@ fn page_response(page: EventsPage, authenticated: bool, request: &HeaderMap) -> 
         caching::cache_control(immutable, authenticated),
     );
     response
+}
+
+/// Whether the request asks for Server-Sent Events (`Accept: text/event-stream`, alone
+/// or among other types).
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|range| {
+            range
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("text/event-stream")
+        })
+}
+
+/// The `Last-Event-ID` a reconnecting stream resumes after, if sent.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
+    let Some(value) = headers.get(LAST_EVENT_ID) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            AppError::BadRequest(
+                "the Last-Event-ID header must be a whole number: the `id` of the last event the stream delivered".to_owned(),
+            )
+        })
+}
+
+/// A stream's `200`: its chunks as they come, never cached nor buffered by a proxy.
+fn event_stream_response(stream: impl futures::Stream<Item = Bytes> + Send + 'static) -> Response {
+    use futures::StreamExt;
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(stream.map(Ok::<_, Infallible>)),
+    )
+        .into_response()
 }
 
 /// A JSON array of already serialized events, as chunks: sent as the events' own
@@ -668,4 +743,42 @@ async fn openapi() -> Response {
         crate::openapi::document(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_stream_is_asked_for_by_its_media_type_among_others() {
+        for value in [
+            "text/event-stream",
+            "Text/Event-Stream; charset=utf-8",
+            "application/json, text/event-stream;q=0.5",
+        ] {
+            assert!(accepts_event_stream(&accept(value)), "{value}");
+        }
+        for value in ["application/json", "*/*", "text/*", "text/event-streams"] {
+            assert!(!accepts_event_stream(&accept(value)), "{value}");
+        }
+        assert!(!accepts_event_stream(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn last_event_id_is_a_whole_number_when_sent() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(last_event_id(&headers).unwrap(), None);
+        headers.insert(LAST_EVENT_ID, HeaderValue::from_static("42"));
+        assert_eq!(last_event_id(&headers).unwrap(), Some(42));
+        for bad in ["", "4.2", "-1", "x", "18446744073709551616"] {
+            headers.insert(LAST_EVENT_ID, HeaderValue::from_static(bad));
+            assert!(last_event_id(&headers).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -10,18 +10,18 @@ use distributed_events_shared::{EventsQuery, StoredEvent};
 
 use crate::auth::{verdict, AuthorizationFilter, Principal, Verdict};
 use crate::store::StoreError;
-use crate::tail::{EventJson, TailPage};
+use crate::tail::{EventJson, PageEvent, TailPage};
 use crate::telemetry::{self, LivePoll};
 use crate::EventBusServer;
 
 /// Longest a read waits for the tail to take in what the store acknowledged before it.
 const TAIL_CATCH_UP: Duration = Duration::from_millis(500);
 
-/// A page for a caller: the events' JSON, in position order, and the `after` of the
-/// next read.
+/// A page for a caller: the events (positions and JSON), in position order, and the
+/// `after` of the next read.
 #[derive(Debug)]
 pub(crate) struct EventsPage {
-    pub(crate) events: Vec<EventJson>,
+    pub(crate) events: Vec<PageEvent>,
     pub(crate) cursor: u64,
     /// The same query gets this same page from now on, so caches may keep it: the page
     /// is full (it holds `limit` events, or the byte cap cut it), and nothing that could
@@ -258,10 +258,13 @@ fn sees(
 
 /// The JSON of events read from the store, counted as delivered from it. Each event is
 /// dropped once serialized: the page is held about once.
-fn serialized(events: Vec<StoredEvent>) -> Vec<EventJson> {
+fn serialized(events: Vec<StoredEvent>) -> Vec<PageEvent> {
     metrics::counter!(telemetry::DELIVERED, "source" => "store").increment(events.len() as u64);
     events
         .into_iter()
-        .map(|event| EventJson::of(&event))
+        .map(|event| PageEvent {
+            position: event.position.unwrap_or_default(),
+            json: EventJson::of(&event),
+        })
         .collect()
 }
