@@ -70,7 +70,7 @@ impl JsEventBusClient {
     pub fn on(
         &self,
         #[wasm_bindgen(js_name = eventType)] event_type: String,
-        #[wasm_bindgen(unchecked_param_type = "(event: ClientEvent) => void")] handler: Function,
+        #[wasm_bindgen(unchecked_param_type = "(event: ClientEvent<JsonObject>) => void")] handler: Function,
     ) -> JsValue {
         self.listen(self.0.events(), handler, false, move |event| {
             if event_type != "*" && event.event_type != event_type {
@@ -174,8 +174,7 @@ impl JsEventBusClient {
     #[wasm_bindgen(js_name = onStored, unchecked_return_type = "() => void")]
     pub fn on_stored(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "(receipt: EventReceipt) => void")]
-        handler: Function,
+        #[wasm_bindgen(unchecked_param_type = "(receipt: EventReceipt) => void")] handler: Function,
     ) -> JsValue {
         self.listen(self.0.stored(), handler, false, |receipt| {
             to_js(receipt).ok()
