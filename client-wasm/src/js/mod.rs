@@ -37,7 +37,9 @@ export type JsonObject = { [key: string]: JsonValue };
  * version of the app, say) arrive as they were published.
  */
 export interface EventBusClient {
+  /** `on`, with the payload typed as `P`. */
   on<P = JsonObject>(eventType: string, handler: (event: ClientEvent<P>) => void): () => void;
+  /** `publish`, with the payload checked against `P` (TypeScript 5.4 or later). */
   publish<P = JsonValue>(eventType: string, payload: NoInfer<P>, options: PublishOptions): string;
 }
 
