@@ -9,7 +9,7 @@ const NEXT = { placed: ['preparing', 'Start'], preparing: ['ready', 'Ready'], re
 
 /** @type {Map<string, { customer: string, item: string, quantity: number | undefined, stage: string }>} */
 const orders = new Map();
-/** Where the server stored this tab's own events, by id: they arrive with `position: null`. */
+/** Receipts (id → position) of own events not logged yet; usually the line comes first. */
 const storedAt = new Map();
 
 // autoForward: what this tab publishes goes to the server too (the client's default is
@@ -34,9 +34,9 @@ client.on('*', (event) => {
 
 // This tab's own events come without a position; the server's receipt tells it.
 client.onStored(({ id, position }) => {
-  storedAt.set(id, position);
   const shown = log.querySelector(`li[data-id="${CSS.escape(id)}"] .position`);
   if (shown) shown.textContent = `#${position}`;
+  else storedAt.set(id, position);
 });
 
 client.onStatus(showStatus);
@@ -135,6 +135,7 @@ function logEvent(event, summary) {
   entry.dataset.id = event.id;
   // This tab's events have no position until the server's receipt (onStored) tells it.
   const position = event.position ?? storedAt.get(event.id);
+  storedAt.delete(event.id);
   entry.append(
     element('span', { className: 'position', textContent: position === undefined ? 'this tab' : `#${position}` }),
     element('time', { className: 'time', dateTime: event.occurredAt, textContent: when(event.occurredAt) }),
