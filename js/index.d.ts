@@ -8,6 +8,8 @@ export type {
   EventBusClientErrorCode,
   EventBusClientOptions,
   EventBusClientStatus,
+  EventReceipt,
+  JsonObject,
   JsonValue,
   PublishOptions,
   StoredEventRecord,

@@ -7,8 +7,10 @@ import { EventBusClient } from 'distributed-events';
 /** What each stage's button does: the next stage and the button's label. */
 const NEXT = { placed: ['preparing', 'Start'], preparing: ['ready', 'Ready'], ready: ['collected', 'Collected'] };
 
-/** @type {Map<string, { customer: string, item: string, quantity: number, stage: string }>} */
+/** @type {Map<string, { customer: string, item: string, quantity: number | undefined, stage: string }>} */
 const orders = new Map();
+/** Receipts (id → position) of own events not logged yet; usually the line comes first. */
+const storedAt = new Map();
 
 // autoForward: what this tab publishes goes to the server too (the client's default is
 // local only). initialPosition 0: replay every stored event, then follow live.
@@ -17,9 +19,9 @@ const client = new EventBusClient({ serverUrl: location.origin, autoForward: tru
 // One handler for every type, so events are applied in the order they were stored.
 client.on('*', (event) => {
   if (event.eventType === 'OrderPlaced') {
-    const { customer, item, quantity } = event.payload;
-    orders.set(event.aggregateId, { customer, item, quantity, stage: 'placed' });
-    logEvent(event, `${customer}: ${quantity} × ${item}`);
+    const order = readOrder(event.payload);
+    orders.set(event.aggregateId, { ...order, stage: 'placed' });
+    logEvent(event, `${order.customer}: ${describe(order)}`);
   } else if (event.eventType === 'OrderAdvanced') {
     const order = orders.get(event.aggregateId);
     if (order) order.stage = event.payload.stage;
@@ -28,6 +30,13 @@ client.on('*', (event) => {
     logEvent(event, '(not an order event)');
   }
   renderBoard();
+});
+
+// This tab's own events come without a position; the server's receipt tells it.
+client.onStored(({ id, position }) => {
+  const shown = log.querySelector(`li[data-id="${CSS.escape(id)}"] .position`);
+  if (shown) shown.textContent = `#${position}`;
+  else storedAt.set(id, position);
 });
 
 client.onStatus(showStatus);
@@ -41,6 +50,12 @@ form.addEventListener('submit', (submit) => {
   submit.preventDefault();
   const data = new FormData(form);
   const order = { customer: String(data.get('customer')).trim(), item: String(data.get('item')), quantity: Number(data.get('quantity')) };
+  // The input's pattern refuses a name of spaces already; this covers a browser that skips it.
+  if (order.customer === '') {
+    formError.textContent = 'Not placed: enter the customer\'s name.';
+    formError.hidden = false;
+    return;
+  }
   try {
     client.publish('OrderPlaced', order, { aggregateId: newOrderId() });
     form.reset();
@@ -73,7 +88,7 @@ function renderBoard() {
       text.append(
         element('strong', { textContent: order.customer }),
         element('br'),
-        element('span', { className: 'what', textContent: `${order.quantity} × ${order.item}` }),
+        element('span', { className: 'what', textContent: describe(order) }),
       );
       const button = element('button', { type: 'button', textContent: label });
       Object.assign(button.dataset, { order: id, next });
@@ -88,14 +103,42 @@ function renderBoard() {
 
 const log = /** @type {HTMLElement} */ (document.getElementById('log'));
 
+/**
+ * An `OrderPlaced` payload as the board shows it. Other apps publish too (the README's
+ * quick start sends no quantity), so nothing is taken for granted.
+ */
+function readOrder(payload) {
+  const text = (value) => (typeof value === 'string' ? value.trim() : '');
+  const { customer, item, quantity } = payload ?? {};
+  return {
+    customer: text(customer) || 'Unnamed customer',
+    item: text(item) || 'unknown item',
+    quantity: Number.isInteger(quantity) && quantity > 0 ? quantity : undefined,
+  };
+}
+
+/** "2 × Latte", or just "Latte" when the order says no quantity. */
+function describe({ item, quantity }) {
+  return quantity === undefined ? item : `${quantity} × ${item}`;
+}
+
+/** The time of day for today's events; the date too for older (or future) ones. */
+function when(occurredAt) {
+  const date = new Date(occurredAt);
+  const today = date.toDateString() === new Date().toDateString();
+  return today ? date.toLocaleTimeString() : date.toLocaleString();
+}
+
 /** One line per event; `data-id` lets the browser test check for gaps and repeats. */
 function logEvent(event, summary) {
   const entry = element('li');
   entry.dataset.id = event.id;
+  // This tab's events have no position until the server's receipt (onStored) tells it.
+  const position = event.position ?? storedAt.get(event.id);
+  storedAt.delete(event.id);
   entry.append(
-    // Events published in this tab have no position yet: the server assigns it.
-    element('span', { className: 'position', textContent: event.position === null ? 'this tab' : `#${event.position}` }),
-    element('span', { className: 'time', textContent: new Date(event.occurredAt).toLocaleTimeString() }),
+    element('span', { className: 'position', textContent: position === undefined ? 'this tab' : `#${position}` }),
+    element('time', { className: 'time', dateTime: event.occurredAt, textContent: when(event.occurredAt) }),
     ' ',
     element('span', { className: 'type', textContent: event.eventType }),
     ` ${summary}`,

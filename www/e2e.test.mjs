@@ -2,12 +2,14 @@
 // real server binary from www/dist: what a person would check with two tabs open.
 // Build first: scripts/build-web.sh, and `cargo build --release -p distributed-events-server`.
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
+import { EventBusClient } from 'distributed-events';
 import { chromium } from 'playwright-core';
 
 import { startServer } from '../js/test/server.mjs';
@@ -109,6 +111,29 @@ function assertNoRepeats(ids) {
   assert.equal(new Set(ids).size, ids.length, `an event appears twice in ${ids}`);
 }
 
+/** The log line of the event `id`; waits until it is there. */
+async function logLine(page, id) {
+  const found = page.locator(`#log li[data-id="${id}"]`);
+  await found.waitFor();
+  return found;
+}
+
+/** Publishes from Node with the package, exactly as js/README.md's quick start does. */
+async function publishFromElsewhere(eventType, payload, aggregateId) {
+  const client = new EventBusClient({ serverUrl: server.url, autoForward: true });
+  try {
+    const stored = new Promise((resolve, reject) => {
+      client.onStored(resolve);
+      client.onError(reject);
+    });
+    const id = client.publish(eventType, payload, { aggregateId });
+    assert.equal((await stored).id, id, 'the server stored it');
+    return id;
+  } finally {
+    await client.close();
+  }
+}
+
 let tabA;
 let tabB;
 
@@ -123,6 +148,70 @@ test('an order placed in one tab appears in the other, and moving it there shows
   await (await card(tabB, 'placed', 'Ada')).getByRole('button', { name: 'Start' }).click();
   await card(tabA, 'preparing', 'Ada');
   await card(tabB, 'preparing', 'Ada');
+  assert.deepEqual(pageErrors, []);
+});
+
+test("an order as the README's quick start places it (no quantity) shows its item, not 'undefined'", async () => {
+  const id = await publishFromElsewhere('OrderPlaced', { customer: 'Hopper', item: 'Latte' }, 'order-Hopper');
+  for (const tab of [tabA, tabB]) {
+    const what = (await card(tab, 'placed', 'Hopper')).locator('.what');
+    assert.equal(await what.textContent(), 'Latte');
+    assert.doesNotMatch(await (await logLine(tab, id)).textContent(), /undefined/);
+  }
+  assert.deepEqual(pageErrors, []);
+});
+
+test('a name of spaces is refused in the form; a blank name from elsewhere shows as unnamed', async () => {
+  await tabA.bringToFront();
+  const logged = (await loggedIds(tabA)).length;
+  await tabA.fill('input[name="customer"]', '   ');
+  await tabA.click('button[type="submit"]');
+  const refused = await tabA.locator('input[name="customer"]').evaluate((input) => input.validity.patternMismatch);
+  assert.ok(refused, 'the browser refuses the name as not matching the pattern');
+  // The next order is the only new line: the refused one was never published.
+  await placeOrder(tabA, 'Kay');
+  await card(tabA, 'placed', 'Kay');
+  assert.equal((await loggedIds(tabA)).length, logged + 1, 'one new event, the valid order');
+
+  const id = await publishFromElsewhere('OrderPlaced', { customer: '  ', item: 'Chai' }, 'order-blank');
+  for (const tab of [tabA, tabB]) {
+    await card(tab, 'placed', 'Unnamed customer');
+    assert.match(await (await logLine(tab, id)).textContent(), /Unnamed customer: Chai/);
+  }
+  assert.deepEqual(pageErrors, []);
+});
+
+test("a tab's own event shows the position the server stored it at", async () => {
+  await placeOrder(tabA, 'Lovelace');
+  await card(tabB, 'placed', 'Lovelace');
+  // The other tab received it from the server, with its position.
+  const id = await tabB.locator('#log li', { hasText: 'Lovelace' }).getAttribute('data-id');
+  const stored = await (await logLine(tabB, id)).locator('.position').textContent();
+  assert.match(stored, /^#\d+$/);
+  // The publishing tab learns it from the server's receipt.
+  await (await logLine(tabA, id)).locator('.position', { hasText: stored }).waitFor();
+  assert.deepEqual(pageErrors, []);
+});
+
+test('the log shows the date of an event not from today, and only the time for today', async () => {
+  const record = {
+    id: randomUUID(),
+    createdAt: '2024-03-05T10:00:00Z',
+    aggregateId: 'order-old',
+    eventType: 'OrderPlaced',
+    eventJson: JSON.stringify({ customer: 'Dijkstra', item: 'Espresso', quantity: 1 }),
+    userId: null,
+    tenantId: null,
+    sessionId: null,
+  };
+  const answer = await fetch(`${server.url}/events`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(record) });
+  assert.equal(answer.status, 201, await answer.text());
+  const old = (await logLine(tabA, record.id)).locator('time');
+  assert.match(await old.textContent(), /2024/, 'the year is shown');
+  assert.equal(await old.getAttribute('datetime'), record.createdAt);
+  const [todayId] = (await loggedIds(tabA)).slice(-2, -1);
+  const today = await (await logLine(tabA, todayId)).locator('time').textContent();
+  assert.doesNotMatch(today, new RegExp(String(new Date().getFullYear())), `only the time of day: ${today}`);
   assert.deepEqual(pageErrors, []);
 });
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use distributed_events_shared::{
     AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, EventsQuery,
-    StoredEvent,
+    Receipt, StoredEvent,
 };
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::channel::oneshot;
@@ -58,6 +58,7 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     events: Broadcast<StoredEvent>,
     errors: Broadcast<ClientError>,
+    stored: Broadcast<Receipt>,
     status: Broadcast<Status>,
 }
 
@@ -118,6 +119,7 @@ impl EventBusClient {
             }),
             events: Broadcast::new(),
             errors: Broadcast::new(),
+            stored: Broadcast::new(),
             status: Broadcast::watch(Status::Connecting),
         });
         inner.spawn_task(receive(Arc::clone(&inner)), true);
@@ -155,6 +157,13 @@ impl EventBusClient {
     /// errors. Transient failures only show in the [`status`](Self::status).
     pub fn errors(&self) -> Subscription<ClientError> {
         self.inner().errors.subscribe()
+    }
+
+    /// The server's receipt for each event this client sent: its id and where it was
+    /// stored. Events published here reach subscribers without a position (and do not
+    /// come back from the server), so this is how an app learns their position.
+    pub fn stored(&self) -> Subscription<Receipt> {
+        self.inner().stored.subscribe()
     }
 
     /// The current status.
@@ -306,6 +315,7 @@ impl Inner {
             self.status.close_with(Some(Status::Closed));
             self.events.close_with(None);
             self.errors.close_with(None);
+            self.stored.close_with(None);
         }
         state.tasks.iter().map(|task| task.done.clone()).collect()
     }
@@ -624,9 +634,10 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
                 .await
                 .and_then(protocol::read_receipt);
             match result {
-                Ok(_) => {
+                Ok(receipt) => {
                     backoff.reset();
                     inner.set_status(Side::Send, Status::Live);
+                    inner.stored.send(receipt);
                     break;
                 }
                 Err(Failure::Retry { error, retry_after }) => {

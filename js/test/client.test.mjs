@@ -104,6 +104,18 @@ test("a client gets its own events once, from publish, and not again from the se
   assert.ok(Number.isInteger(events[1].position));
 });
 
+test("onStored tells where the server stored a client's own event: the position others receive it at", async () => {
+  const publisher = client({ autoForward: true });
+  const witness = record(client({ initialPosition: 0 }), 'Receipted');
+  const stored = new Promise((resolve) => publisher.onStored(resolve));
+  const id = publisher.publish('Receipted', { n: 1 }, { aggregateId: 'receipt' });
+  const receipt = await stored;
+  const [seen] = await witness.waitFor(1);
+  assert.equal(receipt.id, id);
+  assert.equal(receipt.position, seen.position);
+  assert.equal(Date.parse(receipt.createdAt), Date.parse(seen.occurredAt));
+});
+
 test('an event published while the server is down is stored once it is back, and arrives once', async () => {
   const publisher = client({ autoForward: true });
   const receiver = client();

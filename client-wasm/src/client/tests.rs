@@ -372,6 +372,25 @@ fn own_events_are_not_dispatched_again_when_they_come_back() {
 }
 
 #[test]
+fn the_receipt_of_an_own_event_tells_its_position() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    fake.append(ping(1)); // someone else's, so that ours is not at position 1
+    let client = fake.client(|b| b.initial_position(0).auto_forward(true));
+    let mut stored = client.stored();
+    let event = DomainEvent::new("a", Ping { n: 2 });
+    let id = event.id;
+    client.publish(event).unwrap();
+    fake.settle(&mut pool);
+
+    let receipts: Vec<_> = drain(&mut stored)
+        .iter()
+        .map(|receipt| (receipt.id, receipt.position))
+        .collect();
+    assert_eq!(receipts, [(id, 2)], "one receipt, with the stored position");
+}
+
+#[test]
 fn an_own_event_published_during_a_long_catch_up_is_dispatched_once() {
     let fake = Fake::default();
     let mut pool = LocalPool::new();

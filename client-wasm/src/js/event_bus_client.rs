@@ -16,7 +16,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
-use super::{error_to_js, event_to_js, js_error, js_message, status_to_js};
+use super::{error_to_js, event_to_js, js_error, js_message, status_to_js, to_js};
 use crate::{
     BoxFuture, ClientError, EventBusClient, LocalStorageCursorStore, Subscription, TokenSource,
     DEFAULT_POLLING_INTERVAL,
@@ -70,7 +70,7 @@ impl JsEventBusClient {
     pub fn on(
         &self,
         #[wasm_bindgen(js_name = eventType)] event_type: String,
-        #[wasm_bindgen(unchecked_param_type = "(event: ClientEvent) => void")] handler: Function,
+        #[wasm_bindgen(unchecked_param_type = "(event: ClientEvent<JsonObject>) => void")] handler: Function,
     ) -> JsValue {
         self.listen(self.0.events(), handler, false, move |event| {
             if event_type != "*" && event.event_type != event_type {
@@ -164,6 +164,20 @@ impl JsEventBusClient {
     ) -> JsValue {
         self.listen(self.0.errors(), handler, false, |error| {
             Some(error_to_js(error))
+        })
+    }
+
+    /// Calls `handler` with the server's receipt for each event this client sent
+    /// (`{ id, position, createdAt }`): events published here reach `on` handlers with
+    /// `position: null` and are not delivered again, so this is where their position
+    /// shows. Returns a function that unsubscribes.
+    #[wasm_bindgen(js_name = onStored, unchecked_return_type = "() => void")]
+    pub fn on_stored(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(receipt: EventReceipt) => void")] handler: Function,
+    ) -> JsValue {
+        self.listen(self.0.stored(), handler, false, |receipt| {
+            to_js(receipt).ok()
         })
     }
 

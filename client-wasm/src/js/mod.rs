@@ -18,7 +18,30 @@ use crate::{ClientError, Status};
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &'static str = r#"
 /** Any JSON value. */
-export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+export type JsonValue = string | number | boolean | null | JsonValue[] | JsonObject;
+
+/** A JSON object: the usual shape of a payload, and its type in `on` handlers unless you name one. */
+export type JsonObject = { [key: string]: JsonValue };
+
+/**
+ * Typed payloads: name the payload's type on `on` and `publish`, or annotate the handler.
+ *
+ * ```ts
+ * interface Order { customer: string; item: string; quantity?: number }
+ * client.on<Order>('OrderPlaced', (event) => console.log(event.payload.customer));
+ * client.on('OrderPlaced', (event: ClientEvent<Order>) => console.log(event.payload.item));
+ * client.publish<Order>('OrderPlaced', { customer: 'Ada', item: 'Latte' }, { aggregateId: 'order-1' });
+ * ```
+ *
+ * The type is a promise the app makes, not a check: events of another shape (from an older
+ * version of the app, say) arrive as they were published.
+ */
+export interface EventBusClient {
+  /** `on`, with the payload typed as `P`. */
+  on<P = JsonObject>(eventType: string, handler: (event: ClientEvent<P>) => void): () => void;
+  /** `publish`, with the payload checked against `P` (TypeScript 5.4 or later). */
+  publish<P = JsonValue>(eventType: string, payload: NoInfer<P>, options: PublishOptions): string;
+}
 
 /** Options of `new EventBusClient(options)`. */
 export interface EventBusClientOptions {
@@ -50,7 +73,7 @@ export interface ClientEvent<P = JsonValue> {
   aggregateId: string;
   /** When it happened: RFC 3339, UTC (the record's `createdAt`). */
   occurredAt: string;
-  /** Where the server stored it; `null` for an event published by this client (it is not delivered again when it comes back). */
+  /** Where the server stored it; `null` for an event published by this client (it is not delivered again when it comes back; `onStored` tells its position). */
   position: number | null;
   /** `userId`, `tenantId`, `sessionId` and the app's own context entries. */
   context: Record<string, JsonValue>;
@@ -108,13 +131,23 @@ export interface EventBusClientError extends Error {
   resumeAfter?: number;
 }
 
-/** Where the client stands. */
+/** Where the client stands. `status.error?.message` reads the error of any state (`undefined` but when backing off). */
 export type EventBusClientStatus =
-  | { state: "connecting" }
-  | { state: "live" }
+  | { state: "connecting"; error?: undefined }
+  | { state: "live"; error?: undefined }
   /** A request failed; the next attempt starts at `retryAt` (milliseconds since the epoch, as `Date.now()`). */
   | { state: "backingOff"; error: EventBusClientError; retryAt: number }
-  | { state: "closed" };
+  | { state: "closed"; error?: undefined };
+
+/** The server's answer for an event this client sent: where it was stored (`onStored`). */
+export interface EventReceipt {
+  /** The event's id, as `publish` returned it. */
+  id: string;
+  /** The position the server stored it at. */
+  position: number;
+  /** The event's `createdAt` as stored (RFC 3339, UTC): its `occurredAt`. */
+  createdAt: string;
+}
 "#;
 
 /// Sets a property on an object this binding just created, where it cannot fail.
