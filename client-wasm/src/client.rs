@@ -681,11 +681,10 @@ async fn stream(inner: &Inner, since: Option<DateTime<Utc>>, backoff: &mut Backo
             since: since.filter(|_| cursor.is_none()),
             ..EventsQuery::default()
         };
-        let request = protocol::stream_request(
-            &inner.settings.server_url,
-            &query,
-            cursor.filter(|_| reconnecting),
-        );
+        // In the browser `after` alone says it: `Last-Event-ID` is no CORS-safelisted
+        // header, so it would cost a preflight, and fail where a server does not allow it.
+        let last_event_id = cursor.filter(|_| reconnecting && !cfg!(target_arch = "wasm32"));
+        let request = protocol::stream_request(&inner.settings.server_url, &query, last_event_id);
         match follow(inner, request, backoff).await {
             StreamEnd::Ended { delivered } => {
                 reconnecting = true;
