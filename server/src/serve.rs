@@ -373,7 +373,11 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let stream = &self.stream;
-        poll_io(cx, |cx| stream.poll_write_ready(cx), || stream.try_write(buf))
+        poll_io(
+            cx,
+            |cx| stream.poll_write_ready(cx),
+            || stream.try_write(buf),
+        )
     }
 
     fn poll_write_vectored(

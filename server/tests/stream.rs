@@ -112,7 +112,10 @@ impl Message {
                 "id" => message.id = Some(value.parse().expect("a numeric id")),
                 "event" => message.event = Some(value.to_owned()),
                 "data" => {
-                    assert!(message.data.is_none(), "one data line per message: {block:?}");
+                    assert!(
+                        message.data.is_none(),
+                        "one data line per message: {block:?}"
+                    );
                     message.data = Some(value.to_owned());
                 }
                 "retry" => message.retry = Some(value.parse().unwrap()),
@@ -166,7 +169,12 @@ impl Stream {
                     self.buffer.drain(..end + 2);
                     return Some(Message::parse(&block));
                 }
-                match self.response.chunk().await.expect("the stream ends cleanly") {
+                match self
+                    .response
+                    .chunk()
+                    .await
+                    .expect("the stream ends cleanly")
+                {
                     Some(chunk) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
                     None => {
                         assert!(self.buffer.is_empty(), "a cut message: {:?}", self.buffer);
@@ -260,8 +268,18 @@ async fn last_event_id_resumes_after_it_and_wins_over_after() {
 async fn a_since_stream_catches_up_from_that_time_then_goes_live() {
     let running = start(memory_server(Limits::default()), ServeOptions::default()).await;
     let client = reqwest::Client::new();
-    post(&client, &running.base, &event_body("2020-01-01T00:00:00Z", "{}")).await;
-    let recent = post(&client, &running.base, &event_body("2024-06-01T00:00:00Z", "{}")).await;
+    post(
+        &client,
+        &running.base,
+        &event_body("2020-01-01T00:00:00Z", "{}"),
+    )
+    .await;
+    let recent = post(
+        &client,
+        &running.base,
+        &event_body("2024-06-01T00:00:00Z", "{}"),
+    )
+    .await;
     let mut stream = Stream::open(&running.base, "/events?since=2024-01-01T00:00:00Z", &[]).await;
     assert_eq!(stream.next_event().await.position, Some(recent));
     let live = post_now(&client, &running.base).await;
@@ -321,7 +339,11 @@ async fn streams_end_after_their_longest_life_and_resume_without_loss_or_repeat(
         ends += 1;
     }
     publisher.await.unwrap();
-    assert_eq!(seen, (1..=EVENTS).collect::<Vec<_>>(), "nothing lost nor repeated");
+    assert_eq!(
+        seen,
+        (1..=EVENTS).collect::<Vec<_>>(),
+        "nothing lost nor repeated"
+    );
     assert!(ends > 1, "the server ended the streams on its own");
 }
 
@@ -365,7 +387,12 @@ async fn retention_overtaking_a_slow_stream_sends_cursor_expired_then_ends_it() 
     const OLD: u64 = 60;
     let big = json!({ "blob": "x".repeat(400 * 1024) }).to_string();
     for _ in 0..OLD {
-        post(&client, &running.base, &event_body("2020-01-01T00:00:00Z", &big)).await;
+        post(
+            &client,
+            &running.base,
+            &event_body("2020-01-01T00:00:00Z", &big),
+        )
+        .await;
     }
     // Past the retention of the old events.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -518,7 +545,11 @@ async fn connection_timeouts_and_the_cap_leave_an_open_stream_alone() {
         .await
         .unwrap();
     let event = stream.next_event().await;
-    assert_eq!(event.position, Some(receipt.position), "the stream still delivers");
+    assert_eq!(
+        event.position,
+        Some(receipt.position),
+        "the stream still delivers"
+    );
     drop(stream);
     let mut answer = [0u8; 12];
     tokio::time::timeout(PATIENCE, waiting.read_exact(&mut answer))
@@ -570,12 +601,8 @@ async fn with_authentication_a_stream_needs_credentials_and_ends_when_they_expir
 /// against the binary follows the stream (here until `--max-stream-duration` ends it).
 #[test]
 fn curl_follows_a_stream_of_the_binary() {
-    let server = common::ServerProcess::start(&[
-        "--database",
-        "memory",
-        "--max-stream-duration",
-        "2s",
-    ]);
+    let server =
+        common::ServerProcess::start(&["--database", "memory", "--max-stream-duration", "2s"]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::new();
     let position = runtime.block_on(post_now(&client, &server.base));
