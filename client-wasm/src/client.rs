@@ -770,7 +770,7 @@ async fn follow(inner: &Inner, request: HttpRequest, backoff: &mut Backoff) -> S
     let mut got_bytes = false;
     let mut delivered = false;
     let mut deadline = first_bytes;
-    let idle = STREAM_KEEP_ALIVE + inner.settings.timeout_beyond_wait;
+    let idle = STREAM_KEEP_ALIVE.saturating_add(inner.settings.timeout_beyond_wait);
     loop {
         let chunk = match select(body.next(), &mut deadline).await {
             Either::Left((Some(Ok(chunk)), _)) => chunk,

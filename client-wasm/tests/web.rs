@@ -312,8 +312,8 @@ async fn unsubscribing_stops_a_handler() {
 #[wasm_bindgen_test]
 async fn close_aborts_the_waiting_request_and_ends_everything() {
     trackFetches();
-    let client = js_client(&options(r#", "getToken": null, "transport": "long-poll""#))
-        .expect("client");
+    let client =
+        js_client(&options(r#", "getToken": null, "transport": "long-poll""#)).expect("client");
     let statuses = js_sys::Array::new();
     let _keep = client.on_status(handler(&statuses));
     until_live(&client).await;
@@ -372,7 +372,11 @@ async fn by_default_events_arrive_by_a_stream_that_close_aborts() {
         .iter()
         .map(|event| get(&event, "payload").as_f64())
         .collect();
-    assert_eq!(payloads, [Some(0.0), Some(1.0), Some(2.0)], "once each, in order");
+    assert_eq!(
+        payloads,
+        [Some(0.0), Some(1.0), Some(2.0)],
+        "once each, in order"
+    );
     assert_eq!(get(&reader.status(), "transport"), "stream");
     assert!(open_streams() >= 2, "the writer's and the reader's streams");
 
