@@ -699,3 +699,41 @@ async fn openapi() -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_stream_is_asked_for_by_its_media_type_among_others() {
+        for value in [
+            "text/event-stream",
+            "Text/Event-Stream; charset=utf-8",
+            "application/json, text/event-stream;q=0.5",
+        ] {
+            assert!(accepts_event_stream(&accept(value)), "{value}");
+        }
+        for value in ["application/json", "*/*", "text/*", "text/event-streams"] {
+            assert!(!accepts_event_stream(&accept(value)), "{value}");
+        }
+        assert!(!accepts_event_stream(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn last_event_id_is_a_whole_number_when_sent() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(last_event_id(&headers).unwrap(), None);
+        headers.insert(LAST_EVENT_ID, HeaderValue::from_static("42"));
+        assert_eq!(last_event_id(&headers).unwrap(), Some(42));
+        for bad in ["", "4.2", "-1", "x", "18446744073709551616"] {
+            headers.insert(LAST_EVENT_ID, HeaderValue::from_static(bad));
+            assert!(last_event_id(&headers).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -78,7 +78,9 @@ pub fn max_connections_for_open_files() -> Result<usize, String> {
 /// Not `axum::serve`: it serves each connection through hyper-util's auto builder with
 /// upgrades, whose per-connection state costs about 10 KiB more; with 10,000 parked
 /// long-polls that is 256 MiB of RSS against 155 MiB here (docs/PERFORMANCE.md). A client
-/// that half-closes its side after sending a request still gets its answer.
+/// that half-closes its side after sending a request still gets its answer; but when the
+/// answer is a stream (`text/event-stream`), the client closing its side ends it at once,
+/// so that a stream whose client left does not wait for its next write to notice.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -325,7 +327,7 @@ struct Watched {
     activity: Arc<Activity>,
 }
 
-/// Calls `io` once the socket is ready for `direction`, until it does not block.
+/// Calls `io` once `ready` says the socket is ready, again until it does not block.
 fn poll_io<T>(
     cx: &mut Context<'_>,
     mut ready: impl FnMut(&mut Context<'_>) -> Poll<std::io::Result<()>>,
@@ -350,10 +352,12 @@ impl AsyncRead for Watched {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let stream = &this.stream;
+        // `try_read` needs initialized memory: zero at most this much per read.
+        let room = buf.remaining().min(64 * 1024);
         let read = std::task::ready!(poll_io(
             cx,
             |cx| stream.poll_read_ready(cx),
-            || stream.try_read(buf.initialize_unfilled()),
+            || stream.try_read(buf.initialize_unfilled_to(room)),
         ))?;
         buf.advance(read);
         if read > 0 {

@@ -659,3 +659,106 @@ async fn read_body(connection: &mut tokio::net::TcpStream, mut raw: Vec<u8>) -> 
     assert!(raw.starts_with(b"HTTP/1.1 200"));
     dechunk(&raw[head_end..])
 }
+
+/// Events the caller may not see move the stream's cursor with a bare `id:`, in the
+/// catch-up and live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_events_move_the_cursor_with_an_id_alone() {
+    let server = EventBusServer::builder(Arc::new(MemoryStore::new()))
+        .authorization_filter(|event: &StoredEvent, _: &Principal| event.aggregate_id != "secret")
+        .build();
+    let running = start(server, ServeOptions::default()).await;
+    let client = reqwest::Client::new();
+    let now = chrono::Utc::now().to_rfc3339();
+    let secret = || {
+        let mut body = event_body(&now, "{}");
+        body["aggregateId"] = json!("secret");
+        body
+    };
+    post(&client, &running.base, &event_body(&now, "{}")).await;
+    post(&client, &running.base, &secret()).await;
+    post(&client, &running.base, &secret()).await;
+    let mut stream = Stream::open(&running.base, "/events?after=0", &[]).await;
+    assert_eq!(stream.next_event().await.position, Some(1));
+    let moved = stream.next_message().await.unwrap();
+    assert_eq!(
+        moved,
+        Message {
+            id: Some(3),
+            ..Message::default()
+        },
+        "the cursor moves past the hidden events"
+    );
+    let hidden = post(&client, &running.base, &secret()).await;
+    let moved = stream.next_message().await.unwrap();
+    assert_eq!((moved.id, moved.data), (Some(hidden), None));
+    let shown = post(&client, &running.base, &event_body(&now, "{}")).await;
+    assert_eq!(stream.next_event().await.position, Some(shown));
+}
+
+/// With the built-in JWT check, a stream shows the token's tenant only and ends when
+/// the token's `exp` comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_stream_shows_its_tenant_only_and_ends_at_the_token_expiry() {
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes";
+    let authenticator = distributed_events_server::JwtAuthenticator::new(
+        distributed_events_server::JwtKey::Hs256(SECRET.as_bytes().to_vec()),
+    )
+    .unwrap();
+    let server = EventBusServer::builder(Arc::new(MemoryStore::new()))
+        .authenticator(authenticator)
+        .build();
+    let running = start(server, ServeOptions::default()).await;
+    let token = |tenant: &str, lifetime: i64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": "u", "tenant_id": tenant, "exp": chrono::Utc::now().timestamp() + lifetime}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let client = reqwest::Client::new();
+    let post_as = |tenant: &'static str| {
+        let client = client.clone();
+        let base = running.base.clone();
+        let token = token(tenant, 600);
+        async move {
+            let response = client
+                .post(format!("{base}/events"))
+                .bearer_auth(token)
+                .json(&event_body(&chrono::Utc::now().to_rfc3339(), "{}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+            response.json::<Value>().await.unwrap()["position"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let mine = post_as("a").await;
+    post_as("b").await;
+    let bearer = format!("Bearer {}", token("a", 2));
+    let mut stream = Stream::open(
+        &running.base,
+        "/events?after=0",
+        &[("authorization", bearer.as_str())],
+    )
+    .await;
+    let event = stream.next_event().await;
+    assert_eq!(event.position, Some(mine));
+    assert_eq!(event.tenant_id.as_deref(), Some("a"));
+    let mut others = Vec::new();
+    while let Some(message) = stream.next_message().await {
+        assert!(
+            message.data.is_none(),
+            "another tenant's event: {message:?}"
+        );
+        others.push(message.id);
+    }
+    assert_eq!(
+        others,
+        [Some(2)],
+        "the other tenant's event only moves the cursor"
+    );
+}
