@@ -10,6 +10,7 @@ export type {
   EventBusClientStatus,
   EventReceipt,
   JsonObject,
+  EventBusClientTransport,
   JsonValue,
   PublishOptions,
   StoredEventRecord,

@@ -166,6 +166,24 @@ test('invalid input throws an Error with a code', () => {
   assert.throws(() => publisher.publish('Bad', {}, {}), { code: 'invalid_event' });
 });
 
+test('events arrive by a stream by default, by long-polls when asked; the status says which', async () => {
+  const publisher = client({ autoForward: true });
+  const streaming = client({ initialPosition: 0 });
+  const longPolling = client({ initialPosition: 0, transport: 'long-poll' });
+  const streamed = record(streaming, 'TransportTested');
+  const polled = record(longPolling, 'TransportTested');
+  assert.equal((await statusReaches(streaming, 'live')).transport, 'stream');
+  assert.equal((await statusReaches(longPolling, 'live')).transport, 'long-poll');
+  for (const n of [1, 2, 3]) publisher.publish('TransportTested', n, { aggregateId: 't' });
+  for (const received of [streamed, polled]) {
+    const events = await received.waitFor(3);
+    assert.deepEqual(events.map((event) => event.payload), [1, 2, 3]);
+  }
+  assert.equal(streaming.status.transport, 'stream');
+  assert.throws(() => client({ transport: 'websocket' }), { code: 'invalid_options' });
+  assert.throws(() => client({ transport: 'stream', pollingInterval: 100 }), { code: 'invalid_options' });
+});
+
 test('close() ends the client: status closed, publish refused, handlers silent', async () => {
   const closing = client({ autoForward: true, initialPosition: 0 });
   const statuses = [];
