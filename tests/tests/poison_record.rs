@@ -100,7 +100,12 @@ async fn an_undecodable_record_is_reported_and_skipped_and_the_others_are_delive
         ids
     })
     .await
-    .expect("the two good events within the patience");
+    .unwrap_or_else(|_| {
+        panic!(
+            "the two good events within the patience; the server saw {:?}",
+            requests.lock().expect("log")
+        )
+    });
     assert_eq!(delivered, [GOOD_1, GOOD_3]);
 
     let error = tokio::time::timeout(PATIENCE, errors.next())
