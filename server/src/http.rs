@@ -272,6 +272,7 @@ pub(crate) fn router(server: EventBusServer) -> Router {
         .route("/events", get(get_events).post(post_event))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
+        .merge(crate::durable::router())
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(server.clone(), deadline))
