@@ -217,15 +217,7 @@ async fn handle(State(server): State<EventBusServer>, request: Request) -> Respo
         private,
         path,
     };
-    let max_body = server.limits().max_body_bytes;
-    let read_body = async move {
-        axum::body::to_bytes(body, max_body).await.map_err(|_| {
-            text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is larger than {max_body} bytes"),
-            )
-        })
-    };
+    let read_body = read_body(body, server.limits().max_body_bytes, server.limits().body_read_timeout);
     let method = std::mem::take(&mut parts.method);
     let result = match method {
         Method::PUT => match read_body.await {
@@ -251,6 +243,43 @@ async fn handle(State(server): State<EventBusServer>, request: Request) -> Respo
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// The most of a too-large body read (and dropped) before answering `413`: answering
+/// before the client has sent its body would close the connection under it, and the
+/// client would see a reset instead of the answer.
+const MAX_DRAINED_BYTES: usize = 64 * 1024 * 1024;
+
+/// The request body, at most `max` bytes (`413` past it), within `timeout` (`408`).
+async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<Bytes, Response> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| bad_request("the body did not arrive whole"))?;
+            total = total.saturating_add(chunk.len());
+            if total <= max {
+                kept.extend_from_slice(&chunk);
+            } else if total > MAX_DRAINED_BYTES {
+                break;
+            }
+        }
+        Ok::<_, Response>(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => return Err(text(StatusCode::REQUEST_TIMEOUT, "the body took too long to arrive")),
+        Ok(Err(response)) => return Err(response),
+        Ok(Ok(())) => {}
+    }
+    if total > max {
+        return Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {max} bytes (--max-body-bytes)"),
+        ));
+    }
+    Ok(Bytes::from(kept))
+}
+
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).map(|value| value.to_str().unwrap_or("\u{0}"))
 }
@@ -270,17 +299,11 @@ fn parse_offset(text: &str) -> Result<Option<i64>, Response> {
     match text {
         "-1" => Ok(Some(0)),
         "now" => Ok(None),
-        _ if !text.is_empty()
-            && text.len() <= 20
-            && text.bytes().all(|byte| byte.is_ascii_digit()) =>
-        {
-            text.parse::<i64>()
-                .map(Some)
-                .map_err(|_| bad_request("the offset is out of range"))
-        }
-        _ => Err(bad_request(format!(
-            "invalid offset {text:?}: use -1, now, or a Stream-Next-Offset of this stream"
-        ))),
+        _ => store::parse_offset(text).map(Some).ok_or_else(|| {
+            bad_request(format!(
+                "invalid offset {text:?}: use -1, now, or a Stream-Next-Offset of this stream"
+            ))
+        }),
     }
 }
 
@@ -805,29 +828,42 @@ async fn sse(
         let mut changes = store.subscribe();
         let mut result = first;
         loop {
+            // Each data event is followed by its control event, whose offset is the one
+            // after that message; only the last can say up to date or closed.
             let mut out = String::new();
-            for message in &result.messages {
+            let count = i64::try_from(result.messages.len()).unwrap_or(i64::MAX);
+            let first_offset = result.next - count;
+            let offset = result.next;
+            let closed = result.meta.closed && result.up_to_date;
+            let control = |after: i64, last: bool| {
+                let mut control = serde_json::json!({"streamNextOffset": format_offset(after)});
+                if last && closed {
+                    control["streamClosed"] = true.into();
+                } else {
+                    control["streamCursor"] = response_cursor(cursor.as_deref()).into();
+                    if last && result.up_to_date {
+                        control["upToDate"] = true.into();
+                    }
+                }
+                format!("event: control\n{}", sse_data(&control.to_string()))
+            };
+            for (index, message) in result.messages.iter().enumerate() {
                 let payload = if !textual {
                     base64(message)
                 } else if json {
-                    String::from_utf8_lossy(&body_of(true, std::slice::from_ref(message))).into_owned()
+                    String::from_utf8_lossy(&body_of(true, std::slice::from_ref(message)))
+                        .into_owned()
                 } else {
                     String::from_utf8_lossy(message).into_owned()
                 };
                 out.push_str("event: data\n");
                 out.push_str(&sse_data(&payload));
+                let after = first_offset + i64::try_from(index).unwrap_or(0) + 1;
+                out.push_str(&control(after, after == offset));
             }
-            let offset = result.next;
-            let closed = result.meta.closed && result.up_to_date;
-            let control = if closed {
-                serde_json::json!({"streamNextOffset": format_offset(offset), "streamClosed": true})
-            } else if result.up_to_date {
-                serde_json::json!({"streamNextOffset": format_offset(offset), "streamCursor": response_cursor(cursor.as_deref()), "upToDate": true})
-            } else {
-                serde_json::json!({"streamNextOffset": format_offset(offset), "streamCursor": response_cursor(cursor.as_deref())})
-            };
-            out.push_str("event: control\n");
-            out.push_str(&sse_data(&control.to_string()));
+            if result.messages.is_empty() {
+                out.push_str(&control(offset, true));
+            }
             if sender.send(Bytes::from(out)).await.is_err() || closed {
                 return;
             }

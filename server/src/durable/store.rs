@@ -24,10 +24,24 @@ use crate::store::StoreError;
 /// instances (appends of this instance wake it at once).
 pub(crate) const SHARED_POLL: Duration = Duration::from_millis(250);
 
-/// An offset as it appears on the wire: 20 digits, zero-padded, so that the byte order of
-/// offsets is their numeric order, as the protocol requires.
+/// An offset as it appears on the wire: `0000000000000000_` and the position in 16
+/// digits, zero-padded, so that the byte order of offsets is their numeric order, as the
+/// protocol requires. The first part is reserved (always zero); the shape is the one of
+/// the reference server, which the conformance suite writes out in its fork tests.
 pub(crate) fn format_offset(position: i64) -> String {
-    format!("{position:020}")
+    format!("{:016}_{position:016}", 0)
+}
+
+/// The position of an offset made by [`format_offset`]; `None` for anything else.
+pub(crate) fn parse_offset(text: &str) -> Option<i64> {
+    let (reserved, position) = text.split_once('_')?;
+    let digits = |part: &str| {
+        (1..=16).contains(&part.len()) && part.bytes().all(|byte| byte.is_ascii_digit())
+    };
+    if !digits(reserved) || !digits(position) || reserved.bytes().any(|byte| byte != b'0') {
+        return None;
+    }
+    position.parse().ok()
 }
 
 /// The SQL dialect: where the two databases differ.
@@ -768,6 +782,13 @@ impl DurableStore {
             Some(meta) => meta,
         };
         if meta.closed {
+            if request.body.is_empty() && request.producer.is_none() {
+                // Closing again: nothing to do.
+                return Ok(Appended::New {
+                    tail: meta.tail,
+                    closed: true,
+                });
+            }
             if let (Some(producer), Some((id, epoch, seq))) = (&request.producer, &meta.closed_by)
             {
                 if producer.id == *id && producer.epoch == *epoch && producer.seq == *seq {
