@@ -224,7 +224,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let authenticator = jwt_authenticator(&args)?;
     let durable = if args.database.starts_with("mysql://") {
-        tracing::warn!("Durable Streams (/v1/stream) need SQLite or PostgreSQL: not served on MySQL");
+        tracing::warn!(
+            "Durable Streams (/v1/stream) need SQLite or PostgreSQL: not served on MySQL"
+        );
         None
     } else {
         Some(DurableStore::open(&args.database).await.map_err(|error| {

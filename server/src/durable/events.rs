@@ -32,7 +32,10 @@ pub(super) async fn handle(
             let mut response = StatusCode::OK.into_response();
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            headers.insert(STREAM_NEXT_OFFSET, header_value(format_offset(to_i64(head))));
+            headers.insert(
+                STREAM_NEXT_OFFSET,
+                header_value(format_offset(to_i64(head))),
+            );
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
@@ -88,11 +91,15 @@ async fn read(
     match server.read_events(principal, &events_query).await {
         Ok(result) => {
             let head = head.max(*server.store().watch_head().borrow());
-            let cursor = (query.live == Live::LongPoll).then(|| response_cursor(query.cursor.as_deref()));
+            let cursor =
+                (query.live == Live::LongPoll).then(|| response_cursor(query.cursor.as_deref()));
             if query.live == Live::LongPoll && result.events.is_empty() {
                 let mut response = StatusCode::NO_CONTENT.into_response();
                 let headers = response.headers_mut();
-                headers.insert(STREAM_NEXT_OFFSET, header_value(format_offset(to_i64(result.cursor))));
+                headers.insert(
+                    STREAM_NEXT_OFFSET,
+                    header_value(format_offset(to_i64(result.cursor))),
+                );
                 headers.insert(STREAM_UP_TO_DATE, HeaderValue::from_static("true"));
                 headers.insert(STREAM_CURSOR, header_value(cursor.unwrap_or_default()));
                 return response;
@@ -130,7 +137,10 @@ fn page(
     let mut response = (StatusCode::OK, super::body_of(true, &messages)).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(STREAM_NEXT_OFFSET, header_value(format_offset(to_i64(cursor))));
+    headers.insert(
+        STREAM_NEXT_OFFSET,
+        header_value(format_offset(to_i64(cursor))),
+    );
     if cursor >= head {
         headers.insert(STREAM_UP_TO_DATE, HeaderValue::from_static("true"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -108,7 +108,10 @@ async fn browser_headers(request: Request, next: Next) -> Response {
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
-        [(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))],
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
         message.into(),
     )
         .into_response()
@@ -217,7 +220,11 @@ async fn handle(State(server): State<EventBusServer>, request: Request) -> Respo
         private,
         path,
     };
-    let read_body = read_body(body, server.limits().max_body_bytes, server.limits().body_read_timeout);
+    let read_body = read_body(
+        body,
+        server.limits().max_body_bytes,
+        server.limits().body_read_timeout,
+    );
     let method = std::mem::take(&mut parts.method);
     let result = match method {
         Method::PUT => match read_body.await {
@@ -267,7 +274,12 @@ async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<Bytes, R
         Ok::<_, Response>(())
     };
     match tokio::time::timeout(timeout, read).await {
-        Err(_) => return Err(text(StatusCode::REQUEST_TIMEOUT, "the body took too long to arrive")),
+        Err(_) => {
+            return Err(text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body took too long to arrive",
+            ))
+        }
         Ok(Err(response)) => return Err(response),
         Ok(Ok(())) => {}
     }
@@ -281,7 +293,9 @@ async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<Bytes, R
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).map(|value| value.to_str().unwrap_or("\u{0}"))
+    headers
+        .get(name)
+        .map(|value| value.to_str().unwrap_or("\u{0}"))
 }
 
 /// A non-negative decimal integer without sign, leading zeros or exponent.
@@ -316,7 +330,9 @@ fn source_path(value: &str) -> Option<String> {
         }
         None => value,
     };
-    let path = path.strip_prefix(PREFIX).unwrap_or(path.trim_start_matches('/'));
+    let path = path
+        .strip_prefix(PREFIX)
+        .unwrap_or(path.trim_start_matches('/'));
     (!path.is_empty()).then(|| path.to_owned())
 }
 
@@ -334,7 +350,11 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
     (token(kind) && token(sub)).then(|| value.to_owned())
 }
 
-async fn create(target: &Target, parts: &axum::http::request::Parts, body: Bytes) -> Result<Response, DsError> {
+async fn create(
+    target: &Target,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+) -> Result<Response, DsError> {
     let headers = &parts.headers;
     let ttl = header(headers, STREAM_TTL);
     let expires = header(headers, STREAM_EXPIRES_AT);
@@ -343,17 +363,16 @@ async fn create(target: &Target, parts: &axum::http::request::Parts, body: Bytes
             "give Stream-TTL or Stream-Expires-At, not both",
         ));
     }
-    let ttl_seconds = match ttl {
-        None => None,
-        Some(text) => match strict_integer(text) {
-            Some(seconds) => Some(seconds),
-            None => {
-                return Ok(bad_request(
+    let ttl_seconds =
+        match ttl {
+            None => None,
+            Some(text) => match strict_integer(text) {
+                Some(seconds) => Some(seconds),
+                None => return Ok(bad_request(
                     "Stream-TTL is a whole number of seconds (no sign, leading zero or decimals)",
-                ))
-            }
-        },
-    };
+                )),
+            },
+        };
     let expires_at = match expires {
         None => None,
         Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
@@ -381,7 +400,11 @@ async fn create(target: &Target, parts: &axum::http::request::Parts, body: Bytes
                 None => None,
                 Some(text) => match parse_offset(text) {
                     Ok(Some(offset)) if text != "-1" => Some(offset),
-                    _ => return Ok(bad_request("Stream-Fork-Offset is not an offset of this server")),
+                    _ => {
+                        return Ok(bad_request(
+                            "Stream-Fork-Offset is not an offset of this server",
+                        ))
+                    }
                 },
             };
             let sub_offset = match sub_offset {
@@ -442,7 +465,8 @@ async fn create(target: &Target, parts: &axum::http::request::Parts, body: Bytes
 
 async fn append(target: &Target, headers: &HeaderMap, body: Bytes) -> Result<Response, DsError> {
     let close = header(headers, STREAM_CLOSED) == Some("true");
-    let producer_headers = [PRODUCER_ID, PRODUCER_EPOCH, PRODUCER_SEQ].map(|name| header(headers, name));
+    let producer_headers =
+        [PRODUCER_ID, PRODUCER_EPOCH, PRODUCER_SEQ].map(|name| header(headers, name));
     let producer = match producer_headers {
         [None, None, None] => None,
         [Some(id), Some(epoch), Some(seq)] => {
@@ -542,7 +566,11 @@ async fn head(target: &Target) -> Result<Response, DsError> {
     let closed = if meta.closed { ":c" } else { "" };
     headers.insert(
         ETAG,
-        header_value(format!("\"{}:-1:{}{closed}\"", meta.id, format_offset(meta.tail))),
+        header_value(format!(
+            "\"{}:-1:{}{closed}\"",
+            meta.id,
+            format_offset(meta.tail)
+        )),
     );
     Ok(response)
 }
@@ -576,11 +604,19 @@ fn read_query(query: Option<&str>) -> Result<ReadQuery, Response> {
         None => None,
         Some(text) => Some(parse_offset(text)?),
     };
-    let live = match pairs.iter().find(|(key, _)| key == "live").map(|(_, value)| value.as_str()) {
+    let live = match pairs
+        .iter()
+        .find(|(key, _)| key == "live")
+        .map(|(_, value)| value.as_str())
+    {
         None => Live::No,
         Some("long-poll") => Live::LongPoll,
         Some("sse") => Live::Sse,
-        Some(other) => return Err(bad_request(format!("unknown live mode {other:?}: use long-poll or sse"))),
+        Some(other) => {
+            return Err(bad_request(format!(
+                "unknown live mode {other:?}: use long-poll or sse"
+            )))
+        }
     };
     if live != Live::No && offset.is_none() {
         return Err(bad_request("a live read needs an offset"));
@@ -601,7 +637,9 @@ fn read_query(query: Option<&str>) -> Result<ReadQuery, Response> {
 /// that it never goes back.
 fn response_cursor(client: Option<&str>) -> String {
     const EPOCH_SECS: u64 = 1_728_432_000;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let current = now.as_secs().saturating_sub(EPOCH_SECS) / 20;
     match client.and_then(|cursor| cursor.parse::<u64>().ok()) {
         Some(client) if client >= current => {
@@ -646,10 +684,19 @@ async fn read(
     }
     let mut result = target
         .store
-        .read(&target.tenant, &target.path, if now { None } else { Some(start.unwrap_or(0)) }, max_bytes)
+        .read(
+            &target.tenant,
+            &target.path,
+            if now { None } else { Some(start.unwrap_or(0)) },
+            max_bytes,
+        )
         .await?;
     if now && query.live == Live::No {
-        let mut response = (StatusCode::OK, if result.meta.is_json() { "[]" } else { "" }).into_response();
+        let mut response = (
+            StatusCode::OK,
+            if result.meta.is_json() { "[]" } else { "" },
+        )
+            .into_response();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, header_value(&result.meta.content_type));
         headers.insert(STREAM_NEXT_OFFSET, header_value(format_offset(result.next)));
@@ -663,7 +710,11 @@ async fn read(
     if query.live == Live::LongPoll && result.messages.is_empty() {
         let from = result.next;
         if !result.meta.closed {
-            let permit = match server.inner.long_polls.try_acquire(Some(target.tenant.as_str())) {
+            let permit = match server
+                .inner
+                .long_polls
+                .try_acquire(Some(target.tenant.as_str()))
+            {
                 Ok(permit) => permit,
                 Err(refusal) => return Ok(overloaded(refusal.reason())),
             };
@@ -688,7 +739,10 @@ async fn read(
             let headers = response.headers_mut();
             headers.insert(STREAM_NEXT_OFFSET, header_value(format_offset(from)));
             headers.insert(STREAM_UP_TO_DATE, HeaderValue::from_static("true"));
-            headers.insert(STREAM_CURSOR, header_value(response_cursor(query.cursor.as_deref())));
+            headers.insert(
+                STREAM_CURSOR,
+                header_value(response_cursor(query.cursor.as_deref())),
+            );
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             if result.meta.closed && result.up_to_date {
                 headers.insert(STREAM_CLOSED, HeaderValue::from_static("true"));
@@ -709,11 +763,27 @@ async fn read(
         response.headers_mut().insert(ETAG, header_value(etag));
         return Ok(response);
     }
-    Ok(data_response(target, &result, etag, query.live, query.cursor.as_deref()))
+    Ok(data_response(
+        target,
+        &result,
+        etag,
+        query.live,
+        query.cursor.as_deref(),
+    ))
 }
 
-fn data_response(target: &Target, result: &ReadResult, etag: String, live: Live, cursor: Option<&str>) -> Response {
-    let mut response = (StatusCode::OK, body_of(result.meta.is_json(), &result.messages)).into_response();
+fn data_response(
+    target: &Target,
+    result: &ReadResult,
+    etag: String,
+    live: Live,
+    cursor: Option<&str>,
+) -> Response {
+    let mut response = (
+        StatusCode::OK,
+        body_of(result.meta.is_json(), &result.messages),
+    )
+        .into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, header_value(&result.meta.content_type));
     headers.insert(STREAM_NEXT_OFFSET, header_value(format_offset(result.next)));
@@ -770,7 +840,10 @@ async fn wait(
 /// a payload cannot forge events.
 fn sse_data(payload: &str) -> String {
     let mut out = String::with_capacity(payload.len() + 16);
-    for line in payload.split("\r\n").flat_map(|part| part.split(['\r', '\n'])) {
+    for line in payload
+        .split("\r\n")
+        .flat_map(|part| part.split(['\r', '\n']))
+    {
         out.push_str("data:");
         out.push_str(line);
         out.push('\n');
@@ -808,9 +881,18 @@ async fn sse(
     // The first read checks that the stream exists, before the answer starts.
     let first = target
         .store
-        .read(&target.tenant, &target.path, start, server.limits().max_page_bytes)
+        .read(
+            &target.tenant,
+            &target.path,
+            start,
+            server.limits().max_page_bytes,
+        )
         .await?;
-    let permit = match server.inner.long_polls.try_acquire(Some(target.tenant.as_str())) {
+    let permit = match server
+        .inner
+        .long_polls
+        .try_acquire(Some(target.tenant.as_str()))
+    {
         Ok(permit) => permit,
         Err(refusal) => return Ok(overloaded(refusal.reason())),
     };
@@ -912,7 +994,10 @@ async fn sse(
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    headers.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
     if !textual {
         headers.insert(
             HeaderName::from_static("stream-sse-data-encoding"),

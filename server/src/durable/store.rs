@@ -542,9 +542,9 @@ impl DurableStore {
         position: i64,
         data: Vec<u8>,
     ) -> Result<(), DsError> {
-        sqlx::query(&self.sql(
-            "INSERT INTO ds_messages (stream_id, position, data) VALUES (?, ?, ?)",
-        ))
+        sqlx::query(
+            &self.sql("INSERT INTO ds_messages (stream_id, position, data) VALUES (?, ?, ?)"),
+        )
         .bind(stream)
         .bind(position)
         .bind(data)
@@ -652,10 +652,7 @@ impl DurableStore {
             }
             if ttl_seconds.is_none() && expires_at.is_none() {
                 ttl_seconds = source.ttl_seconds;
-                expires_at = source
-                    .expires_at
-                    .clone()
-                    .zip(source.expires_at_ms);
+                expires_at = source.expires_at.clone().zip(source.expires_at_ms);
             }
             sqlx::query(&self.sql("UPDATE ds_streams SET ref_count = ref_count + 1 WHERE id = ?"))
                 .bind(&source.id)
@@ -729,7 +726,9 @@ impl DurableStore {
             (Some(fork), Some(source_id)) => {
                 let source = self.row_by_id(conn, source_id).await?;
                 source.is_some_and(|_| true)
-                    && fork.offset.is_none_or(|offset| offset == existing.fork_offset)
+                    && fork
+                        .offset
+                        .is_none_or(|offset| offset == existing.fork_offset)
                     && fork.sub_offset == existing.fork_sub_offset
                     && self.path_of(conn, source_id).await?.as_deref() == Some(&fork.source)
             }
@@ -744,7 +743,10 @@ impl DurableStore {
             request.ttl_seconds == existing.ttl_seconds
                 && request.expires_at.as_ref().map(|(text, _)| text) == existing.expires_at.as_ref()
         };
-        Ok(content_type_matches && fork_matches && expiry_matches && request.closed == existing.closed)
+        Ok(content_type_matches
+            && fork_matches
+            && expiry_matches
+            && request.closed == existing.closed)
     }
 
     async fn path_of(&self, conn: &mut AnyConnection, id: &str) -> Result<Option<String>, DsError> {
@@ -789,8 +791,7 @@ impl DurableStore {
                     closed: true,
                 });
             }
-            if let (Some(producer), Some((id, epoch, seq))) = (&request.producer, &meta.closed_by)
-            {
+            if let (Some(producer), Some((id, epoch, seq))) = (&request.producer, &meta.closed_by) {
                 if producer.id == *id && producer.epoch == *epoch && producer.seq == *seq {
                     return Ok(Appended::Duplicate {
                         tail: meta.tail,
@@ -866,10 +867,14 @@ impl DurableStore {
                 _ => {}
             }
             let sql = match state {
-                None => "INSERT INTO ds_producers (epoch, last_seq, stream_id, producer_id) \
-                         VALUES (?, ?, ?, ?)",
-                Some(_) => "UPDATE ds_producers SET epoch = ?, last_seq = ? \
-                            WHERE stream_id = ? AND producer_id = ?",
+                None => {
+                    "INSERT INTO ds_producers (epoch, last_seq, stream_id, producer_id) \
+                         VALUES (?, ?, ?, ?)"
+                }
+                Some(_) => {
+                    "UPDATE ds_producers SET epoch = ?, last_seq = ? \
+                            WHERE stream_id = ? AND producer_id = ?"
+                }
             };
             sqlx::query(&self.sql(sql))
                 .bind(producer.epoch)
@@ -897,10 +902,7 @@ impl DurableStore {
             tail += 1;
             self.insert_message(conn, &meta.id, tail, data).await?;
         }
-        let closed_by = request
-            .close
-            .then_some(request.producer.as_ref())
-            .flatten();
+        let closed_by = request.close.then_some(request.producer.as_ref()).flatten();
         sqlx::query(&self.sql(
             "UPDATE ds_streams SET tail = ?, last_access_ms = ?, \
              last_stream_seq = COALESCE(?, last_stream_seq), closed = ?, \
