@@ -66,7 +66,7 @@ async fn read(
 ) -> Response {
     let query = match read_query(parts.uri.query()) {
         Ok(query) => query,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
     if query.live == Live::Sse {
         return text(

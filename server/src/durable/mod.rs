@@ -309,12 +309,12 @@ fn strict_integer(text: &str) -> Option<i64> {
 
 /// An offset given by a client: `-1` (the start), or one this server made. `None` for
 /// `now`, resolved by the caller to the tail.
-fn parse_offset(text: &str) -> Result<Option<i64>, Response> {
+fn parse_offset(text: &str) -> Result<Option<i64>, DsError> {
     match text {
         "-1" => Ok(Some(0)),
         "now" => Ok(None),
         _ => store::parse_offset(text).map(Some).ok_or_else(|| {
-            bad_request(format!(
+            DsError::BadRequest(format!(
                 "invalid offset {text:?}: use -1, now, or a Stream-Next-Offset of this stream"
             ))
         }),
@@ -517,10 +517,9 @@ async fn append(target: &Target, headers: &HeaderMap, body: Bytes) -> Result<Res
         .await?;
     let (status, tail, closed, seq) = match appended {
         Appended::New { tail, closed } => (
+            // A producer's append is a 200 (it carries the producer's headers).
             if with_producer && !body.is_empty() {
                 StatusCode::OK
-            } else if with_producer {
-                StatusCode::NO_CONTENT
             } else {
                 StatusCode::NO_CONTENT
             },
@@ -592,13 +591,13 @@ enum Live {
     Sse,
 }
 
-fn read_query(query: Option<&str>) -> Result<ReadQuery, Response> {
+fn read_query(query: Option<&str>) -> Result<ReadQuery, DsError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
-        .map_err(|_| bad_request("the query string does not decode"))?;
+        .map_err(|_| DsError::BadRequest("the query string does not decode".into()))?;
     let mut offsets = pairs.iter().filter(|(key, _)| key == "offset");
     let offset_text = offsets.next().map(|(_, value)| value.clone());
     if offsets.next().is_some() {
-        return Err(bad_request("give offset once"));
+        return Err(DsError::BadRequest("give offset once".into()));
     }
     let offset = match &offset_text {
         None => None,
@@ -613,13 +612,13 @@ fn read_query(query: Option<&str>) -> Result<ReadQuery, Response> {
         Some("long-poll") => Live::LongPoll,
         Some("sse") => Live::Sse,
         Some(other) => {
-            return Err(bad_request(format!(
+            return Err(DsError::BadRequest(format!(
                 "unknown live mode {other:?}: use long-poll or sse"
             )))
         }
     };
     if live != Live::No && offset.is_none() {
-        return Err(bad_request("a live read needs an offset"));
+        return Err(DsError::BadRequest("a live read needs an offset".into()));
     }
     Ok(ReadQuery {
         offset,
@@ -672,10 +671,7 @@ async fn read(
     target: &Target,
     parts: &axum::http::request::Parts,
 ) -> Result<Response, DsError> {
-    let query = match read_query(parts.uri.query()) {
-        Ok(query) => query,
-        Err(response) => return Ok(response),
-    };
+    let query = read_query(parts.uri.query())?;
     let max_bytes = server.limits().max_page_bytes;
     let start = query.offset.flatten();
     let now = matches!(query.offset, Some(None));
