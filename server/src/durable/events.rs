@@ -9,9 +9,12 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use distributed_events_shared::EventsQuery;
 
+use axum::body::Bytes;
+use tokio::time::Instant;
+
 use super::{
-    format_offset, header_value, read_query, response_cursor, text, Live, LONG_POLL_TIMEOUT,
-    STREAM_CURSOR, STREAM_NEXT_OFFSET, STREAM_UP_TO_DATE,
+    format_offset, header_value, read_query, response_cursor, sse_data, text, Live,
+    LONG_POLL_TIMEOUT, SSE_DURATION, STREAM_CURSOR, STREAM_NEXT_OFFSET, STREAM_UP_TO_DATE,
 };
 use crate::auth::Principal;
 use crate::reads::ReadError;
@@ -68,17 +71,14 @@ async fn read(
         Ok(query) => query,
         Err(error) => return error.into_response(),
     };
-    if query.live == Live::Sse {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "the event log streams with live=long-poll (or GET /events with Accept: text/event-stream)",
-        );
-    }
     let after = match query.offset {
         Some(None) => head,
         Some(Some(offset)) => u64::try_from(offset).unwrap_or_default(),
         None => 0,
     };
+    if query.live == Live::Sse {
+        return sse(server, principal, after, query.cursor).await;
+    }
     if matches!(query.offset, Some(None)) && query.live == Live::No {
         return page(Vec::new(), after, head, private, None);
     }
@@ -106,24 +106,121 @@ async fn read(
             }
             page(result.events, result.cursor, head, private, cursor)
         }
-        Err(ReadError::CursorExpired { resume_after }) => text(
+        Err(error) => read_error(error),
+    }
+}
+
+fn read_error(error: ReadError) -> Response {
+    match error {
+        ReadError::CursorExpired { resume_after } => text(
             StatusCode::GONE,
             format!(
                 "retention deleted events after this offset; resume at offset {}",
                 format_offset(to_i64(resume_after))
             ),
         ),
-        Err(ReadError::CursorAhead { resume_after }) => text(
+        ReadError::CursorAhead { resume_after } => text(
             StatusCode::BAD_REQUEST,
             format!(
                 "this offset is past the end of the log; resume at offset {}",
                 format_offset(to_i64(resume_after))
             ),
         ),
-        Err(ReadError::Query(message)) => text(StatusCode::BAD_REQUEST, message),
-        Err(ReadError::Overloaded(message)) => super::overloaded(message),
-        Err(ReadError::Store(error)) => super::DsError::Store(error).into_response(),
+        ReadError::Query(message) => text(StatusCode::BAD_REQUEST, message),
+        ReadError::Overloaded(message) => super::overloaded(message),
+        ReadError::Store(error) => super::DsError::Store(error).into_response(),
     }
+}
+
+/// `live=sse` on the log: each page of records is a data event (a JSON array) followed
+/// by a control event with the offset after it, until the reader leaves, retention overtakes it, the
+/// server shuts down, or [`SSE_DURATION`] passes.
+async fn sse(
+    server: &EventBusServer,
+    principal: &Principal,
+    after: u64,
+    cursor: Option<String>,
+) -> Response {
+    // The first page checks the offset (410, 400) before the answer starts.
+    let first = server
+        .read_events(
+            principal,
+            &EventsQuery {
+                after: Some(after),
+                ..EventsQuery::default()
+            },
+        )
+        .await;
+    let first = match first {
+        Ok(first) => first,
+        Err(error) => return read_error(error),
+    };
+    let permit = match server
+        .inner
+        .long_polls
+        .try_acquire(principal.tenant_id.as_deref())
+    {
+        Ok(permit) => permit,
+        Err(refusal) => return super::overloaded(refusal.reason()),
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let server = server.clone();
+    let principal = principal.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let deadline = Instant::now() + SSE_DURATION;
+        let keep_alive = LONG_POLL_TIMEOUT.min(server.limits().max_wait);
+        let mut page = first;
+        loop {
+            let head = *server.store().watch_head().borrow();
+            // One data event per page: the protocol lets a JSON stream batch its
+            // messages in one array.
+            let mut out = String::new();
+            if !page.events.is_empty() {
+                let messages: Vec<Vec<u8>> =
+                    page.events.iter().map(|event| event.to_vec()).collect();
+                out.push_str("event: data\n");
+                out.push_str(&sse_data(&String::from_utf8_lossy(&super::body_of(
+                    true, &messages,
+                ))));
+            }
+            out.push_str(&control(
+                page.cursor,
+                page.cursor >= head,
+                cursor.as_deref(),
+            ));
+            if sender.send(Bytes::from(out)).await.is_err()
+                || Instant::now() >= deadline
+                || server.inner.shutdown.is_cancelled()
+            {
+                return;
+            }
+            let wait = keep_alive.min(deadline.saturating_duration_since(Instant::now()));
+            let query = EventsQuery {
+                after: Some(page.cursor),
+                wait: Some(wait),
+                ..EventsQuery::default()
+            };
+            page = match server.read_events(&principal, &query).await {
+                Ok(next) => next,
+                // Retention overtook the reader: it reconnects and learns so (410).
+                Err(_) => return,
+            };
+        }
+    });
+    super::sse_response(receiver, true)
+}
+
+/// A control event: the offset after what was sent.
+fn control(offset: u64, up_to_date: bool, cursor: Option<&str>) -> String {
+    let mut control = serde_json::json!({
+        "streamNextOffset": format_offset(to_i64(offset)),
+        "streamCursor": response_cursor(cursor),
+    });
+    if up_to_date {
+        control["upToDate"] = true.into();
+    }
+    format!("event: control\n{}", sse_data(&control.to_string()))
 }
 
 fn page(

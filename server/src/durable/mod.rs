@@ -980,6 +980,11 @@ async fn sse(
             }
         }
     });
+    Ok(sse_response(receiver, textual))
+}
+
+/// The `200` of an SSE read whose events a task sends on `receiver`.
+fn sse_response(receiver: tokio::sync::mpsc::Receiver<Bytes>, textual: bool) -> Response {
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
         receiver
             .recv()
@@ -1000,5 +1005,5 @@ async fn sse(
             HeaderValue::from_static("base64"),
         );
     }
-    Ok(response)
+    response
 }
