@@ -298,3 +298,48 @@ async fn a_long_poll_wakes_on_another_instances_append() {
     let values: Vec<Value> = woken.json().await.unwrap();
     assert_eq!(values, [json!({"n": 1}), json!({"n": 2})]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_stops_at_max_page_bytes_and_the_next_goes_on() {
+    let server = ServerProcess::start(&["--database", "memory", "--max-page-bytes", "10"]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/stream/pages", server.base);
+    client
+        .put(&url)
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    for chunk in ["aaaaaa", "bbbbbb", "cccccc"] {
+        let appended = client
+            .post(&url)
+            .header("content-type", "text/plain")
+            .body(chunk)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(appended.status(), 204);
+    }
+    let mut offset = "-1".to_owned();
+    let mut pages = Vec::new();
+    loop {
+        let read = client
+            .get(format!("{url}?offset={offset}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200);
+        let done = read.headers().contains_key("stream-up-to-date");
+        offset = next_offset(&read);
+        pages.push(read.text().await.unwrap());
+        if done {
+            break;
+        }
+        assert!(pages.len() < 10, "the reads never reach the end: {pages:?}");
+    }
+    assert_eq!(
+        pages,
+        ["aaaaaa", "bbbbbb", "cccccc"],
+        "one 6-byte append per 10-byte page"
+    );
+}

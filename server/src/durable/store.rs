@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Row};
 use tokio::sync::watch;
@@ -1011,17 +1012,20 @@ impl DurableStore {
         let mut messages = Vec::new();
         let mut bytes = 0usize;
         for (stream, after, through) in segments {
-            let rows = sqlx::query(&self.sql(
+            let query = self.sql(
                 "SELECT data FROM ds_messages WHERE stream_id = ? AND position > ? \
                  AND position <= ? ORDER BY position LIMIT ?",
-            ))
-            .bind(&stream)
-            .bind(after)
-            .bind(through)
-            .bind(max_count - i64::try_from(messages.len()).unwrap_or(0))
-            .fetch_all(&mut *conn)
-            .await?;
-            for row in rows {
+            );
+            let remaining = max_count - i64::try_from(messages.len()).unwrap_or(0);
+            // Rows arrive one by one: the read stops at its byte budget without holding
+            // the rest.
+            let mut rows = sqlx::query(&query)
+                .bind(&stream)
+                .bind(after)
+                .bind(through)
+                .bind(remaining)
+                .fetch(&mut *conn);
+            while let Some(row) = rows.try_next().await? {
                 let data: Vec<u8> = row.try_get(0)?;
                 if !messages.is_empty() && bytes + data.len() > max_bytes {
                     return Ok(messages);
