@@ -1007,3 +1007,64 @@ fn sse_response(receiver: tokio::sync::mpsc::Receiver<Bytes>, textual: bool) -> 
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_data_splits_every_kind_of_line_break() {
+        assert_eq!(sse_data("a"), "data:a\n\n");
+        assert_eq!(
+            sse_data("a\nb\r\nc\rd"),
+            "data:a\ndata:b\ndata:c\ndata:d\n\n"
+        );
+        assert_eq!(
+            sse_data("x\n\nevent: fake"),
+            "data:x\ndata:\ndata:event: fake\n\n",
+            "a payload cannot start an event of its own"
+        );
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_with_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0, 255, 254, 253]), "AP/+/Q==");
+    }
+
+    #[test]
+    fn cursors_never_go_back() {
+        let current: u64 = response_cursor(None).parse().unwrap();
+        assert_eq!(
+            response_cursor(Some("1")),
+            current.to_string(),
+            "an old cursor"
+        );
+        for client in [current, current + 500] {
+            let next: u64 = response_cursor(Some(&client.to_string())).parse().unwrap();
+            assert!(next > client, "{next} after {client}");
+        }
+    }
+
+    #[test]
+    fn strict_integers_refuse_signs_zeros_and_decimals() {
+        assert_eq!(strict_integer("0"), Some(0));
+        assert_eq!(strict_integer("3600"), Some(3600));
+        for bad in ["", "03600", "+3600", "3600.0", "3.6e3", "-1", " 1"] {
+            assert_eq!(strict_integer(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fork_sources_are_paths_or_urls() {
+        assert_eq!(source_path("/v1/stream/a/b").as_deref(), Some("a/b"));
+        assert_eq!(
+            source_path("http://host:1/v1/stream/a").as_deref(),
+            Some("a")
+        );
+        assert_eq!(source_path("/v1/stream/"), None);
+    }
+}

@@ -1040,3 +1040,51 @@ impl DurableStore {
         Ok(messages)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_sort_as_their_positions_and_parse_back() {
+        let positions = [0, 1, 9, 10, 99, 100, 12_345_678, 9_999_999_999_999_999];
+        let offsets: Vec<String> = positions.iter().map(|&p| format_offset(p)).collect();
+        let mut sorted = offsets.clone();
+        sorted.sort();
+        assert_eq!(sorted, offsets, "byte order is position order");
+        for (offset, position) in offsets.iter().zip(positions) {
+            assert_eq!(parse_offset(offset), Some(position));
+        }
+        for bad in [
+            "", "-1", "now", "12", "1_", "_1", "1_1", "0_a", "0_-1", "0,1", "0 _1",
+        ] {
+            assert_eq!(parse_offset(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn json_bodies_flatten_one_level_and_keep_values_as_sent() {
+        assert_eq!(
+            json_values(br#"{"b":1,"a":2}"#).unwrap(),
+            [r#"{"b":1,"a":2}"#]
+        );
+        assert_eq!(json_values(b"[[1,2], [3]]").unwrap(), ["[1,2]", "[3]"]);
+        assert_eq!(json_values(b"[[[1]]]").unwrap(), ["[[1]]"]);
+        assert_eq!(json_values(b"[]").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            json_values(b"12345678901234567890").unwrap(),
+            ["12345678901234567890"]
+        );
+        assert!(json_values(b"{").is_none());
+        assert!(json_values(b"[1,]").is_none());
+        let row = json_row(&json_values(br#"[{"a":1},"x,y",[2]]"#).unwrap());
+        assert_eq!(json_row_values(&row), [r#"{"a":1}"#, r#""x,y""#, "[2]"]);
+    }
+
+    #[test]
+    fn media_types_compare_without_case_or_parameters() {
+        assert_eq!(media_type(" Text/Plain ; charset=utf-8"), "text/plain");
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(!is_json("application/ndjson"));
+    }
+}
