@@ -257,7 +257,7 @@ async fn a_body_over_the_limit_is_refused_with_413() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_poll_wakes_on_another_instances_append() {
+async fn instances_on_one_postgres_share_streams_and_wake_each_other() {
     let Some(url) = postgres_url() else { return };
     let database = fresh_postgres_schema(&url).await;
     let reader = ServerProcess::start(&["--database", &database]);

@@ -23,6 +23,7 @@ use axum::routing::any;
 use axum::Router;
 use tokio::time::Instant;
 
+use crate::store::StoreError;
 use crate::EventBusServer;
 pub use store::DurableStore;
 use store::{
@@ -154,6 +155,7 @@ impl IntoResponse for DsError {
                 headers.insert(PRODUCER_RECEIVED_SEQ, header_value(received));
                 response
             }
+            Self::Raced => Self::Store(StoreError::Unavailable(message)).into_response(),
             Self::Store(error) => {
                 tracing::warn!(%error, "durable streams: the store failed");
                 let mut response = text(

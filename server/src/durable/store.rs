@@ -124,6 +124,10 @@ pub(crate) enum DsError {
     SequenceGap { expected: i64, received: i64 },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another instance created the same stream at the same time (PostgreSQL); the
+    /// create is tried again.
+    #[error("the stream was created concurrently; retry")]
+    Raced,
 }
 
 impl From<sqlx::Error> for DsError {
@@ -563,7 +567,14 @@ impl DurableStore {
         request: CreateRequest,
     ) -> Result<(bool, Meta), DsError> {
         let mut tx = self.begin().await?;
-        let result = self.create_in(&mut tx, tenant, path, request).await;
+        let result = self.create_in(&mut tx, tenant, path, &request).await;
+        if !matches!(result, Err(DsError::Raced)) {
+            return self.finish(tx, result).await;
+        }
+        // Another instance created the stream since this one looked: now it sees it.
+        tx.rollback().await.ok();
+        let mut tx = self.begin().await?;
+        let result = self.create_in(&mut tx, tenant, path, &request).await;
         self.finish(tx, result).await
     }
 
@@ -572,7 +583,7 @@ impl DurableStore {
         conn: &mut AnyConnection,
         tenant: &str,
         path: &str,
-        request: CreateRequest,
+        request: &CreateRequest,
     ) -> Result<(bool, Meta), DsError> {
         if let Some(existing) = self.live_row(conn, tenant, path).await? {
             if existing.soft_deleted {
@@ -582,7 +593,7 @@ impl DurableStore {
                         .into(),
                 ));
             }
-            return if self.same_config(conn, &existing, &request).await? {
+            return if self.same_config(conn, &existing, request).await? {
                 Ok((false, existing))
             } else {
                 Err(DsError::Conflict(
@@ -695,7 +706,11 @@ impl DurableStore {
         .bind(tail)
         .bind(fork.map_or(0, |fork| fork.sub_offset))
         .execute(&mut *conn)
-        .await?;
+        .await
+        .map_err(|error| match &error {
+            sqlx::Error::Database(database) if database.is_unique_violation() => DsError::Raced,
+            _ => error.into(),
+        })?;
         for data in prefix.into_iter().chain(initial) {
             tail += 1;
             self.insert_message(conn, &id, tail, data).await?;
