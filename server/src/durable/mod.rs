@@ -182,7 +182,7 @@ struct Target {
 }
 
 async fn handle(State(server): State<EventBusServer>, request: Request) -> Response {
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let Some(store) = server.inner.durable.clone() else {
         return text(
             StatusCode::NOT_FOUND,
@@ -227,8 +227,7 @@ async fn handle(State(server): State<EventBusServer>, request: Request) -> Respo
         server.limits().max_body_bytes,
         server.limits().body_read_timeout,
     );
-    let method = std::mem::take(&mut parts.method);
-    let result = match method {
+    let result = match parts.method {
         Method::PUT => match read_body.await {
             Ok(body) => create(&target, &parts, body).await,
             Err(response) => return response,

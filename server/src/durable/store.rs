@@ -355,9 +355,6 @@ impl DurableStore {
         let mut conn = self.pool.acquire().await?;
         match self.dialect {
             Dialect::Sqlite => {
-                sqlx::raw_sql("PRAGMA busy_timeout = 5000")
-                    .execute(&mut *conn)
-                    .await?;
                 sqlx::raw_sql(sqlite_schema()).execute(&mut *conn).await?;
             }
             Dialect::Postgres => {
