@@ -10,8 +10,8 @@ use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, RawQuery, Request, State,
 };
 use axum::http::header::{
-    ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
-    RETRY_AFTER, WWW_AUTHENTICATE,
+    ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -288,6 +288,7 @@ pub(crate) fn router(server: EventBusServer) -> Router {
         .route("/events", get(get_events).post(post_event))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
+        .merge(crate::durable::router())
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(server.clone(), deadline))

@@ -49,6 +49,7 @@
 
 mod auth;
 mod caching;
+mod durable;
 mod http;
 mod jwt;
 mod long_polls;
@@ -69,6 +70,7 @@ use uuid::Uuid;
 
 pub use auth::{AuthRejection, Authenticator, FilterOutcome, Principal};
 pub use distributed_events_shared::*;
+pub use durable::DurableStore;
 pub use http::{cors_layer, method_not_allowed, not_found, InvalidOrigin, Limits};
 pub use jwt::{JwtAuthenticator, JwtKey, JwtKeyError};
 pub use serve::{max_connections_for_open_files, serve, ServeOptions};
@@ -122,6 +124,8 @@ struct Inner {
     limits: Limits,
     authenticator: Option<Arc<dyn Authenticator>>,
     filter: Option<Arc<AuthorizationFilter>>,
+    /// The Durable Streams of `/v1/stream`, when served.
+    durable: Option<Arc<DurableStore>>,
     shutdown: CancellationToken,
     /// The long-polls waiting at once, in all and per tenant.
     long_polls: Arc<long_polls::LongPolls>,
@@ -151,9 +155,17 @@ pub struct EventBusServerBuilder {
     limits: Limits,
     authenticator: Option<Arc<dyn Authenticator>>,
     filter: Option<Arc<AuthorizationFilter>>,
+    durable: Option<Arc<DurableStore>>,
 }
 
 impl EventBusServerBuilder {
+    /// Serves the Durable Streams protocol at `/v1/stream/{path}` from `store` (without
+    /// it, those paths answer `404`).
+    pub fn durable_streams(mut self, store: DurableStore) -> Self {
+        self.durable = Some(Arc::new(store));
+        self
+    }
+
     /// Uses `bus` as the local bus (default: a new one), so that code holding it sees the
     /// server's events. Events published on the bus directly stay local: only
     /// [`EventBusServer::publish`] persists and distributes.
@@ -240,6 +252,7 @@ impl EventBusServerBuilder {
                 limits: self.limits,
                 authenticator: self.authenticator,
                 filter: self.filter,
+                durable: self.durable,
                 shutdown,
                 long_polls,
                 tail,
@@ -299,6 +312,7 @@ impl EventBusServer {
             limits: Limits::default(),
             authenticator: None,
             filter: None,
+            durable: None,
         }
     }
 

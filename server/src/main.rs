@@ -13,7 +13,7 @@ use axum::Router;
 use clap::Parser;
 use distributed_events_server::{
     cors_layer, max_connections_for_open_files, method_not_allowed, not_found, serve, store,
-    EventBusServer, JwtAuthenticator, JwtKey, Limits, ServeOptions,
+    DurableStore, EventBusServer, JwtAuthenticator, JwtKey, Limits, ServeOptions,
 };
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -228,6 +228,19 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
     })?;
     let authenticator = jwt_authenticator(&args)?;
+    let durable = if args.database.starts_with("mysql://") {
+        tracing::warn!(
+            "Durable Streams (/v1/stream) need SQLite or PostgreSQL: not served on MySQL"
+        );
+        None
+    } else {
+        Some(DurableStore::open(&args.database).await.map_err(|error| {
+            format!(
+                "cannot open the Durable Streams tables in {}: {error}",
+                redacted(&args.database)
+            )
+        })?)
+    };
     let mut builder = EventBusServer::builder(store)
         .retention(args.retention)
         .cleanup_interval(args.cleanup_interval)
@@ -242,6 +255,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             max_stream_duration: args.max_stream_duration,
             ..Limits::default()
         });
+    if let Some(durable) = durable {
+        builder = builder.durable_streams(durable);
+    }
     if let Some(authenticator) = authenticator {
         tracing::info!(?authenticator, "requests need a bearer JWT");
         builder = builder.authenticator(authenticator);

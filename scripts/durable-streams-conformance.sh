@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Runs the Durable Streams conformance suite (npm `@durable-streams/server-conformance-tests`,
+# pinned in tests/durable-streams/package.json) against the real server binary: on a fresh
+# SQLite file, and, when DATABASE_URL_TEST is set, on a fresh PostgreSQL schema. Prints
+# passed/failed/skipped for each and exits non-zero on any failure.
+#
+# Uses $DISTRIBUTED_EVENTS_SERVER when set, else builds and uses the debug binary.
+# DURABLE_STREAMS_BACKENDS (default "sqlite postgres") chooses the runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+binary="${DISTRIBUTED_EVENTS_SERVER:-}"
+if [[ -z "$binary" ]]; then
+    cargo build --quiet -p distributed-events-server --bin distributed-events-server
+    binary="${CARGO_TARGET_DIR:-$PWD/target}/debug/distributed-events-server"
+fi
+
+suite=tests/durable-streams
+if [[ ! -x "$suite/node_modules/.bin/vitest" ]]; then
+    (cd "$suite" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+work=$(mktemp -d)
+server_pid=
+schema=
+cleanup() {
+    if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+    if [[ -n "$schema" ]]; then psql "$DATABASE_URL_TEST" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts the binary on database $1; sets $base.
+start_server() {
+    local log="$work/server.log"
+    : >"$log"
+    "$binary" --bind 127.0.0.1:0 --database "$1" --static-dir "$work/no-static" 2>"$log" &
+    server_pid=$!
+    base=
+    for _ in $(seq 1 300); do
+        base=$(sed -n 's/^listening on //p' "$log" | head -n 1)
+        [[ -n "$base" ]] && return 0
+        if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    echo "the server did not start; its log:" >&2
+    cat "$log" >&2
+    exit 1
+}
+
+stop_server() {
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=
+}
+
+# Runs the suite against $base; prints the counts; returns non-zero on a failure.
+run_suite() {
+    local name=$1 report="$work/$1.json" status=0
+    (cd "$suite" && DURABLE_STREAMS_URL="$base" npx vitest run --reporter=dot \
+        --reporter=json --outputFile.json="$report") >"$work/$name.log" 2>&1 || status=$?
+    if [[ ! -s "$report" ]]; then
+        cat "$work/$name.log" >&2
+        echo "$name: the suite did not run" >&2
+        return 1
+    fi
+    node -e '
+        const r = require(process.argv[1]);
+        const failed = [];
+        for (const file of r.testResults)
+            for (const t of file.assertionResults)
+                if (t.status === "failed") failed.push(t.fullName);
+        console.log(`${process.argv[2]}: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + r.numTodoTests} skipped`);
+        for (const name of failed) console.log(`  failed: ${name}`);
+    ' "$report" "$name"
+    return "$status"
+}
+
+failures=0
+for backend in ${DURABLE_STREAMS_BACKENDS:-sqlite postgres}; do
+    case "$backend" in
+        sqlite)
+            start_server "sqlite://$work/streams.db"
+            ;;
+        postgres)
+            if [[ -z "${DATABASE_URL_TEST:-}" ]]; then
+                echo "postgres: skipped (DATABASE_URL_TEST is not set)"
+                continue
+            fi
+            schema="ds_conformance_$(date +%s)_$RANDOM"
+            psql "$DATABASE_URL_TEST" -qc "CREATE SCHEMA $schema" >/dev/null
+            separator='?'
+            [[ "$DATABASE_URL_TEST" == *\?* ]] && separator='&'
+            start_server "${DATABASE_URL_TEST}${separator}options[search_path]=$schema"
+            ;;
+        *)
+            echo "unknown backend $backend (use sqlite or postgres)" >&2
+            exit 2
+            ;;
+    esac
+    run_suite "$backend" || failures=$((failures + 1))
+    stop_server
+done
+exit $((failures > 0))

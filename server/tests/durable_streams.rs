@@ -1,0 +1,345 @@
+//! Durable Streams at `/v1/stream/{path}`, on the real binary: what the protocol's own
+//! conformance suite (scripts/durable-streams-conformance.sh) does not cover: tenants,
+//! the event log as a stream, restarts, limits, and several instances on PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::databases::{fresh_postgres_schema, postgres_url};
+use common::ServerProcess;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
+
+fn token(tenant: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "someone", "tenant_id": tenant, "exp": exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn next_offset(response: &reqwest::Response) -> String {
+    response.headers()["stream-next-offset"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_sees_only_its_own_streams() {
+    let server = ServerProcess::start(&["--database", "memory", "--jwt-secret", SECRET]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/stream/orders", server.base);
+    let (acme, globex) = (token("acme"), token("globex"));
+
+    let anonymous = client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "a read without a token is refused");
+
+    let created = client
+        .put(&url)
+        .bearer_auth(&acme)
+        .header("content-type", "text/plain")
+        .body("acme's")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let other = client.get(&url).bearer_auth(&globex).send().await.unwrap();
+    assert_eq!(
+        other.status(),
+        404,
+        "another tenant does not see the stream"
+    );
+    let head = client.head(&url).bearer_auth(&globex).send().await.unwrap();
+    assert_eq!(head.status(), 404);
+    let append = client
+        .post(&url)
+        .bearer_auth(&globex)
+        .header("content-type", "text/plain")
+        .body("intruder")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(append.status(), 404, "nor appends to it");
+
+    // The same path is another stream for the other tenant.
+    let own = client
+        .put(&url)
+        .bearer_auth(&globex)
+        .header("content-type", "text/plain")
+        .body("globex's")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 201, "the path is free for this tenant");
+    for (token, expected) in [(&acme, "acme's"), (&globex, "globex's")] {
+        let read = client
+            .get(format!("{url}?offset=-1"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200);
+        assert!(
+            read.headers()["cache-control"]
+                .to_str()
+                .unwrap()
+                .starts_with("private"),
+            "an authenticated read is private to caches"
+        );
+        assert_eq!(read.text().await.unwrap(), expected);
+    }
+}
+
+fn event(n: usize) -> Value {
+    json!({
+        "id": Uuid::now_v7(),
+        "createdAt": "2024-12-04T10:00:15Z",
+        "aggregateId": "order-1",
+        "eventType": "OrderPurchasedEvent",
+        "eventJson": format!("{{\"n\":{n}}}"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_reads_as_a_read_only_json_stream() {
+    let server = ServerProcess::start(&["--database", "memory"]);
+    let client = reqwest::Client::new();
+    let log = format!("{}/v1/stream/_events", server.base);
+    for n in 0..3 {
+        let posted = client
+            .post(format!("{}/events", server.base))
+            .json(&event(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 201);
+    }
+
+    let read = client.get(format!("{log}?offset=-1")).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.headers()["content-type"], "application/json");
+    assert_eq!(read.headers()["stream-up-to-date"], "true");
+    let offset = next_offset(&read);
+    let records: Vec<Value> = read.json().await.unwrap();
+    let numbers: Vec<&str> = records
+        .iter()
+        .map(|record| record["eventJson"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers, [r#"{"n":0}"#, r#"{"n":1}"#, r#"{"n":2}"#]);
+    assert_eq!(
+        offset,
+        format!(
+            "0000000000000000_{:016}",
+            records[2]["position"].as_u64().unwrap()
+        ),
+        "the offset is the last record's position"
+    );
+
+    // A long-poll at the end wakes with the next event.
+    let poll = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{log}?offset={offset}&live=long-poll");
+        async move { client.get(url).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .post(format!("{}/events", server.base))
+        .json(&event(3))
+        .send()
+        .await
+        .unwrap();
+    let woken = poll.await.unwrap();
+    assert_eq!(woken.status(), 200);
+    let records: Vec<Value> = woken.json().await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["eventJson"], r#"{"n":3}"#);
+
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let refused = client
+            .request(method.clone(), &log)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 405, "{method} on the event log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_producer_state_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("streams.db");
+    let client = reqwest::Client::new();
+    let append = |base: &str, seq: u64, body: &'static str| {
+        client
+            .post(format!("{base}/v1/stream/log"))
+            .header("content-type", "text/plain")
+            .header("producer-id", "writer-1")
+            .header("producer-epoch", "0")
+            .header("producer-seq", seq.to_string())
+            .body(body)
+            .send()
+    };
+
+    let server = ServerProcess::sqlite(&path, &[]);
+    let created = client
+        .put(format!("{}/v1/stream/log", server.base))
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(append(&server.base, 0, "a").await.unwrap().status(), 200);
+    assert_eq!(append(&server.base, 1, "b").await.unwrap().status(), 200);
+    assert!(server.terminate(), "the server stops cleanly");
+
+    let server = ServerProcess::sqlite(&path, &[]);
+    let retry = append(&server.base, 1, "b").await.unwrap();
+    assert_eq!(
+        retry.status(),
+        204,
+        "a retry after the restart is a duplicate"
+    );
+    assert_eq!(retry.headers()["producer-seq"], "1");
+    assert_eq!(append(&server.base, 2, "c").await.unwrap().status(), 200);
+    let read = client
+        .get(format!("{}/v1/stream/log?offset=-1", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.text().await.unwrap(), "abc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let server = ServerProcess::start(&["--database", "memory", "--max-body-bytes", "1000"]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/stream/big", server.base);
+    client
+        .put(&url)
+        .header("content-type", "application/octet-stream")
+        .send()
+        .await
+        .unwrap();
+    let refused = client
+        .post(&url)
+        .header("content-type", "application/octet-stream")
+        .body(vec![7u8; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 413);
+    let accepted = client
+        .post(&url)
+        .header("content-type", "application/octet-stream")
+        .body(vec![7u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_one_postgres_share_streams_and_wake_each_other() {
+    let Some(url) = postgres_url() else { return };
+    let database = fresh_postgres_schema(&url).await;
+    let reader = ServerProcess::start(&["--database", &database]);
+    let writer = ServerProcess::start(&["--database", &database]);
+    let client = reqwest::Client::new();
+    let created = client
+        .put(format!("{}/v1/stream/shared", writer.base))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let tail = next_offset(&created);
+
+    let poll = tokio::spawn({
+        let client = client.clone();
+        let url = format!(
+            "{}/v1/stream/shared?offset={tail}&live=long-poll",
+            reader.base
+        );
+        async move { client.get(url).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let appended = client
+        .post(format!("{}/v1/stream/shared", writer.base))
+        .header("content-type", "application/json")
+        .body(r#"[{"n":1},{"n":2}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(appended.status(), 204);
+    let woken = poll.await.unwrap();
+    assert_eq!(
+        woken.status(),
+        200,
+        "the reader's instance saw the other's append"
+    );
+    let values: Vec<Value> = woken.json().await.unwrap();
+    assert_eq!(values, [json!({"n": 1}), json!({"n": 2})]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_stops_at_max_page_bytes_and_the_next_goes_on() {
+    let server = ServerProcess::start(&["--database", "memory", "--max-page-bytes", "10"]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/stream/pages", server.base);
+    client
+        .put(&url)
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    for chunk in ["aaaaaa", "bbbbbb", "cccccc"] {
+        let appended = client
+            .post(&url)
+            .header("content-type", "text/plain")
+            .body(chunk)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(appended.status(), 204);
+    }
+    let mut offset = "-1".to_owned();
+    let mut pages = Vec::new();
+    loop {
+        let read = client
+            .get(format!("{url}?offset={offset}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200);
+        let done = read.headers().contains_key("stream-up-to-date");
+        offset = next_offset(&read);
+        pages.push(read.text().await.unwrap());
+        if done {
+            break;
+        }
+        assert!(pages.len() < 10, "the reads never reach the end: {pages:?}");
+    }
+    assert_eq!(
+        pages,
+        ["aaaaaa", "bbbbbb", "cccccc"],
+        "one 6-byte append per 10-byte page"
+    );
+}
