@@ -565,6 +565,7 @@ async fn poll(inner: &Inner, since: Option<DateTime<Utc>>, mut backoff: Backoff)
             since: since.filter(|_| cursor.is_none()),
             limit: Some(inner.settings.page_size.into()),
             wait: wait.filter(|_| cursor.is_some()),
+            ..EventsQuery::default()
         };
         let asked_at = Utc::now();
         let result = inner

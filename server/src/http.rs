@@ -452,8 +452,8 @@ async fn get_events(
     Caller(principal): Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
-    let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
-        .map_err(|error| AppError::BadRequest(error.to_string()))?;
+    let query = EventsQuery::from_query_string(query.as_deref().unwrap_or_default())
+        .map_err(AppError::BadRequest)?;
     let page = server.read_events(&principal, &query).await?;
     Ok(events_response(page.events, page.cursor))
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use distributed_events_shared::{EventsQuery, StoredEvent};
 
 use crate::auth::{is_visible, Principal};
-use crate::store::StoreError;
+use crate::store::{Selection, StoreError};
 use crate::tail::{json_of, TailPage};
 use crate::telemetry::{self, LivePoll};
 use crate::EventBusServer;
@@ -46,7 +46,8 @@ pub(crate) enum ReadError {
 
 impl EventBusServer {
     /// The page `query` asks for: after a cursor (long-polling with `wait`) or since a
-    /// time, `limit` and `wait` lowered to the server's caps.
+    /// time, of the events its filter (`eventType`, `aggregateId`) takes, `limit` and
+    /// `wait` lowered to the server's caps.
     pub(crate) async fn read_events(
         &self,
         principal: &Principal,
@@ -65,19 +66,22 @@ impl EventBusServer {
             (None, None) => Err(ReadError::Query(
                 "`after` or `since` is required: pass `after=<position>` (a whole number, 0 for the start) or `since=<RFC 3339 time>`",
             )),
-            (None, Some(since)) => self.page_since(principal, since, limit).await,
+            (None, Some(since)) => self.page_since(principal, query, since, limit).await,
             (Some(after), None) => {
                 let wait = query.wait.unwrap_or_default().min(limits.max_wait);
-                self.read_after(principal, after, limit, wait).await
+                self.read_after(principal, query, after, limit, wait).await
             }
         }
     }
 
     /// Cursor mode, with the long-poll: read; if nothing is visible, wait for the next
     /// commit (not for a timer) and read again, until `wait` runs out or shutdown begins.
+    /// Only the events `filter`'s `eventType` and `aggregateId` take (its other fields are
+    /// not used here); the cursor moves past the others.
     async fn read_after(
         &self,
         principal: &Principal,
+        filter: &EventsQuery,
         after: u64,
         limit: usize,
         wait: Duration,
@@ -86,9 +90,14 @@ impl EventBusServer {
         let store = &inner.store;
         let tail = &inner.tail;
         let tenant = principal.tenant_id.as_deref();
-        let filter = inner.filter.as_deref();
+        let selection = Selection::of_query(tenant, filter);
+        let authorization = inner.filter.as_deref();
         let max_bytes = inner.limits.max_page_bytes;
-        let visible = |event: &StoredEvent| is_visible(filter, event, principal);
+        // The subscriber's filter first: it is cheap, and the app's filter need not see
+        // events the subscriber does not want.
+        let visible = |event: &StoredEvent| {
+            filter.selects(event) && is_visible(authorization, event, principal)
+        };
         // Subscribe before the first read so that no commit between read and wait is missed.
         let mut end = tail.watch_end();
         // What was acknowledged before this request: its answer must not leave any of it
@@ -125,7 +134,7 @@ impl EventBusServer {
                 }
                 None => {
                     let page = store
-                        .read_after(cursor, limit, max_bytes, tenant, &visible)
+                        .read_after(cursor, limit, max_bytes, &selection, &visible)
                         .await?;
                     // Checked after the read: a cleanup that ran before it (on any
                     // instance) shows here, so a read that missed deleted events is never
@@ -185,12 +194,13 @@ impl EventBusServer {
     async fn page_since(
         &self,
         principal: &Principal,
+        filter: &EventsQuery,
         since: DateTime<Utc>,
         limit: usize,
     ) -> Result<EventsPage, ReadError> {
         let store = &self.inner.store;
         let tenant = principal.tenant_id.as_deref();
-        let filter = self.inner.filter.as_deref();
+        let authorization = self.inner.filter.as_deref();
         // Read before the search: whatever commits after it lies past it.
         let head = store.head().await?;
         let first = store
@@ -204,11 +214,21 @@ impl EventBusServer {
                 cursor: head,
             });
         };
-        let visible =
-            |event: &StoredEvent| event.created_at >= since && is_visible(filter, event, principal);
+        let visible = |event: &StoredEvent| {
+            event.created_at >= since
+                && filter.selects(event)
+                && is_visible(authorization, event, principal)
+        };
         let max_bytes = self.inner.limits.max_page_bytes;
+        let selection = Selection::of_query(tenant, filter);
         let page = store
-            .read_after(first.saturating_sub(1), limit, max_bytes, tenant, &visible)
+            .read_after(
+                first.saturating_sub(1),
+                limit,
+                max_bytes,
+                &selection,
+                &visible,
+            )
             .await?;
         Ok(EventsPage {
             events: serialized(page.events),

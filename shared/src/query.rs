@@ -92,17 +92,19 @@ impl EventsQuery {
     /// among `event_types` (or that is empty) and its aggregate among `aggregate_ids`
     /// (or that is empty).
     pub fn selects(&self, event: &StoredEvent) -> bool {
-        let among = |values: &[String], value: &str| {
-            values.is_empty() || values.iter().any(|v| v == value)
-        };
-        among(&self.event_types, &event.event_type)
-            && among(&self.aggregate_ids, &event.aggregate_id)
+        filter_selects(&self.event_types, &event.event_type)
+            && filter_selects(&self.aggregate_ids, &event.aggregate_id)
     }
 
     /// Whether the query filters at all (by type or aggregate).
     pub fn is_filtered(&self) -> bool {
         !self.event_types.is_empty() || !self.aggregate_ids.is_empty()
     }
+}
+
+/// Whether a filter's `values` take `value`: an empty filter takes everything.
+pub fn filter_selects(values: &[String], value: &str) -> bool {
+    values.is_empty() || values.iter().any(|v| v == value)
 }
 
 /// The query's fields as they arrive, before they are checked.
@@ -302,13 +304,22 @@ mod tests {
 
         let many = vec!["eventType=T"; MAX_FILTER_VALUES + 1].join("&");
         let error = parse(&many).unwrap_err();
-        assert!(error.contains("`eventType` takes at most 100 values"), "{error}");
+        assert!(
+            error.contains("`eventType` takes at most 100 values"),
+            "{error}"
+        );
         assert!(parse(&many[..many.len() - "&eventType=T".len()]).is_ok());
         let long = format!("aggregateId={}", "x".repeat(MAX_FILTER_VALUE_BYTES + 1));
         let error = parse(&long).unwrap_err();
-        assert!(error.contains("each `aggregateId` must be 1 to 200 bytes"), "{error}");
+        assert!(
+            error.contains("each `aggregateId` must be 1 to 200 bytes"),
+            "{error}"
+        );
         let error = parse("eventType=").unwrap_err();
-        assert!(error.contains("each `eventType` must be 1 to 200 bytes"), "{error}");
+        assert!(
+            error.contains("each `eventType` must be 1 to 200 bytes"),
+            "{error}"
+        );
     }
 
     #[test]
