@@ -378,7 +378,12 @@ impl Inner {
                 );
             }
         }
-        (types, settings.aggregate_ids.clone(), handled.version, receiver)
+        (
+            types,
+            settings.aggregate_ids.clone(),
+            handled.version,
+            receiver,
+        )
     }
 
     pub(crate) fn report(&self, error: ClientError) {
@@ -654,9 +659,7 @@ async fn poll(inner: &Inner, since: Option<DateTime<Utc>>, mut backoff: Backoff)
             // The app handles a new type: drop this request, ask again with it.
             Either::Right((Ok(()), _)) => continue,
             // Not widened (the sender is only replaced by the next poll): wait on.
-            Either::Right((Err(_), exchange)) => {
-                exchange.await.and_then(protocol::read_page)
-            }
+            Either::Right((Err(_), exchange)) => exchange.await.and_then(protocol::read_page),
         };
         match result {
             Ok(page) => {

@@ -2,7 +2,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use distributed_events_shared::{EventBus, EventRegistry, MAX_FILTER_VALUES, MAX_FILTER_VALUE_BYTES};
+use distributed_events_shared::{
+    EventBus, EventRegistry, MAX_FILTER_VALUES, MAX_FILTER_VALUE_BYTES,
+};
 
 use crate::platform::{self, BoxFuture, MaybeSend, MaybeSync, Platform};
 use crate::{ClientError, CursorStore, EventBusClient};
