@@ -32,7 +32,7 @@ fn created_at(n: usize) -> DateTime<Utc> {
 
 /// Every fifth event is secret: only an admin sees it.
 fn event_json(n: usize) -> String {
-    json!({ "n": n, "secret": n % 5 == 0 }).to_string()
+    json!({ "n": n, "secret": n.is_multiple_of(5) }).to_string()
 }
 
 fn stored_event(n: usize) -> StoredEvent {
