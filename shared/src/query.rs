@@ -95,11 +95,6 @@ impl EventsQuery {
         filter_selects(&self.event_types, &event.event_type)
             && filter_selects(&self.aggregate_ids, &event.aggregate_id)
     }
-
-    /// Whether the query filters at all (by type or aggregate).
-    pub fn is_filtered(&self) -> bool {
-        !self.event_types.is_empty() || !self.aggregate_ids.is_empty()
-    }
 }
 
 /// Whether a filter's `values` take `value`: an empty filter takes everything.
