@@ -1,6 +1,7 @@
 //! The client: two loops (receive, send) over a [`Platform`], around the pure
 //! [`Delivery`] core.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -10,7 +11,7 @@ use chrono::{DateTime, Utc};
 use distributed_events_shared::sse::{Frame, SseParser};
 use distributed_events_shared::{
     AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, EventsQuery,
-    Receipt, StoredEvent,
+    Receipt, StoredEvent, MAX_FILTER_VALUES,
 };
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::channel::oneshot;
@@ -71,6 +72,19 @@ struct State {
     tasks: Vec<Task>,
     next_task: u64,
     jitter: Jitter,
+    handled: Handled,
+}
+
+/// The event types the app handles, for [`ClientBuilder::subscribe_to_handled_types`].
+#[derive(Default)]
+struct Handled {
+    types: BTreeSet<String>,
+    /// A handler of every type (`"*"` in JS): no type filter.
+    all: bool,
+    /// Raised each time the set grows: a page asked for with an older filter is dropped.
+    version: u64,
+    /// Wakes the poll in flight when the set grows, so that it asks again at once.
+    widened: Option<oneshot::Sender<()>>,
 }
 
 struct Task {
@@ -105,6 +119,7 @@ impl EventBusClient {
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub(crate) fn start(config: ClientBuilder, platform: Box<dyn Platform>) -> Self {
         let (outbox, outbox_receiver) = unbounded();
+        let handled = config.registry.event_types().map(str::to_owned).collect();
         let inner = Arc::new(Inner {
             settings: config.settings,
             bus: config.bus,
@@ -117,6 +132,10 @@ impl EventBusClient {
                 tasks: Vec::new(),
                 next_task: 0,
                 jitter: Jitter::from_entropy(),
+                handled: Handled {
+                    types: handled,
+                    ..Handled::default()
+                },
             }),
             events: Broadcast::new(),
             errors: Broadcast::new(),
@@ -143,6 +162,7 @@ impl EventBusClient {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .register::<T>();
+        self.inner().handle_type(T::EVENT_TYPE);
         self.inner().bus.on::<T>()
     }
 
@@ -321,6 +341,62 @@ impl Inner {
         state.tasks.iter().map(|task| task.done.clone()).collect()
     }
 
+    /// The app handles `event_type` now (`"*"`: every type). With
+    /// `subscribe_to_handled_types`, a type new to the subscription widens it: the poll in
+    /// flight is dropped, unanswered, and the next one asks from the cursor for it too.
+    pub(crate) fn handle_type(&self, event_type: &str) {
+        if !self.settings.handled_types {
+            return;
+        }
+        let mut state = self.lock();
+        let handled = &mut state.handled;
+        let new = if event_type == "*" {
+            !std::mem::replace(&mut handled.all, true)
+        } else {
+            handled.types.insert(event_type.to_owned())
+        };
+        if new {
+            handled.version += 1;
+            if let Some(widened) = handled.widened.take() {
+                let _ = widened.send(());
+            }
+        }
+    }
+
+    /// The `eventType` and `aggregateId` filter to ask with, its version (see
+    /// [`Handled`]), and what wakes the poll when it widens.
+    fn subscription(&self) -> (Vec<String>, Vec<String>, u64, oneshot::Receiver<()>) {
+        let settings = &self.settings;
+        let mut state = self.lock();
+        let handled = &mut state.handled;
+        let (widened, receiver) = oneshot::channel();
+        handled.widened = Some(widened);
+        let mut types = settings.event_types.clone();
+        if settings.handled_types {
+            let all = handled.all
+                || handled.types.is_empty()
+                || handled.types.len() + types.len() > MAX_FILTER_VALUES;
+            if all {
+                // Every type: no type filter (an empty list).
+                types.clear();
+            } else {
+                types.extend(
+                    handled
+                        .types
+                        .iter()
+                        .filter(|t| !settings.event_types.contains(t))
+                        .cloned(),
+                );
+            }
+        }
+        (
+            types,
+            settings.aggregate_ids.clone(),
+            handled.version,
+            receiver,
+        )
+    }
+
     pub(crate) fn report(&self, error: ClientError) {
         self.errors.send(error);
     }
@@ -374,15 +450,18 @@ impl Inner {
     }
 
     /// Dispatches a page, reports its undecodable records, and saves the cursor, which
-    /// lies past both.
-    fn deliver(&self, page: Page) {
-        for error in page.undecodable {
-            self.report(error);
-        }
+    /// lies past both. Drops the page (and returns `false`) when it was asked for with a
+    /// filter older than the current one (`filter`, from [`Inner::subscription`]): its
+    /// cursor may lie past events of a type handled since.
+    fn deliver(&self, page: Page, filter: u64) -> bool {
         let cursor = {
             let mut state = self.lock();
-            if state.status.closed {
-                return;
+            if state.status.closed || state.handled.version != filter {
+                return false;
+            }
+            // Only for a page that is kept: a dropped one is asked for again.
+            for error in page.undecodable {
+                self.report(error);
             }
             let before = state.delivery.cursor();
             state
@@ -394,6 +473,7 @@ impl Inner {
         if let Some(cursor) = cursor {
             self.save_cursor(cursor);
         }
+        true
     }
 
     /// An own event that will not come back from the server: it was refused, or could
@@ -508,13 +588,22 @@ impl Inner {
     }
 
     /// The query of every poll and stream: after `cursor`, or by `since` while there is
-    /// none.
-    fn events_query(&self, cursor: Option<u64>, since: Option<DateTime<Utc>>) -> EventsQuery {
-        EventsQuery {
+    /// none, with the subscription filter; and the filter's version and what wakes the
+    /// request when the filter widens (see [`Inner::subscription`]).
+    fn events_query(
+        &self,
+        cursor: Option<u64>,
+        since: Option<DateTime<Utc>>,
+    ) -> (EventsQuery, u64, oneshot::Receiver<()>) {
+        let (event_types, aggregate_ids, filter, widened) = self.subscription();
+        let query = EventsQuery {
             after: cursor,
             since: since.filter(|_| cursor.is_none()),
+            event_types,
+            aggregate_ids,
             ..EventsQuery::default()
-        }
+        };
+        (query, filter, widened)
     }
 
     fn next_delay(&self, backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
@@ -627,19 +716,24 @@ async fn poll(
             Mode::Stream { wait } | Mode::LongPoll { wait } => caught_up.then_some(wait),
             Mode::Poll { .. } => None,
         };
+        let (query, filter, widened) = inner.events_query(cursor, since);
         let query = EventsQuery {
             limit: Some(inner.settings.page_size.into()),
             wait: wait.filter(|_| cursor.is_some()),
-            ..inner.events_query(cursor, since)
+            ..query
         };
         let asked_at = Utc::now();
-        let result = inner
-            .exchange(
-                protocol::events_request(&inner.settings.server_url, &query),
-                inner.settings.poll_timeout(),
-            )
-            .await
-            .and_then(protocol::read_page);
+        let exchange = std::pin::pin!(inner.exchange(
+            protocol::events_request(&inner.settings.server_url, &query),
+            inner.settings.poll_timeout(),
+        ));
+        let result = match select(exchange, widened).await {
+            Either::Left((result, _)) => result.and_then(protocol::read_page),
+            // The app handles a new type: drop this request, ask again with it.
+            Either::Right((Ok(()), _)) => continue,
+            // Not widened (the sender is only replaced by the next poll): wait on.
+            Either::Right((Err(_), exchange)) => exchange.await.and_then(protocol::read_page),
+        };
         match result {
             Ok(page) => {
                 backoff.reset();
@@ -650,7 +744,10 @@ async fn poll(
                     },
                 );
                 let count = page.events.len() + page.undecodable.len();
-                inner.deliver(page);
+                if !inner.deliver(page, filter) {
+                    // Asked for with a narrower filter than now: ask again.
+                    continue;
+                }
                 let short = count < inner.settings.page_size as usize;
                 match mode {
                     Mode::Poll { interval } if short => inner.platform.sleep(interval).await,
@@ -685,6 +782,8 @@ enum StreamEnd {
     },
     /// It brought no byte in time, or the server does not stream: long-poll instead.
     FallBack,
+    /// The app handles a new type since it opened: open one with the wider filter.
+    Widened,
     Failed(Failure),
 }
 
@@ -695,12 +794,25 @@ async fn stream(inner: &Inner, since: Option<DateTime<Utc>>, backoff: &mut Backo
     let mut reconnecting = false;
     loop {
         let cursor = inner.lock().delivery.cursor();
-        let query = inner.events_query(cursor, since);
+        let (query, filter, widened) = inner.events_query(cursor, since);
         // In the browser `after` alone says it: `Last-Event-ID` is no CORS-safelisted
         // header, so it would cost a preflight, and fail where a server does not allow it.
         let last_event_id = cursor.filter(|_| reconnecting && !cfg!(target_arch = "wasm32"));
         let request = protocol::stream_request(&inner.settings.server_url, &query, last_event_id);
-        match follow(inner, request, backoff).await {
+        let end = match select(
+            std::pin::pin!(follow(inner, request, backoff, filter)),
+            widened,
+        )
+        .await
+        {
+            Either::Left((end, _)) => end,
+            // The app handles a new type: drop this stream, open one with it.
+            Either::Right((Ok(()), _)) => StreamEnd::Widened,
+            // Not widened (the sender is only replaced by the next request): follow on.
+            Either::Right((Err(_), following)) => following.await,
+        };
+        match end {
+            StreamEnd::Widened => reconnecting = true,
             StreamEnd::Ended { delivered } => {
                 reconnecting = true;
                 // A server that ends every stream at once (shutting down) must not
@@ -742,7 +854,12 @@ async fn read_to_end(
 }
 
 /// Opens one stream and delivers what it brings, until it ends.
-async fn follow(inner: &Inner, request: HttpRequest, backoff: &mut Backoff) -> StreamEnd {
+async fn follow(
+    inner: &Inner,
+    request: HttpRequest,
+    backoff: &mut Backoff,
+    filter: u64,
+) -> StreamEnd {
     let request = match inner.authorize(request).await {
         Ok(request) => request,
         Err(failure) => return StreamEnd::Failed(failure),
@@ -829,7 +946,10 @@ async fn follow(inner: &Inner, request: HttpRequest, backoff: &mut Backoff) -> S
         }
         if any {
             delivered = true;
-            inner.deliver(page);
+            if !inner.deliver(page, filter) {
+                // Opened with a narrower filter than now.
+                return StreamEnd::Widened;
+            }
         }
         if let Some(failure) = stop {
             return StreamEnd::Failed(failure);

@@ -2,7 +2,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use distributed_events_shared::{EventBus, EventRegistry};
+use distributed_events_shared::{
+    EventBus, EventRegistry, MAX_FILTER_VALUES, MAX_FILTER_VALUE_BYTES,
+};
 
 use crate::platform::{self, BoxFuture, MaybeSend, MaybeSync, Platform};
 use crate::{ClientError, CursorStore, EventBusClient, Transport};
@@ -98,6 +100,12 @@ pub(crate) struct Settings {
     pub(crate) page_size: u32,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) timeout_beyond_wait: Duration,
+    /// The subscription filter the server applies (`eventType`, `aggregateId`).
+    pub(crate) event_types: Vec<String>,
+    pub(crate) aggregate_ids: Vec<String>,
+    /// Adds the types the app handles to `event_types` (see
+    /// [`ClientBuilder::subscribe_to_handled_types`]).
+    pub(crate) handled_types: bool,
 }
 
 impl Settings {
@@ -140,6 +148,9 @@ impl ClientBuilder {
                 page_size: 1000,
                 backoff: (Duration::from_millis(500), Duration::from_secs(30)),
                 timeout_beyond_wait: Duration::from_secs(15),
+                event_types: Vec::new(),
+                aggregate_ids: Vec::new(),
+                handled_types: false,
             },
         }
     }
@@ -273,6 +284,41 @@ impl ClientBuilder {
         self
     }
 
+    /// Receives only events of these types (by wire name, such as `UserCreatedEvent`):
+    /// the server leaves the others out and the cursor moves past them. Default: every
+    /// type. At most 100 names of 1 to 200 bytes.
+    pub fn event_types<I, S>(mut self, event_types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.event_types = event_types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Receives only events of these aggregates, as [`event_types`](Self::event_types)
+    /// does for types; with both, an event must match both.
+    pub fn aggregate_ids<I, S>(mut self, aggregate_ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.aggregate_ids = aggregate_ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Receives only the event types this app handles: those of the
+    /// [`registry`](Self::registry) and of every [`EventBusClient::on`] (plus any
+    /// [`event_types`](Self::event_types)). A handler for a new type added later widens
+    /// the subscription at once: the request in flight is dropped and the client asks
+    /// again from its cursor, so none of that type's events after the cursor is lost.
+    /// Until the app handles a type, every event is received; [`EventBusClient::events`]
+    /// sees only the handled types.
+    pub fn subscribe_to_handled_types(mut self) -> Self {
+        self.settings.handled_types = true;
+        self
+    }
+
     /// Starts the client: it catches up, then follows the server until closed.
     ///
     /// Its tasks start at once, and a subscription sees only what is dispatched after it
@@ -341,6 +387,25 @@ impl ClientBuilder {
         }
         if self.settings.backoff.0.is_zero() {
             return fail("the initial backoff must be above zero".into());
+        }
+        for (name, values) in [
+            ("event_types", &self.settings.event_types),
+            ("aggregate_ids", &self.settings.aggregate_ids),
+        ] {
+            if values.len() > MAX_FILTER_VALUES {
+                return fail(format!(
+                    "{name} takes at most {MAX_FILTER_VALUES} values, got {}",
+                    values.len()
+                ));
+            }
+            if let Some(value) = values
+                .iter()
+                .find(|value| value.is_empty() || value.len() > MAX_FILTER_VALUE_BYTES)
+            {
+                return fail(format!(
+                    "each of {name} must be 1 to {MAX_FILTER_VALUE_BYTES} bytes long, got {value:?}"
+                ));
+            }
         }
         Ok(())
     }

@@ -493,8 +493,8 @@ async fn get_events(
     let answer = async {
         // Credentials first: a `304` tells that the caller's page is current.
         let Caller(principal) = caller?;
-        let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
-            .map_err(|error| AppError::BadRequest(error.to_string()))?;
+        let query = EventsQuery::from_query_string(query.as_deref().unwrap_or_default())
+            .map_err(AppError::BadRequest)?;
         if accepts_event_stream(&request) {
             let last_event_id = last_event_id(&request)?;
             let stream = server.open_stream(principal, query, last_event_id).await?;

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use distributed_events_shared::{EventsQuery, StoredEvent};
 
 use crate::auth::{verdict, AuthorizationFilter, Principal, Verdict};
-use crate::store::StoreError;
+use crate::store::{Selection, StoreError};
 use crate::tail::{EventJson, PageEvent, TailPage};
 use crate::telemetry::{self, LivePoll};
 use crate::EventBusServer;
@@ -53,7 +53,8 @@ pub(crate) enum ReadError {
 
 impl EventBusServer {
     /// The page `query` asks for: after a cursor (long-polling with `wait`) or since a
-    /// time, `limit` and `wait` lowered to the server's caps.
+    /// time, of the events its filter (`eventType`, `aggregateId`) takes, `limit` and
+    /// `wait` lowered to the server's caps.
     pub(crate) async fn read_events(
         &self,
         principal: &Principal,
@@ -72,19 +73,22 @@ impl EventBusServer {
             (None, None) => Err(ReadError::Query(
                 "`after` or `since` is required: pass `after=<position>` (a whole number, 0 for the start) or `since=<RFC 3339 time>`",
             )),
-            (None, Some(since)) => self.page_since(principal, since, limit).await,
+            (None, Some(since)) => self.page_since(principal, query, since, limit).await,
             (Some(after), None) => {
                 let wait = query.wait.unwrap_or_default().min(limits.max_wait);
-                self.read_after(principal, after, limit, wait).await
+                self.read_after(principal, query, after, limit, wait).await
             }
         }
     }
 
     /// Cursor mode, with the long-poll: read; if nothing is visible, wait for the next
     /// commit (not for a timer) and read again, until `wait` runs out or shutdown begins.
+    /// Only the events `filter`'s `eventType` and `aggregateId` take (its other fields are
+    /// not used here); the cursor moves past the others.
     async fn read_after(
         &self,
         principal: &Principal,
+        filter: &EventsQuery,
         after: u64,
         limit: usize,
         wait: Duration,
@@ -93,10 +97,15 @@ impl EventBusServer {
         let store = &inner.store;
         let tail = &inner.tail;
         let tenant = principal.tenant_id.as_deref();
-        let filter = inner.filter.as_deref();
+        let selection = Selection::of_query(tenant, filter);
+        let authorization = inner.filter.as_deref();
         let max_bytes = inner.limits.max_page_bytes;
         let filter_failed = AtomicBool::new(false);
-        let visible = |event: &StoredEvent| sees(filter, event, principal, &filter_failed);
+        // The subscriber's filter first: it is cheap, and the app's filter need not see
+        // events the subscriber does not want.
+        let visible = |event: &StoredEvent| {
+            filter.selects(event) && sees(authorization, event, principal, &filter_failed)
+        };
         // Subscribe before the first read so that no commit between read and wait is missed.
         let mut end = tail.watch_end();
         // What was acknowledged before this request: its answer must not leave any of it
@@ -134,7 +143,7 @@ impl EventBusServer {
                 }
                 None => {
                     let page = store
-                        .read_after(cursor, limit, max_bytes, tenant, &visible)
+                        .read_after(cursor, limit, max_bytes, &selection, &visible)
                         .await?;
                     // Checked after the read: a cleanup that ran before it (on any
                     // instance) shows here, so a read that missed deleted events is never
@@ -200,12 +209,13 @@ impl EventBusServer {
     async fn page_since(
         &self,
         principal: &Principal,
+        filter: &EventsQuery,
         since: DateTime<Utc>,
         limit: usize,
     ) -> Result<EventsPage, ReadError> {
         let store = &self.inner.store;
         let tenant = principal.tenant_id.as_deref();
-        let filter = self.inner.filter.as_deref();
+        let authorization = self.inner.filter.as_deref();
         // Read before the search: whatever commits after it lies past it.
         let head = store.head().await?;
         let first = store
@@ -222,11 +232,20 @@ impl EventBusServer {
         };
         let filter_failed = AtomicBool::new(false);
         let visible = |event: &StoredEvent| {
-            event.created_at >= since && sees(filter, event, principal, &filter_failed)
+            event.created_at >= since
+                && filter.selects(event)
+                && sees(authorization, event, principal, &filter_failed)
         };
         let max_bytes = self.inner.limits.max_page_bytes;
+        let selection = Selection::of_query(tenant, filter);
         let page = store
-            .read_after(first.saturating_sub(1), limit, max_bytes, tenant, &visible)
+            .read_after(
+                first.saturating_sub(1),
+                limit,
+                max_bytes,
+                &selection,
+                &visible,
+            )
             .await?;
         let immutable =
             page.full && self.inner.retention.is_none() && !filter_failed.load(Ordering::Relaxed);

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::caching::EventDigest;
-use crate::store::{event_size, SharedStore, Visibility};
+use crate::store::{event_size, Selection, SharedStore, Visibility};
 use crate::telemetry;
 
 /// Most events the tail keeps.
@@ -273,7 +273,13 @@ pub(crate) async fn follow(tail: Arc<Tail>, store: SharedStore, shutdown: Cancel
         // covers up to it (positions in between were spent without an event).
         let target = *store_head.borrow();
         let read = store
-            .read_range(end, FOLLOW_BATCH, FOLLOW_BATCH_BYTES, None)
+            .read_range(
+                end,
+                target,
+                FOLLOW_BATCH,
+                FOLLOW_BATCH_BYTES,
+                &Selection::default(),
+            )
             .await;
         let pruned = store.pruned_through().await;
         match (read, pruned) {

@@ -888,12 +888,15 @@ impl distributed_events_server::store::EventStore for CountingStore {
     async fn read_range(
         &self,
         after: u64,
+        through: u64,
         limit: usize,
         max_bytes: usize,
-        tenant: Option<&str>,
+        selection: &distributed_events_server::store::Selection<'_>,
     ) -> Result<Vec<StoredEvent>, distributed_events_server::store::StoreError> {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.read_range(after, limit, max_bytes, tenant).await
+        self.inner
+            .read_range(after, through, limit, max_bytes, selection)
+            .await
     }
     async fn read_since(
         &self,

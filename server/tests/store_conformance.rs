@@ -103,9 +103,15 @@ mod postgres_only {
         );
         assert_eq!(seen, position);
         assert_eq!(
-            b.read_range(0, 10, usize::MAX, None)
-                .await
-                .expect("read on b"),
+            b.read_range(
+                0,
+                u64::MAX,
+                10,
+                usize::MAX,
+                &distributed_events_server::store::Selection::default()
+            )
+            .await
+            .expect("read on b"),
             vec![stored.clone()]
         );
         assert_eq!(b.head().await.expect("head on b"), position);
@@ -145,7 +151,13 @@ mod postgres_only {
             }
         }
         let all = a
-            .read_range(0, 10 * ROUNDS + 1, usize::MAX, None)
+            .read_range(
+                0,
+                u64::MAX,
+                10 * ROUNDS + 1,
+                usize::MAX,
+                &distributed_events_server::store::Selection::default(),
+            )
             .await
             .expect("read");
         assert_eq!(all.len(), 10 * ROUNDS, "each id once");
@@ -183,7 +195,13 @@ mod postgres_only {
         );
         assert_eq!(
             store
-                .read_range(0, 100, usize::MAX, None)
+                .read_range(
+                    0,
+                    u64::MAX,
+                    100,
+                    usize::MAX,
+                    &distributed_events_server::store::Selection::default()
+                )
                 .await
                 .expect("read")
                 .len(),
@@ -236,7 +254,13 @@ mod mysql_only {
         }
         for tenant in tenants {
             let seen = store
-                .read_range(0, 10, usize::MAX, Some(tenant))
+                .read_range(
+                    0,
+                    u64::MAX,
+                    10,
+                    usize::MAX,
+                    &distributed_events_server::store::Selection::tenant(Some(tenant)),
+                )
                 .await
                 .expect("read");
             let owners: Vec<_> = seen.iter().map(|e| e.tenant_id.as_deref()).collect();

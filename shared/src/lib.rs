@@ -47,7 +47,7 @@ pub mod wire;
 
 pub use bus::{AnyEventStream, EventBus, EventStream};
 pub use event::{now, DecodeError, DomainEvent, Event};
-pub use query::EventsQuery;
+pub use query::{filter_selects, EventsQuery, MAX_FILTER_VALUES, MAX_FILTER_VALUE_BYTES};
 pub use registry::{AnyEvent, EventRegistry};
 pub use rules::{InvalidEvent, MAX_NESTING};
 pub use wire::{

@@ -502,3 +502,121 @@ async fn a_saved_cursor_resumes_with_nothing_lost_and_nothing_repeated() {
     seen.extend(collect_until("the second run", &mut events, |seen| seen.len() >= 10).await);
     assert_eq!(assert_once_in_order("both runs", &seen), expected);
 }
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Event)]
+struct Memo {
+    seq: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_clients_receive_only_their_events_across_a_server_restart() {
+    const EACH: usize = 40;
+    let mut server = TestServer::start(&[]);
+    let writer = client(&server).auto_forward(true).build().expect("writer");
+    let readers = [
+        ("by type", client(&server).event_types(["Note"]).build()),
+        (
+            "by aggregate",
+            client(&server).aggregate_ids(["agg-1", "agg 2/?&"]).build(),
+        ),
+        (
+            "handled types",
+            client(&server).subscribe_to_handled_types().build(),
+        ),
+    ];
+    let mut streams: Vec<_> = readers
+        .iter()
+        .map(|(name, reader)| {
+            (
+                *name,
+                reader.as_ref().expect("a reader").events(),
+                Vec::new(),
+            )
+        })
+        .collect();
+    let aggregates = ["agg-0", "agg-1", "agg 2/?&"];
+    let mut published: Vec<(Uuid, &str, &str)> = Vec::new();
+    let mut publish = |range: std::ops::Range<usize>| {
+        for seq in range {
+            let aggregate = aggregates[seq % 3];
+            let note = DomainEvent::new(aggregate, Note { writer: 0, seq });
+            published.push((note.id, "Note", aggregate));
+            writer.publish(note).expect("publish");
+            let memo = DomainEvent::new(aggregates[(seq + 1) % 3], Memo { seq });
+            published.push((memo.id, "Memo", aggregates[(seq + 1) % 3]));
+            writer.publish(memo).expect("publish");
+        }
+    };
+    publish(0..EACH / 2);
+    for (name, stream, seen) in &mut streams {
+        seen.extend(collect_until(name, stream, |seen| seen.len() >= 5).await);
+    }
+    publish(EACH / 2..EACH);
+    tokio::task::block_in_place(|| server.restart());
+
+    for (name, stream, seen) in &mut streams {
+        let expected: Vec<Uuid> = published
+            .iter()
+            .filter(|(_, event_type, aggregate)| match *name {
+                "by aggregate" => ["agg-1", "agg 2/?&"].contains(aggregate),
+                _ => *event_type == "Note",
+            })
+            .map(|(id, _, _)| *id)
+            .collect();
+        let missing = expected.len() - seen.len();
+        seen.extend(collect_until(name, stream, |more| more.len() >= missing).await);
+        let ids = assert_once_in_order(name, seen);
+        assert_eq!(ids, expected, "{name}: exactly its events, once, in order");
+    }
+    for (_, reader) in &readers {
+        reader.as_ref().expect("a reader").close().await;
+    }
+    writer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_added_later_loses_nothing_of_its_type() {
+    let server = TestServer::start(&[]);
+    let writer = client(&server).auto_forward(true).build().expect("writer");
+    // Long-polls long enough that its wait cannot end (and move the cursor past the
+    // memo) before the handler below is added.
+    let reader = client(&server)
+        .long_poll(Duration::from_secs(30))
+        .subscribe_to_handled_types()
+        .build()
+        .expect("a reader");
+    let mut notes = reader.on::<Note>();
+    writer
+        .publish(DomainEvent::new("a", Note { writer: 0, seq: 0 }))
+        .expect("publish");
+    within("the first note", notes.next()).await;
+
+    // A memo is stored while the reader long-polls for notes only...
+    let first = DomainEvent::new("a", Memo { seq: 1 });
+    let first_id = first.id;
+    writer.publish(first).expect("publish");
+    let everything = client(&server).build().expect("an unfiltered reader");
+    let mut all = everything.events();
+    collect_until("the memo stored", &mut all, |seen| {
+        seen.iter().any(|e| e.id == first_id)
+    })
+    .await;
+    // ...then the app handles memos: that one, and the next, arrive.
+    let mut memos = reader.on::<Memo>();
+    writer
+        .publish(DomainEvent::new("a", Memo { seq: 2 }))
+        .expect("publish");
+    let first_memo = within("the memo stored before the handler", memos.next()).await;
+    let second_memo = within("the memo stored after the handler", memos.next()).await;
+    assert_eq!(
+        [
+            first_memo.map(|m| m.payload.seq),
+            second_memo.map(|m| m.payload.seq)
+        ],
+        [Some(1), Some(2)]
+    );
+    assert!(notes.next().now_or_never().is_none(), "no note came twice");
+    for client in [reader, everything, writer] {
+        client.close().await;
+    }
+}

@@ -233,13 +233,14 @@ impl Fake {
             return Some(json(201, serde_json::to_string(&receipt).unwrap()));
         }
         let limit: usize = param("limit").unwrap().parse().unwrap();
+        let filter = EventsQuery::from_query_string(query).unwrap();
         let page: Vec<StoredEvent> = match (param("after"), param("since")) {
             (Some(after), _) => {
                 let after: u64 = after.parse().unwrap();
                 state
                     .log
                     .iter()
-                    .filter(|e| e.position > Some(after))
+                    .filter(|e| e.position > Some(after) && filter.selects(e))
                     .take(limit)
                     .cloned()
                     .collect()
@@ -249,7 +250,7 @@ impl Fake {
                 state
                     .log
                     .iter()
-                    .filter(|e| e.created_at >= since)
+                    .filter(|e| e.created_at >= since && filter.selects(e))
                     .take(limit)
                     .cloned()
                     .collect()
@@ -1139,5 +1140,117 @@ fn a_stream_without_bytes_in_time_falls_back_to_long_polling() {
             .any(|url| url.contains("wait=10")),
         "long-polls: {:?}",
         fake.state().requests
+    );
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, distributed_events_shared::Event)]
+struct Pong {
+    n: u32,
+}
+
+fn pong(n: u32) -> StoredEvent {
+    DomainEvent::new(format!("agg-{n}"), Pong { n })
+        .to_stored()
+        .unwrap()
+}
+
+#[test]
+fn the_filter_is_sent_and_a_handler_added_later_loses_nothing_of_its_type() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    fake.append(ping(1));
+    fake.append(pong(2));
+    let client = fake.client(|b| {
+        b.initial_position(0)
+            .aggregate_ids(["agg-1", "agg-2", "agg-3", "agg 4"])
+            .subscribe_to_handled_types()
+    });
+    let mut pings = client.on::<Ping>();
+    fake.settle(&mut pool);
+    assert_eq!(drain(&mut pings).len(), 1);
+    let last = fake.state().requests.last().cloned().unwrap();
+    assert!(
+        last.contains("after=1") && last.ends_with("&eventType=Ping&aggregateId=agg-1&aggregateId=agg-2&aggregateId=agg-3&aggregateId=agg+4"),
+        "{last}"
+    );
+    assert_eq!(fake.state().in_flight, 1, "a long-poll for Pings waits");
+
+    // A Pong commits while that poll waits; then the app handles Pongs.
+    fake.append(pong(3));
+    fake.settle(&mut pool);
+    let mut pongs = client.on::<Pong>();
+    fake.settle(&mut pool);
+    let requests = fake.state().requests.clone();
+    assert!(
+        requests
+            .iter()
+            .any(|url| url.contains("after=1&") && url.contains("eventType=Ping&eventType=Pong")),
+        "asked again from the cursor with both types: {requests:?}"
+    );
+    assert_eq!(fake.state().in_flight, 1, "the narrower poll was dropped");
+    let received: Vec<_> = drain(&mut pongs).iter().map(|e| e.payload.n).collect();
+    assert_eq!(received, [2, 3], "every Pong after the cursor");
+
+    // An answer to a poll asked for with the old filter is dropped, cursor and all.
+    client.inner().handle_type("Third");
+    fake.script(Scripted::Answer(Method::Get, page(&[], 100)));
+    fake.settle(&mut pool);
+    assert_eq!(
+        client.cursor(),
+        Some(3),
+        "the stale answer did not move the cursor"
+    );
+    let last = fake.state().requests.last().cloned().unwrap();
+    assert!(
+        last.contains("after=3&") && last.contains("eventType=Third"),
+        "{last}"
+    );
+    // (Of aggregate agg-1: the filter on aggregates still holds.)
+    fake.append(pong(1));
+    fake.append(pong(5));
+    fake.settle(&mut pool);
+    assert_eq!(
+        drain(&mut pongs)
+            .iter()
+            .map(|e| e.payload.n)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    assert!(drain(&mut pings).is_empty());
+}
+
+#[test]
+fn without_opting_in_handlers_do_not_filter_and_bad_filters_are_refused() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = fake.client(|b| b.initial_position(0));
+    let _pings = client.on::<Ping>();
+    fake.settle(&mut pool);
+    let requests = fake.state().requests.clone();
+    assert!(
+        requests.iter().all(|url| !url.contains("eventType")),
+        "{requests:?}"
+    );
+
+    let too_many = (0..101).map(|n| format!("T{n}"));
+    let error = EventBusClient::builder("http://fake")
+        .event_types(too_many)
+        .build_on(Box::new(fake.clone()))
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("event_types takes at most 100 values"),
+        "{error}"
+    );
+    let error = EventBusClient::builder("http://fake")
+        .aggregate_ids([""])
+        .build_on(Box::new(fake.clone()))
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("each of aggregate_ids must be 1 to 200 bytes"),
+        "{error}"
     );
 }

@@ -72,6 +72,8 @@ impl JsEventBusClient {
         #[wasm_bindgen(js_name = eventType)] event_type: String,
         #[wasm_bindgen(unchecked_param_type = "(event: ClientEvent<JsonObject>) => void")] handler: Function,
     ) -> JsValue {
+        // Before listening: with `subscribeToHandledTypes` this widens the subscription.
+        self.0.inner().handle_type(&event_type);
         self.listen(self.0.events(), handler, false, move |event| {
             if event_type != "*" && event.event_type != event_type {
                 return None;
@@ -279,6 +281,12 @@ struct Options {
     get_token: JsValue,
     #[serde(default)]
     persist_cursor: Option<bool>,
+    #[serde(default)]
+    event_types: Option<Vec<String>>,
+    #[serde(default)]
+    aggregate_ids: Option<Vec<String>>,
+    #[serde(default)]
+    subscribe_to_handled_types: Option<bool>,
 }
 
 /// The first key of `object` not in `known`: a typo that serde would silently ignore,
@@ -300,7 +308,7 @@ fn invalid_options(message: &str) -> JsValue {
 }
 
 impl Options {
-    const KEYS: [&'static str; 10] = [
+    const KEYS: [&'static str; 13] = [
         "serverUrl",
         "live",
         "pollingInterval",
@@ -311,6 +319,9 @@ impl Options {
         "headers",
         "getToken",
         "persistCursor",
+        "eventTypes",
+        "aggregateIds",
+        "subscribeToHandledTypes",
     ];
 
     fn parse(options: JsValue) -> Result<Self, JsValue> {
@@ -389,6 +400,15 @@ impl Options {
         }
         for (name, value) in self.headers.unwrap_or_default() {
             builder = builder.header(name, value);
+        }
+        if let Some(event_types) = self.event_types {
+            builder = builder.event_types(event_types);
+        }
+        if let Some(aggregate_ids) = self.aggregate_ids {
+            builder = builder.aggregate_ids(aggregate_ids);
+        }
+        if self.subscribe_to_handled_types == Some(true) {
+            builder = builder.subscribe_to_handled_types();
         }
         if let Some(get_token) = self.get_token.dyn_ref::<Function>() {
             builder = builder.token_source(JsTokenSource(get_token.clone()));

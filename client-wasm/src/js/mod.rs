@@ -65,6 +65,12 @@ export interface EventBusClientOptions {
   getToken?: () => string | null | undefined | Promise<string | null | undefined>;
   /** Keep the cursor in localStorage (key `distributed-events:cursor:<serverUrl>`), so that a reload resumes with nothing lost and nothing repeated (default `false`). */
   persistCursor?: boolean;
+  /** Receive only events of these types; the server leaves the others out (default: every type). At most 100 names. */
+  eventTypes?: string[];
+  /** Receive only events of these aggregates (default: every aggregate). With `eventTypes`, an event must match both. */
+  aggregateIds?: string[];
+  /** Receive only the types this client has handlers for (`on(type, ...)`; `on("*", ...)` means every type), plus `eventTypes`. A handler for a new type widens the subscription at once, with nothing of that type lost after the cursor. Until the first handler, every event is received (default `false`). */
+  subscribeToHandledTypes?: boolean;
 }
 
 /** An event as handlers receive it. */

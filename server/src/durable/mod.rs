@@ -593,8 +593,9 @@ enum Live {
 }
 
 fn read_query(query: Option<&str>) -> Result<ReadQuery, DsError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
-        .map_err(|_| DsError::BadRequest("the query string does not decode".into()))?;
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
     let mut offsets = pairs.iter().filter(|(key, _)| key == "offset");
     let offset_text = offsets.next().map(|(_, value)| value.clone());
     if offsets.next().is_some() {

@@ -9,7 +9,7 @@ use distributed_events_shared::StoredEvent;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{event_size, Appended, EventStore, StoreError};
+use super::{event_size, Appended, EventStore, Selection, StoreError};
 
 /// Keeps events in memory.
 #[derive(Debug)]
@@ -86,17 +86,19 @@ impl EventStore for MemoryStore {
     async fn read_range(
         &self,
         after: u64,
+        through: u64,
         limit: usize,
         max_bytes: usize,
-        tenant: Option<&str>,
+        selection: &Selection<'_>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let state = self.state()?;
         let start = state.index_of(after);
+        let end = state.index_of(through).max(start);
         let mut bytes = 0usize;
         Ok(state
             .events
-            .range(start..)
-            .filter(|(event, _)| of_tenant(event, tenant))
+            .range(start..end)
+            .filter(|(event, _)| selection.selects(event))
             .take(limit)
             .take_while(|(event, _)| {
                 let more = bytes < max_bytes.max(1);
@@ -117,7 +119,9 @@ impl EventStore for MemoryStore {
         Ok(state
             .events
             .iter()
-            .filter(|(event, _)| event.created_at >= since && of_tenant(event, tenant))
+            .filter(|(event, _)| {
+                event.created_at >= since && Selection::tenant(tenant).selects(event)
+            })
             .take(limit)
             .map(|(event, _)| event.clone())
             .collect())
@@ -168,9 +172,4 @@ impl EventStore for MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
             .closed = true;
     }
-}
-
-/// Whether `event` belongs to `tenant` (every event does when no tenant is asked for).
-fn of_tenant(event: &StoredEvent, tenant: Option<&str>) -> bool {
-    tenant.is_none_or(|tenant| event.tenant_id.as_deref() == Some(tenant))
 }

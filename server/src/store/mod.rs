@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use distributed_events_shared::StoredEvent;
+use distributed_events_shared::{filter_selects, EventsQuery, StoredEvent};
 use tokio::sync::watch;
 
 mod memory;
@@ -93,6 +93,55 @@ pub struct Page {
 /// stops and answers with what it has (and a cursor past what it examined).
 const SCAN_FACTOR: usize = 16;
 
+/// How many positions a read filtered by type or aggregate lets the store's query cover:
+/// a filter that matches few events would otherwise scan all history in one request.
+/// The cursor moves past what was covered, so the next read goes on from there.
+pub const FILTERED_SCAN_POSITIONS: u64 = 100_000;
+
+/// Which events a read takes, in the store's own query: those of `tenant` (when given),
+/// of one of `event_types` (unless empty) and of one of `aggregate_ids` (unless empty).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Selection<'a> {
+    /// Only this tenant's events.
+    pub tenant: Option<&'a str>,
+    /// Only events of these types; empty: every type.
+    pub event_types: &'a [String],
+    /// Only events of these aggregates; empty: every aggregate.
+    pub aggregate_ids: &'a [String],
+}
+
+impl<'a> Selection<'a> {
+    /// Every event of `tenant` (of every tenant when `None`).
+    pub fn tenant(tenant: Option<&'a str>) -> Self {
+        Self {
+            tenant,
+            ..Self::default()
+        }
+    }
+
+    /// The events of `tenant` that `query`'s filter takes.
+    pub fn of_query(tenant: Option<&'a str>, query: &'a EventsQuery) -> Self {
+        Self {
+            tenant,
+            event_types: &query.event_types,
+            aggregate_ids: &query.aggregate_ids,
+        }
+    }
+
+    /// Whether a type or aggregate filter is set.
+    pub fn is_filtered(&self) -> bool {
+        !self.event_types.is_empty() || !self.aggregate_ids.is_empty()
+    }
+
+    /// Whether `event` is one of the selected events.
+    pub fn selects(&self, event: &StoredEvent) -> bool {
+        self.tenant
+            .is_none_or(|tenant| event.tenant_id.as_deref() == Some(tenant))
+            && filter_selects(self.event_types, &event.event_type)
+            && filter_selects(self.aggregate_ids, &event.aggregate_id)
+    }
+}
+
 /// Durable, ordered storage of events (the seed's `EventRepository`).
 ///
 /// Positions are assigned by the store, strictly increasing in commit order, and never
@@ -103,17 +152,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// before under the same id. Returns once the new events are durable.
     async fn append_batch(&self, events: Vec<StoredEvent>) -> Result<Vec<Appended>, StoreError>;
 
-    /// Up to `limit` events with `position > after`, in position order; with a
-    /// `tenant`, only that tenant's events (filtered in the query, through an index).
+    /// Up to `limit` events with `after < position <= through`, in position order, of
+    /// those that `selection` takes (filtered in the query: the tenant through an index,
+    /// types and aggregates on the rows in position order).
     /// Stops early, without reading further rows, once the events' sizes
     /// ([`event_size`]) reach `max_bytes` in total, so a read holds about `max_bytes`
     /// plus one event however large events are.
     async fn read_range(
         &self,
         after: u64,
+        through: u64,
         limit: usize,
         max_bytes: usize,
-        tenant: Option<&str>,
+        selection: &Selection<'_>,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Up to `limit` events with `createdAt >= since`, in position order; with a
@@ -164,25 +215,36 @@ pub trait EventStore: Send + Sync + 'static {
             .ok_or_else(|| StoreError::Corrupt("append returned no result".into()))
     }
 
-    /// Up to `limit` events after `after` (of `tenant`, when given) for which `visible`
+    /// Up to `limit` events after `after` that `selection` takes and for which `visible`
     /// holds, in position order, whose sizes ([`event_size`]) add up to at most
     /// `max_bytes`; a page holds at least one event all the same, so a reader always
     /// progresses.
-    /// The predicate runs before the limits, so a page is full whenever enough visible
-    /// events exist; the scan stops after examining `limit * 16` events, and the cursor
-    /// then lies past what was examined so that the next read goes on from there. When
-    /// `limit` or the byte limit ends the page, it is [`full`](Page::full) and the cursor
-    /// is the last event's position, not past events the predicate refused after it: so
-    /// the page is the same whoever builds it (the server's tail reads it the same way).
+    /// The selection and the predicate run before the limits, so a page is full whenever
+    /// enough such events exist; the scan stops after examining `limit * 16` events (and,
+    /// with a type or aggregate filter, [`FILTERED_SCAN_POSITIONS`] positions), and the
+    /// cursor then lies past what was examined so that the next read goes on from there.
+    /// When `limit` or the byte limit ends the page, it is [`full`](Page::full) and the
+    /// cursor is the last event's position, not past events the predicate refused after
+    /// it: so the page is the same whoever builds it (the server's tail reads it the same
+    /// way).
+    ///
+    /// The read covers the committed positions as of its start ([`head`](Self::head)):
+    /// every position up to the head is committed (positions follow commit order), so a
+    /// query that finds fewer events than asked for has seen every selected event up to
+    /// there, and the cursor moves to it, past what the selection left out.
     async fn read_after(
         &self,
         after: u64,
         limit: usize,
         max_bytes: usize,
-        tenant: Option<&str>,
+        selection: &Selection<'_>,
         visible: &Visibility<'_>,
     ) -> Result<Page, StoreError> {
         let limit = limit.max(1);
+        let mut through = self.head().await?;
+        if selection.is_filtered() {
+            through = through.min(after.saturating_add(FILTERED_SCAN_POSITIONS));
+        }
         let mut page = Page {
             events: Vec::new(),
             cursor: after,
@@ -193,7 +255,9 @@ pub trait EventStore: Send + Sync + 'static {
         while page.events.len() < limit && budget > 0 {
             let wanted = limit.min(budget);
             let room = max_bytes.saturating_sub(bytes).max(1);
-            let batch = self.read_range(page.cursor, wanted, room, tenant).await?;
+            let batch = self
+                .read_range(page.cursor, through, wanted, room, selection)
+                .await?;
             budget = budget.saturating_sub(batch.len());
             let mut read_bytes = 0usize;
             let count = batch.len();
@@ -220,8 +284,10 @@ pub trait EventStore: Send + Sync + 'static {
                     page.cursor = event.position.unwrap_or(page.cursor);
                 }
             }
-            // A batch that stopped short of both limits found the end.
+            // A batch that stopped short of both limits found every selected event up to
+            // `through`: the cursor goes there, past the events the selection left out.
             if count < wanted && read_bytes < room {
+                page.cursor = page.cursor.max(through);
                 break;
             }
         }

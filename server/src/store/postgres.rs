@@ -336,7 +336,6 @@ impl Insert for PgWriter {
         columns: COLUMNS,
         numbered: true,
         uuid_cast: "::uuid",
-        text_cast: "::text",
     };
     type Job = std::convert::Infallible;
     const NAME: &'static str = "PostgreSQL";

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::writer::{Conn, Insert, Writer};
-use super::{event_size, from_micros, to_micros, Appended, EventStore, StoreError};
+use super::{event_size, from_micros, to_micros, Appended, EventStore, Selection, StoreError};
 
 /// The columns of an event where `id` and `context` are text already (SQLite).
 pub(super) const COLUMNS: &str =
@@ -43,8 +43,6 @@ pub struct Dialect {
     pub numbered: bool,
     /// What turns a text parameter into the type of the `id` column (`::uuid`).
     pub uuid_cast: &'static str,
-    /// What gives a parameter compared with NULL a type (`::text`).
-    pub text_cast: &'static str,
 }
 
 impl Dialect {
@@ -54,7 +52,6 @@ impl Dialect {
             columns,
             numbered: false,
             uuid_cast: "",
-            text_cast: "",
         }
     }
 
@@ -67,23 +64,39 @@ impl Dialect {
         }
     }
 
-    /// `SELECT <columns> FROM events WHERE <tenant> <condition on parameter 2> ORDER BY
-    /// position LIMIT <parameter 3>`, without and with a tenant.
-    ///
-    /// Without a tenant the tenant condition is a no-op on the (then NULL) first
-    /// parameter, so both forms bind the same parameters; with one, the `(tenant_id,
-    /// position)` index serves the query.
-    fn reads(&self, condition: &str) -> [String; 2] {
-        let (p1, p2, p3) = (self.param(1), self.param(2), self.param(3));
-        let columns = self.columns;
-        let condition = condition.replace("{}", &p2);
-        [
-            format!("{p1}{} IS NULL AND", self.text_cast),
-            format!("tenant_id = {p1} AND"),
-        ]
-        .map(|tenant| {
-            format!("SELECT {columns} FROM events WHERE {tenant} {condition} ORDER BY position LIMIT {p3}")
-        })
+    /// `SELECT <columns> FROM events WHERE <conditions> ORDER BY position LIMIT <the last
+    /// parameter>`: first `numbers`, conditions on one integer parameter each (written
+    /// `{}`), then those of `selection` on text parameters (the tenant through the
+    /// `(tenant_id, position)` index; the types and aggregates as `IN` lists, checked on the
+    /// rows in position order). [`SqlDatabase::read`] binds them in this order.
+    fn select(&self, numbers: &[&str], selection: &Selection<'_>) -> String {
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            self.param(n)
+        };
+        let mut conditions: Vec<String> = numbers
+            .iter()
+            .map(|condition| condition.replace("{}", &next()))
+            .collect();
+        if selection.tenant.is_some() {
+            conditions.push(format!("tenant_id = {}", next()));
+        }
+        for (column, values) in [
+            ("event_type", selection.event_types),
+            ("aggregate_id", selection.aggregate_ids),
+        ] {
+            if !values.is_empty() {
+                let params: Vec<String> = values.iter().map(|_| next()).collect();
+                conditions.push(format!("{column} IN ({})", params.join(", ")));
+            }
+        }
+        format!(
+            "SELECT {} FROM events WHERE {} ORDER BY position LIMIT {}",
+            self.columns,
+            conditions.join(" AND "),
+            next()
+        )
     }
 
     /// The look-up of `count` ids.
@@ -155,9 +168,7 @@ pub struct SqlStore<B: Backend> {
     readers: Pool<Db<B>>,
     writer: Writer<B::Writer>,
     head: watch::Sender<u64>,
-    /// `read_range` and `read_since`, each without and with a tenant; `get`.
-    range: [String; 2],
-    since: [String; 2],
+    /// The statement of `get`.
     by_id: String,
 }
 
@@ -177,24 +188,28 @@ impl<B: Backend> SqlStore<B> {
             readers,
             writer: Writer::start(writer, connection, head.clone()),
             head,
-            range: dialect.reads("position > {}"),
-            since: dialect.reads("created_at >= {}"),
             by_id: dialect.by_ids(1),
         }
     }
 
-    /// Runs one of a read's `statements` (see [`Dialect::reads`]): the one for a tenant
-    /// when there is one.
+    /// Runs a read (see [`Dialect::select`]) whose integer conditions are `numbers` on
+    /// `values`, for `selection`.
     async fn read(
         &self,
-        statements: &[String; 2],
-        tenant: Option<&str>,
-        value: i64,
+        numbers: &[&str],
+        values: &[i64],
+        selection: &Selection<'_>,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = &statements[usize::from(tenant.is_some())];
-        Db::<B>::read(self.readers()?, sql, tenant, value, limit, max_bytes).await
+        let sql = B::Writer::DIALECT.select(numbers, selection);
+        let texts: Vec<&str> = selection
+            .tenant
+            .into_iter()
+            .chain(selection.event_types.iter().map(String::as_str))
+            .chain(selection.aggregate_ids.iter().map(String::as_str))
+            .collect();
+        Db::<B>::read(self.readers()?, &sql, values, &texts, limit, max_bytes).await
     }
 
     /// The reading pool, unless the store was closed.
@@ -215,12 +230,19 @@ impl<B: Backend> EventStore for SqlStore<B> {
     async fn read_range(
         &self,
         after: u64,
+        through: u64,
         limit: usize,
         max_bytes: usize,
-        tenant: Option<&str>,
+        selection: &Selection<'_>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.read(&self.range, tenant, sql_position(after), limit, max_bytes)
-            .await
+        self.read(
+            &["position > {}", "position <= {}"],
+            &[sql_position(after), sql_position(through)],
+            selection,
+            limit,
+            max_bytes,
+        )
+        .await
     }
 
     async fn read_since(
@@ -229,8 +251,14 @@ impl<B: Backend> EventStore for SqlStore<B> {
         limit: usize,
         tenant: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.read(&self.since, tenant, to_micros(since), limit, usize::MAX)
-            .await
+        self.read(
+            &["created_at >= {}"],
+            &[to_micros(since)],
+            &Selection::tenant(tenant),
+            limit,
+            usize::MAX,
+        )
+        .await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
@@ -270,13 +298,13 @@ impl<B: Backend> EventStore for SqlStore<B> {
 /// database whose types fit.
 #[async_trait]
 pub trait SqlDatabase: Database {
-    /// The events of a read (see [`Dialect::reads`], which binds `tenant`, `value` and
-    /// `limit`), until their sizes reach `max_bytes`: see `EventStore::read_range`.
+    /// The events of a read (see [`Dialect::select`], which binds `numbers`, `texts`,
+    /// then `limit`), until their sizes reach `max_bytes`: see `EventStore::read_range`.
     async fn read(
         pool: &Pool<Self>,
         sql: &str,
-        tenant: Option<&str>,
-        value: i64,
+        numbers: &[i64],
+        texts: &[&str],
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
@@ -306,7 +334,7 @@ where
     DB: Database,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     &'static str: ColumnIndex<DB::Row>,
@@ -319,16 +347,19 @@ where
     async fn read(
         pool: &Pool<Self>,
         sql: &str,
-        tenant: Option<&str>,
-        value: i64,
+        numbers: &[i64],
+        texts: &[&str],
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(sql)
-            .bind(tenant)
-            .bind(value)
-            .bind(sql_limit(limit))
-            .fetch(pool);
+        let mut query = sqlx::query(sql);
+        for &number in numbers {
+            query = query.bind(number);
+        }
+        for &text in texts {
+            query = query.bind(text);
+        }
+        let rows = query.bind(sql_limit(limit)).fetch(pool);
         decode_until(rows, max_bytes).await
     }
 

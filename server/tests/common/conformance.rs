@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use distributed_events_server::store::{event_size, Appended, SharedStore};
+use distributed_events_server::store::{event_size, Appended, Selection, SharedStore};
 use distributed_events_server::StoredEvent;
 use uuid::Uuid;
 
@@ -41,7 +41,13 @@ fn new_position(appended: &Appended) -> u64 {
 
 async fn read_all(store: &SharedStore) -> Vec<StoredEvent> {
     store
-        .read_range(0, usize::MAX >> 1, usize::MAX, None)
+        .read_range(
+            0,
+            u64::MAX,
+            usize::MAX >> 1,
+            usize::MAX,
+            &Selection::default(),
+        )
         .await
         .unwrap()
 }
@@ -87,7 +93,10 @@ pub async fn read_range_pages_without_gaps_or_repeats(store: SharedStore) {
     let mut after = 0;
     let mut seen = Vec::new();
     loop {
-        let page = store.read_range(after, 7, usize::MAX, None).await.unwrap();
+        let page = store
+            .read_range(after, u64::MAX, 7, usize::MAX, &Selection::default())
+            .await
+            .unwrap();
         assert!(page.len() <= 7);
         let Some(last) = page.last() else { break };
         after = last.position.unwrap();
@@ -188,7 +197,7 @@ pub async fn read_after_filters_before_the_limit(store: SharedStore) {
     store.append_batch(events).await.unwrap();
     let only_a = |e: &StoredEvent| e.tenant_id.as_deref() == Some("a");
     let page = store
-        .read_after(0, 5, usize::MAX, None, &only_a)
+        .read_after(0, 5, usize::MAX, &Selection::default(), &only_a)
         .await
         .unwrap();
     assert_eq!(
@@ -201,7 +210,7 @@ pub async fn read_after_filters_before_the_limit(store: SharedStore) {
     // Continuing from the cursor gives the rest, and the last page's cursor lies past
     // the trailing invisible events, so a poller does not re-scan them.
     let rest = store
-        .read_after(page.cursor, 100, usize::MAX, None, &only_a)
+        .read_after(page.cursor, 100, usize::MAX, &Selection::default(), &only_a)
         .await
         .unwrap();
     assert_eq!(rest.events.len(), 15);
@@ -209,11 +218,123 @@ pub async fn read_after_filters_before_the_limit(store: SharedStore) {
 
     let nobody = |_: &StoredEvent| false;
     let empty = store
-        .read_after(0, 2, usize::MAX, None, &nobody)
+        .read_after(0, 2, usize::MAX, &Selection::default(), &nobody)
         .await
         .unwrap();
     assert!(empty.events.is_empty());
     assert!(empty.cursor > 0, "the cursor moves past what was examined");
+}
+
+pub async fn read_after_filters_by_type_and_aggregate_in_the_query(store: SharedStore) {
+    // Types cycle A, B, C, O'Brien "x"; aggregates cycle aggregate-0..6; tenants a, b.
+    let types = ["A", "B", "C", "O'Brien \"x\" %_"];
+    let events: Vec<_> = (0..80)
+        .map(|n| {
+            let mut e = event(n, Some(if n % 2 == 0 { "a" } else { "b" }));
+            e.event_type = types[n % 4].into();
+            e
+        })
+        .collect();
+    store.append_batch(events).await.unwrap();
+    let head = store.head().await.unwrap();
+    let strings = |values: &[&str]| values.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+    let all = |_: &StoredEvent| true;
+
+    // Pages of a filtered read are full, in order, and together hold every match once;
+    // the last one's cursor is the head, past the events the filter left out.
+    let cases: [(Option<&str>, Vec<String>, Vec<String>); 6] = [
+        (None, strings(&["B"]), vec![]),
+        (None, strings(&["A", types[3]]), vec![]),
+        (None, vec![], strings(&["aggregate-3"])),
+        (Some("a"), strings(&["A", "C"]), vec![]),
+        (
+            Some("b"),
+            strings(&["B", types[3]]),
+            strings(&["aggregate-1", "aggregate-5"]),
+        ),
+        (None, strings(&["A"]), strings(&["aggregate-1"])),
+    ];
+    for (tenant, event_types, aggregate_ids) in cases {
+        let selection = Selection {
+            tenant,
+            event_types: &event_types,
+            aggregate_ids: &aggregate_ids,
+        };
+        let expected: Vec<usize> = (0..80)
+            .filter(|&n| {
+                tenant.is_none_or(|t| t == if n % 2 == 0 { "a" } else { "b" })
+                    && (event_types.is_empty() || event_types.iter().any(|t| t == types[n % 4]))
+                    && (aggregate_ids.is_empty()
+                        || aggregate_ids.contains(&format!("aggregate-{}", n % 7)))
+            })
+            .collect();
+        let case = format!("{tenant:?} {event_types:?} {aggregate_ids:?}");
+        let mut seen = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let page = store
+                .read_after(cursor, 3, usize::MAX, &selection, &all)
+                .await
+                .unwrap();
+            let remaining = expected.len() - seen.len();
+            assert_eq!(page.events.len(), remaining.min(3), "a full page: {case}");
+            assert!(page.cursor >= cursor, "{case}");
+            seen.extend(page.events.iter().map(n_of));
+            cursor = page.cursor;
+            if page.events.len() < 3 {
+                break;
+            }
+        }
+        assert_eq!(seen, expected, "every match once, in order: {case}");
+        assert_eq!(
+            cursor, head,
+            "the cursor moves past the skipped events: {case}"
+        );
+    }
+
+    // Nothing matches: an empty page whose cursor is the head, so the events are never
+    // read again.
+    let nothing = strings(&["Unknown"]);
+    let selection = Selection {
+        event_types: &nothing,
+        ..Selection::default()
+    };
+    let page = store
+        .read_after(0, 10, usize::MAX, &selection, &all)
+        .await
+        .unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.cursor, head);
+
+    // The app's own predicate still runs on what the query selected.
+    let a_types = strings(&["A"]);
+    let selection = Selection {
+        event_types: &a_types,
+        ..Selection::default()
+    };
+    let odd_n = |e: &StoredEvent| n_of(e) % 8 == 4;
+    let page = store
+        .read_after(0, 100, usize::MAX, &selection, &odd_n)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events.iter().map(n_of).collect::<Vec<_>>(),
+        (0..80).filter(|n| n % 8 == 4).collect::<Vec<_>>()
+    );
+    assert_eq!(page.cursor, head);
+
+    // `through` bounds a range read: the store is fresh, its positions are 1 to 80.
+    let first = store
+        .read_range(0, 5, 100, usize::MAX, &Selection::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        first
+            .iter()
+            .map(|e| e.position.unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
 }
 
 pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStore) {
@@ -229,7 +350,10 @@ pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStor
     let visible = |e: &StoredEvent| n_of(e) % 4 != 3;
     let max_bytes = 8000;
 
-    let batch = store.read_range(0, 100, max_bytes, None).await.unwrap();
+    let batch = store
+        .read_range(0, u64::MAX, 100, max_bytes, &Selection::default())
+        .await
+        .unwrap();
     let sizes: Vec<usize> = batch.iter().map(event_size).collect();
     let before_last: usize = sizes[..sizes.len() - 1].iter().sum();
     assert!(
@@ -242,7 +366,7 @@ pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStor
     let (mut pages, mut full_pages) = (0, 0);
     loop {
         let page = store
-            .read_after(cursor, 100, max_bytes, None, &visible)
+            .read_after(cursor, 100, max_bytes, &Selection::default(), &visible)
             .await
             .unwrap();
         let Some(last) = page.events.last() else {
@@ -279,7 +403,10 @@ pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStor
         "the byte limit split the read into full pages ({full_pages} of {pages}), but for the last"
     );
 
-    let huge = store.read_after(0, 100, 1, None, &visible).await.unwrap();
+    let huge = store
+        .read_after(0, 100, 1, &Selection::default(), &visible)
+        .await
+        .unwrap();
     assert_eq!(
         huge.events.iter().map(n_of).collect::<Vec<_>>(),
         [0],
@@ -288,12 +415,12 @@ pub async fn pages_are_capped_in_bytes_without_gaps_or_repeats(store: SharedStor
     assert_eq!(huge.cursor, huge.events[0].position.unwrap());
     assert!(huge.full);
     let by_limit = store
-        .read_after(0, 2, usize::MAX, None, &visible)
+        .read_after(0, 2, usize::MAX, &Selection::default(), &visible)
         .await
         .unwrap();
     assert!(by_limit.full && by_limit.events.len() == 2);
     let rest = store
-        .read_after(30, 100, usize::MAX, None, &visible)
+        .read_after(30, 100, usize::MAX, &Selection::default(), &visible)
         .await
         .unwrap();
     assert!(
@@ -315,7 +442,13 @@ pub async fn tenant_reads_see_only_that_tenant_in_order(store: SharedStore) {
         // Small pages: paging by the last position must neither skip nor repeat.
         loop {
             let page = store
-                .read_range(after, 3, usize::MAX, Some(tenant))
+                .read_range(
+                    after,
+                    u64::MAX,
+                    3,
+                    usize::MAX,
+                    &Selection::tenant(Some(tenant)),
+                )
                 .await
                 .unwrap();
             let Some(last) = page.last() else { break };
@@ -330,7 +463,7 @@ pub async fn tenant_reads_see_only_that_tenant_in_order(store: SharedStore) {
     }
     // The page is full of the tenant's events even though most events are others'.
     let page = store
-        .read_after(0, 5, usize::MAX, Some("a"), &|_| true)
+        .read_after(0, 5, usize::MAX, &Selection::tenant(Some("a")), &|_| true)
         .await
         .unwrap();
     assert_eq!(
@@ -342,13 +475,19 @@ pub async fn tenant_reads_see_only_that_tenant_in_order(store: SharedStore) {
     assert_eq!(c.len(), 10);
     assert!(c.iter().all(|e| e.tenant_id.as_deref() == Some("c")));
     assert!(store
-        .read_range(0, 100, usize::MAX, Some("nobody"))
+        .read_range(
+            0,
+            u64::MAX,
+            100,
+            usize::MAX,
+            &Selection::tenant(Some("nobody"))
+        )
         .await
         .unwrap()
         .is_empty());
     assert_eq!(
         store
-            .read_range(0, 100, usize::MAX, None)
+            .read_range(0, u64::MAX, 100, usize::MAX, &Selection::default())
             .await
             .unwrap()
             .len(),
@@ -456,6 +595,7 @@ macro_rules! conformance_suite {
                 append_is_idempotent_by_id,
                 concurrent_appends_lose_and_repeat_nothing,
                 read_after_filters_before_the_limit,
+                read_after_filters_by_type_and_aggregate_in_the_query,
                 pages_are_capped_in_bytes_without_gaps_or_repeats,
                 read_since_uses_created_at_in_position_order,
                 tenant_reads_see_only_that_tenant_in_order,
