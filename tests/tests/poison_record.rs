@@ -9,7 +9,7 @@ use std::time::Duration;
 use distributed_events_client::{ClientError, EventBusClient, StoredEvent};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// How long the test may wait for what it expects before it fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -46,33 +46,40 @@ async fn serve() -> (String, Arc<Mutex<Vec<String>>>) {
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let mut request = Vec::new();
-            let mut buffer = [0; 4096];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buffer[..n]),
-                }
-            }
-            let request = String::from_utf8_lossy(&request);
-            let target = request.split(' ').nth(1).unwrap_or_default().to_owned();
-            let body = if target.starts_with("/events?after=0&") {
-                first_page()
-            } else {
-                "[]".to_owned()
-            };
-            log.lock().expect("log").push(target);
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Events-Cursor: 3\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(answer.as_bytes()).await;
+            // Each connection on its own task: a connection the client opened and left
+            // idle (its pool may keep one) must not hold up the next.
+            tokio::spawn(answer(stream, log.clone()));
         }
     });
     (url, seen)
+}
+
+/// Reads one request from `stream`, logs its target and answers it.
+async fn answer(mut stream: TcpStream, log: Arc<Mutex<Vec<String>>>) {
+    let mut request = Vec::new();
+    let mut buffer = [0; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let request = String::from_utf8_lossy(&request);
+    let target = request.split(' ').nth(1).unwrap_or_default().to_owned();
+    let body = if target.starts_with("/events?after=0&") {
+        first_page()
+    } else {
+        "[]".to_owned()
+    };
+    log.lock().expect("log").push(target);
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Events-Cursor: 3\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,10 +108,8 @@ async fn an_undecodable_record_is_reported_and_skipped_and_the_others_are_delive
     })
     .await
     .unwrap_or_else(|_| {
-        panic!(
-            "the two good events within the patience; the server saw {:?}",
-            requests.lock().expect("log")
-        )
+        let seen = requests.lock().expect("log").clone();
+        panic!("the two good events within the patience; the server saw {seen:?}")
     });
     assert_eq!(delivered, [GOOD_1, GOOD_3]);
 
