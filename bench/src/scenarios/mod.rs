@@ -16,7 +16,7 @@ use distributed_events_client::{Event, StoredEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::server::{Database, ServerProcess};
-use crate::{Args, BenchError};
+use crate::{Args, BenchError, Transport};
 
 /// The event every scenario posts: a sequence number and when it was sent, in
 /// microseconds of [`now_us`] (publisher and receivers share this process's clock).
@@ -186,4 +186,111 @@ pub async fn live_clients(
     // Live means the catch-up read answered; give the long-polls that follow time to park.
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(clients)
+}
+
+/// `n` live followers of `url` after `head`, each a stream of the [`BenchEvent`]s it
+/// receives: native clients (long-poll), or raw stream readers ([`crate::sse`]), once all
+/// of them are live.
+pub struct Followers {
+    pub events: Vec<futures::stream::BoxStream<'static, Result<BenchEvent, BenchError>>>,
+    clients: Vec<distributed_events_client::EventBusClient>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Followers {
+    pub async fn start(
+        url: &str,
+        n: usize,
+        head: u64,
+        transport: Transport,
+    ) -> Result<Self, BenchError> {
+        use futures::StreamExt;
+        match transport {
+            Transport::LongPoll => {
+                let clients = live_clients(url, n, head).await?;
+                let events = clients
+                    .iter()
+                    .map(|client| client.on::<BenchEvent>().map(|e| Ok(e.payload)).boxed())
+                    .collect();
+                Ok(Self {
+                    events,
+                    clients,
+                    readers: Vec::new(),
+                })
+            }
+            Transport::Stream => {
+                let http = reqwest::Client::new();
+                let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let mut events = Vec::with_capacity(n);
+                let mut readers = Vec::with_capacity(n);
+                for i in 0..n {
+                    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+                    let opened = std::sync::Arc::clone(&opened);
+                    readers.push(crate::sse::follow(
+                        http.clone(),
+                        url.to_owned(),
+                        head,
+                        opened,
+                        sender,
+                    ));
+                    events.push(tokio_stream_from(receiver).boxed());
+                    // Do not open a thousand connections in one go (the listen backlog is 1024).
+                    if i % 100 == 99 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                let all = wait_until(Duration::from_secs(60), || {
+                    opened.load(std::sync::atomic::Ordering::Relaxed) == n
+                        || readers.iter().any(tokio::task::JoinHandle::is_finished)
+                })
+                .await;
+                let followers = Self {
+                    events,
+                    clients: Vec::new(),
+                    readers,
+                };
+                if !all || opened.load(std::sync::atomic::Ordering::Relaxed) < n {
+                    let mut followers = followers;
+                    let why = first_error(&mut followers.events).await;
+                    followers.close().await;
+                    return Err(BenchError(format!(
+                        "not every stream opened within 60 s: {why}"
+                    )));
+                }
+                Ok(followers)
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        for reader in &self.readers {
+            reader.abort();
+        }
+        for client in &self.clients {
+            client.close().await;
+        }
+    }
+}
+
+/// The first error a follower already reported, for a message.
+async fn first_error(
+    events: &mut [futures::stream::BoxStream<'static, Result<BenchEvent, BenchError>>],
+) -> String {
+    use futures::FutureExt;
+    use futures::StreamExt;
+    for stream in events {
+        if let Some(Some(Err(error))) = stream.next().now_or_never() {
+            return error.0;
+        }
+    }
+    "no error reported".into()
+}
+
+/// An unbounded channel's receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    receiver: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
 }
