@@ -21,6 +21,9 @@ pub struct Principal {
     pub tenant_id: Option<String>,
     /// The caller's session.
     pub session_id: Option<String>,
+    /// When the credentials expire (a JWT's `exp`): a stream ends by then, and the
+    /// client reconnects with fresh ones.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Anything else the authorization filter needs (roles, organisation, ...).
     pub claims: Context,
 }

@@ -9,7 +9,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, RawQuery, Request, State,
 };
-use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{
+    ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +27,12 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::reads::ReadError;
 use crate::store::StoreError;
+use crate::tail::PageEvent;
 use crate::telemetry;
 use crate::{EventBusServer, PublishError};
+
+/// The header an `EventSource` reconnects with: the `id` of the last event it received.
+const LAST_EVENT_ID: &str = "last-event-id";
 
 /// Limits of the HTTP endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +65,13 @@ pub struct Limits {
     /// Longest time a `POST /events` body may take to arrive; past it the answer is `408`
     /// (default 15 s).
     pub body_read_timeout: Duration,
+    /// Longest life of a stream (`Accept: text/event-stream`), and never past the
+    /// credentials' expiry; then the server ends it and the client reconnects with
+    /// `Last-Event-ID` (default 300 s), so that proxies and token expiry behave.
+    pub max_stream_duration: Duration,
+    /// How long a stream may write nothing before it sends a keep-alive comment
+    /// (default 15 s).
+    pub stream_keep_alive: Duration,
 }
 
 impl Default for Limits {
@@ -73,6 +86,8 @@ impl Default for Limits {
             max_long_polls_per_tenant: None,
             timeout_beyond_wait: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(15),
+            max_stream_duration: Duration::from_secs(300),
+            stream_keep_alive: Duration::from_secs(15),
         }
     }
 }
@@ -384,7 +399,11 @@ pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, InvalidOrigin> {
     Ok(CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([CONTENT_TYPE, axum::http::header::AUTHORIZATION])
+        .allow_headers([
+            CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+            HeaderName::from_static(LAST_EVENT_ID),
+        ])
         .expose_headers([
             HeaderName::from_static(CURSOR_HEADER),
             HeaderName::from_static(REPLAYED_HEADER),
@@ -450,25 +469,83 @@ enum CommonErrors {
 async fn get_events(
     State(server): State<EventBusServer>,
     Caller(principal): Caller,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
     let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|error| AppError::BadRequest(error.to_string()))?;
+    if accepts_event_stream(&headers) {
+        let last_event_id = last_event_id(&headers)?;
+        let stream = server.open_stream(principal, query, last_event_id).await?;
+        return Ok(event_stream_response(stream));
+    }
     let page = server.read_events(&principal, &query).await?;
     Ok(events_response(page.events, page.cursor))
 }
 
+/// Whether the request asks for Server-Sent Events (`Accept: text/event-stream`, alone
+/// or among other types).
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|range| {
+            range
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("text/event-stream")
+        })
+}
+
+/// The `Last-Event-ID` a reconnecting stream resumes after, if sent.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
+    let Some(value) = headers.get(LAST_EVENT_ID) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            AppError::BadRequest(
+                "the Last-Event-ID header must be a whole number: the `id` of the last event the stream delivered".to_owned(),
+            )
+        })
+}
+
+/// A stream's `200`: its chunks as they come, never cached nor buffered by a proxy.
+fn event_stream_response(stream: impl futures::Stream<Item = Bytes> + Send + 'static) -> Response {
+    use futures::StreamExt;
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(stream.map(Ok::<_, Infallible>)),
+    )
+        .into_response()
+}
+
 /// A JSON array of already serialized events, with the cursor header. The body is sent
 /// as the events' own buffers, not copied into one, and each is freed once written.
-fn events_response(events: Vec<Bytes>, cursor: u64) -> Response {
-    let size = events.iter().map(Bytes::len).sum::<usize>() + events.len().max(1) + 1;
+fn events_response(events: Vec<PageEvent>, cursor: u64) -> Response {
+    let size = events.iter().map(|event| event.json.len()).sum::<usize>() + events.len().max(1) + 1;
     let mut chunks = Vec::with_capacity(2 * events.len() + 1);
     chunks.push(Bytes::from_static(b"["));
     for (i, event) in events.into_iter().enumerate() {
         if i > 0 {
             chunks.push(Bytes::from_static(b","));
         }
-        chunks.push(event);
+        chunks.push(event.json);
     }
     chunks.push(Bytes::from_static(b"]"));
     let body = Body::from_stream(futures::stream::iter(

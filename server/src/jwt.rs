@@ -138,6 +138,11 @@ impl JwtAuthenticator {
             user_id: text("sub"),
             tenant_id: Some(tenant_id),
             session_id: text("sid"),
+            // Validation required a numeric `exp`.
+            expires_at: claims
+                .get("exp")
+                .and_then(Value::as_f64)
+                .and_then(|exp| chrono::DateTime::from_timestamp(exp as i64, 0)),
             claims: claims.into_iter().collect(),
         })
     }

@@ -54,6 +54,7 @@ mod openapi;
 mod reads;
 mod serve;
 pub mod store;
+mod stream;
 mod tail;
 mod telemetry;
 

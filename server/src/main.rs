@@ -139,6 +139,12 @@ struct Args {
     max_wait: Duration,
     // --- end operations ---
 
+    /// Longest life of a stream (`Accept: text/event-stream`), such as `5m`; then the
+    /// server ends it and the client reconnects where it left off. Never past the token's
+    /// `exp`.
+    #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_STREAM_DURATION", default_value = "300s", value_parser = humantime::parse_duration)]
+    max_stream_duration: Duration,
+
     // Connection limits: slow or silent clients must not hold the server.
     /// Longest time a client may take to send a request head; past it the connection closes.
     #[arg(long, env = "DISTRIBUTED_EVENTS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -234,6 +240,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             max_long_polls_per_tenant: args.max_long_polls_per_tenant,
             max_wait: args.max_wait,
             body_read_timeout: args.body_read_timeout,
+            max_stream_duration: args.max_stream_duration,
             ..Limits::default()
         });
     if let Some(authenticator) = authenticator {
@@ -331,8 +338,9 @@ fn serve_options(args: &Args) -> Result<ServeOptions, String> {
     if args.header_read_timeout.is_zero()
         || args.idle_timeout.is_zero()
         || args.body_read_timeout.is_zero()
+        || args.max_stream_duration.is_zero()
     {
-        return Err("--header-read-timeout, --idle-timeout and --body-read-timeout must be longer than zero".into());
+        return Err("--header-read-timeout, --idle-timeout, --body-read-timeout and --max-stream-duration must be longer than zero".into());
     }
     let max_connections = match args.max_connections {
         Some(0) => return Err("--max-connections must be at least 1".into()),

@@ -4,24 +4,23 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use distributed_events_shared::{EventsQuery, StoredEvent};
 
 use crate::auth::{is_visible, Principal};
 use crate::store::StoreError;
-use crate::tail::{json_of, TailPage};
+use crate::tail::{json_of, PageEvent, TailPage};
 use crate::telemetry::{self, LivePoll};
 use crate::EventBusServer;
 
 /// Longest a read waits for the tail to take in what the store acknowledged before it.
 const TAIL_CATCH_UP: Duration = Duration::from_millis(500);
 
-/// A page for a caller: the events' JSON, in position order, and the `after` of the
-/// next read.
+/// A page for a caller: the events (positions and JSON), in position order, and the
+/// `after` of the next read.
 #[derive(Debug)]
 pub(crate) struct EventsPage {
-    pub(crate) events: Vec<Bytes>,
+    pub(crate) events: Vec<PageEvent>,
     pub(crate) cursor: u64,
 }
 
@@ -219,7 +218,13 @@ impl EventBusServer {
 
 /// The JSON of events read from the store, counted as delivered from it. Each event is
 /// dropped once serialized: the page is held about once.
-fn serialized(events: Vec<StoredEvent>) -> Vec<Bytes> {
+fn serialized(events: Vec<StoredEvent>) -> Vec<PageEvent> {
     metrics::counter!(telemetry::DELIVERED, "source" => "store").increment(events.len() as u64);
-    events.into_iter().map(|event| json_of(&event)).collect()
+    events
+        .into_iter()
+        .map(|event| PageEvent {
+            position: event.position.unwrap_or_default(),
+            json: json_of(&event),
+        })
+        .collect()
 }

@@ -62,10 +62,17 @@ pub(crate) fn json_of(event: &StoredEvent) -> Bytes {
     )
 }
 
+/// An event of a page: its position (a stream's `id:`) and its JSON.
+#[derive(Clone, Debug)]
+pub(crate) struct PageEvent {
+    pub(crate) position: u64,
+    pub(crate) json: Bytes,
+}
+
 /// A page answered from the tail.
 #[derive(Debug)]
 pub(crate) struct TailPage {
-    pub(crate) events: Vec<Bytes>,
+    pub(crate) events: Vec<PageEvent>,
     pub(crate) cursor: u64,
     /// Cut by the limit or the byte cap: its cursor is the last event's position.
     pub(crate) full: bool,
@@ -144,7 +151,10 @@ impl Tail {
                     page.full = true;
                     break;
                 }
-                page.events.push(entry.json.clone());
+                page.events.push(PageEvent {
+                    position: entry.position(),
+                    json: entry.json.clone(),
+                });
                 if page.events.len() == limit {
                     page.cursor = entry.position();
                     page.full = true;
@@ -298,11 +308,13 @@ mod tests {
     fn positions(page: &TailPage) -> Vec<u64> {
         page.events
             .iter()
-            .map(|json| {
-                serde_json::from_slice::<StoredEvent>(json)
+            .map(|event| {
+                let position = serde_json::from_slice::<StoredEvent>(&event.json)
                     .unwrap()
                     .position
-                    .unwrap()
+                    .unwrap();
+                assert_eq!(position, event.position, "a page event's position is its JSON's");
+                position
             })
             .collect()
     }

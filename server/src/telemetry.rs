@@ -21,9 +21,10 @@ pub(crate) const HTTP_DURATION: &str = "distributed_events_http_request_duration
 /// Events appended, by `outcome`: `new` (stored), `replayed` (an idempotent repost),
 /// `conflict` (an id reused for a different event).
 pub(crate) const APPENDED: &str = "distributed_events_appended_total";
-/// Events delivered in `GET /events` answers, by `source`: `tail` (memory) or `store`.
+/// Events delivered in `GET /events` answers and streams, by `source`: `tail` (memory)
+/// or `store`.
 pub(crate) const DELIVERED: &str = "distributed_events_delivered_total";
-/// Connections held open to wait for events, by `kind` (`long_poll`).
+/// Connections held open to wait for events, by `kind` (`long_poll` or `stream`).
 pub(crate) const LIVE_CONNECTIONS: &str = "distributed_events_live_connections";
 /// Events in the tail (the recent events live polls are answered from).
 pub(crate) const TAIL_EVENTS: &str = "distributed_events_tail_events";
@@ -121,7 +122,7 @@ fn describe() {
     );
     describe_counter!(
         DELIVERED,
-        "Events delivered in GET /events answers, by source: tail or store."
+        "Events delivered in GET /events answers and streams, by source: tail or store."
     );
     describe_gauge!(LIVE_CONNECTIONS, "Connections waiting for events, by kind.");
     describe_gauge!(
@@ -154,21 +155,35 @@ fn describe() {
     metrics::counter!(CLEANUP_DELETED).absolute(0);
     metrics::counter!(LISTENER_RECONNECTS).absolute(0);
     metrics::gauge!(LIVE_CONNECTIONS, "kind" => "long_poll").set(0.0);
+    metrics::gauge!(LIVE_CONNECTIONS, "kind" => "stream").set(0.0);
 }
 
-/// Counts a long-poll as a live connection for as long as it is held.
+/// Counts a long-poll or a stream as a live connection for as long as it is held.
 #[derive(Debug)]
-pub(crate) struct LivePoll<T>(#[allow(dead_code)] T);
+pub(crate) struct LivePoll<T> {
+    _held: T,
+    kind: &'static str,
+}
 
 impl<T> LivePoll<T> {
+    /// A waiting long-poll.
     pub(crate) fn new(held: T) -> Self {
-        metrics::gauge!(LIVE_CONNECTIONS, "kind" => "long_poll").increment(1.0);
-        Self(held)
+        Self::of_kind("long_poll", held)
+    }
+
+    /// An open stream (Server-Sent Events).
+    pub(crate) fn stream(held: T) -> Self {
+        Self::of_kind("stream", held)
+    }
+
+    fn of_kind(kind: &'static str, held: T) -> Self {
+        metrics::gauge!(LIVE_CONNECTIONS, "kind" => kind).increment(1.0);
+        Self { _held: held, kind }
     }
 }
 
 impl<T> Drop for LivePoll<T> {
     fn drop(&mut self) {
-        metrics::gauge!(LIVE_CONNECTIONS, "kind" => "long_poll").decrement(1.0);
+        metrics::gauge!(LIVE_CONNECTIONS, "kind" => self.kind).decrement(1.0);
     }
 }

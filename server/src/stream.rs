@@ -1,0 +1,185 @@
+//! The Server-Sent Events mode of `GET /events` (docs/PROTOCOL.md, "Streaming"): the
+//! cursor-mode read of [`read_events`](EventBusServer::read_events) in a loop, each page
+//! written as one chunk of frames built from the events' JSON as the tail holds it (so
+//! an event is serialized once, however many streams carry it).
+
+use std::io::Write;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use distributed_events_shared::wire::{codes, ErrorBody};
+use distributed_events_shared::EventsQuery;
+use futures::Stream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::auth::Principal;
+use crate::long_polls::Permit;
+use crate::reads::{EventsPage, ReadError};
+use crate::telemetry::LivePoll;
+use crate::EventBusServer;
+
+/// What a stream says first: a comment, so that the client sees bytes at once, and how
+/// long an `EventSource` waits before it reconnects.
+const OPENING: &[u8] = b": ok\n\nretry: 1000\n\n";
+/// Written when nothing else was for [`Limits::stream_keep_alive`](crate::Limits).
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+impl EventBusServer {
+    /// The stream `query` asks for, resuming after `last_event_id` when given (it wins
+    /// over `after` and `since`: an `EventSource` reconnects to the same URL). Whatever
+    /// refuses it (a bad query, `410`, `503` at the long-poll cap) comes before any byte.
+    pub(crate) async fn open_stream(
+        &self,
+        principal: Principal,
+        mut query: EventsQuery,
+        last_event_id: Option<u64>,
+    ) -> Result<impl Stream<Item = Bytes> + Send + 'static, ReadError> {
+        if let Some(id) = last_event_id {
+            query.after = Some(id);
+            query.since = None;
+        }
+        // A stream waits between pages itself; each read answers at once.
+        query.wait = None;
+        let inner = &self.inner;
+        let limits = &inner.limits;
+        let permit = inner
+            .long_polls
+            .try_acquire(principal.tenant_id.as_deref())
+            .map_err(|refusal| ReadError::Overloaded(refusal.reason()))?;
+        // Never past the token's expiry: the client reconnects with a fresh one.
+        let mut lifetime = limits.max_stream_duration;
+        if let Some(expires_at) = principal.expires_at {
+            let left = (expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
+            lifetime = lifetime.min(left);
+        }
+        let ends_at = Instant::now() + lifetime;
+        // Subscribed before the first read, so that no commit after it is missed.
+        let end = inner.tail.watch_end();
+        let first = self.read_events(&principal, &query).await?;
+        let mut opening = Vec::from(OPENING);
+        let cursor = query.after.unwrap_or_default();
+        append_frames(&mut opening, &first, cursor);
+        let reader = Reader {
+            server: self.clone(),
+            principal,
+            cursor: first.cursor,
+            query,
+            end,
+            ends_at,
+            keep_alive: limits.stream_keep_alive,
+            last_write: Instant::now(),
+            next: Some(Bytes::from(opening)),
+            _permit: LivePoll::stream(permit),
+        };
+        Ok(futures::stream::unfold(reader, |mut reader| async move {
+            let chunk = reader.next_chunk().await?;
+            reader.last_write = Instant::now();
+            Some((chunk, reader))
+        }))
+    }
+}
+
+/// An open stream between two chunks.
+struct Reader {
+    server: EventBusServer,
+    principal: Principal,
+    query: EventsQuery,
+    /// The position of the last id sent.
+    cursor: u64,
+    end: watch::Receiver<u64>,
+    ends_at: Instant,
+    keep_alive: Duration,
+    last_write: Instant,
+    /// A chunk to send before reading again; after a `cursor_expired`, the last one.
+    next: Option<Bytes>,
+    /// Dropped with the stream (its end, or hyper dropping the body of a closed
+    /// connection): the slot goes back to the long-poll cap.
+    _permit: LivePoll<Permit>,
+}
+
+impl Reader {
+    /// The next chunk to send; `None` ends the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(chunk) = self.next.take() {
+            return Some(chunk);
+        }
+        if self.query.after.is_none() {
+            // A `cursor_expired` was the last chunk.
+            return None;
+        }
+        let inner = &self.server.inner;
+        loop {
+            let cursor = self.cursor;
+            tokio::select! {
+                biased;
+                () = inner.shutdown.cancelled() => return None,
+                () = tokio::time::sleep_until(self.ends_at) => return None,
+                moved = self.end.wait_for(|&end| end > cursor) => {
+                    // The tail is gone: the server is going away.
+                    moved.ok()?;
+                }
+                () = tokio::time::sleep_until(self.last_write + self.keep_alive) => {
+                    return Some(Bytes::from_static(KEEP_ALIVE));
+                }
+            }
+            // From here on the query reads after the cursor, even if it began with `since`.
+            self.query.since = None;
+            self.query.after = Some(cursor);
+            match self.server.read_events(&self.principal, &self.query).await {
+                Ok(page) if page.cursor > cursor => {
+                    let mut chunk = Vec::new();
+                    append_frames(&mut chunk, &page, cursor);
+                    self.cursor = page.cursor;
+                    return Some(Bytes::from(chunk));
+                }
+                // The tail moved past the cursor with nothing for this reader yet (its
+                // follower is still reading what the store holds): wait again.
+                Ok(_) => {}
+                Err(ReadError::CursorExpired { resume_after }) => {
+                    self.query.after = None;
+                    return Some(cursor_expired(resume_after));
+                }
+                Err(error) => {
+                    // The client reconnects with `Last-Event-ID` and gets the error
+                    // answer, if it lasts.
+                    tracing::warn!(%error, "a stream's read failed; ending the stream");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Appends `page`'s frames to `chunk`: one `id:`/`data:` message per event, then a bare
+/// `id:` when the page's cursor moved past events this reader does not see.
+fn append_frames(chunk: &mut Vec<u8>, page: &EventsPage, after: u64) {
+    chunk.reserve(
+        page.events
+            .iter()
+            .map(|event| event.json.len() + 32)
+            .sum::<usize>()
+            + 32,
+    );
+    let mut last = after;
+    for event in &page.events {
+        let _ = write!(chunk, "id: {}\ndata: ", event.position);
+        chunk.extend_from_slice(&event.json);
+        chunk.extend_from_slice(b"\n\n");
+        last = event.position;
+    }
+    if page.cursor > last {
+        let _ = write!(chunk, "id: {}\n\n", page.cursor);
+    }
+}
+
+/// The message that ends a stream that retention overtook.
+fn cursor_expired(resume_after: u64) -> Bytes {
+    let body = ErrorBody {
+        error: ReadError::CursorExpired { resume_after }.to_string(),
+        code: codes::CURSOR_EXPIRED.into(),
+        resume_after: Some(resume_after),
+    };
+    let json = serde_json::to_string(&body).unwrap_or_default();
+    Bytes::from(format!("event: cursor_expired\ndata: {json}\n\n"))
+}
