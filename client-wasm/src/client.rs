@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use distributed_events_shared::sse::{Frame, SseParser};
 use distributed_events_shared::{
     AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, EventsQuery,
     StoredEvent,
@@ -21,9 +22,9 @@ use crate::backoff::{Backoff, Jitter};
 use crate::broadcast::{Broadcast, Subscription};
 use crate::config::{ClientBuilder, Mode, Settings, Start};
 use crate::delivery::Delivery;
-use crate::platform::{HttpRequest, HttpResponse, MaybeSend, Platform};
+use crate::platform::{HttpRequest, HttpResponse, MaybeSend, Platform, StreamingResponse};
 use crate::protocol::{self, Failure, Page};
-use crate::status::{Status, StatusParts};
+use crate::status::{Status, StatusParts, Transport};
 use crate::ClientError;
 
 /// A local [`EventBus`] kept in sync with a distributed-events server.
@@ -314,6 +315,8 @@ impl Inner {
         self.errors.send(error);
     }
 
+    /// The receiving side's status; or, for the sending side, whether it backs off
+    /// (any other status clears that).
     fn set_status(&self, side: Side, status: Status) {
         let mut state = self.lock();
         match (side, status) {
@@ -426,16 +429,8 @@ impl Inner {
         }
     }
 
-    /// Sends `request` with the configured headers and token, within `timeout`.
-    async fn exchange(
-        &self,
-        mut request: HttpRequest,
-        timeout: Duration,
-    ) -> Result<HttpResponse, Failure> {
-        let retry = |error| Failure::Retry {
-            error,
-            retry_after: None,
-        };
+    /// `request` with the configured headers and token.
+    async fn authorize(&self, mut request: HttpRequest) -> Result<HttpRequest, Failure> {
         request
             .headers
             .extend(self.settings.headers.iter().cloned());
@@ -448,6 +443,16 @@ impl Inner {
                 Err(message) => return Err(retry(ClientError::Token { message })),
             }
         }
+        Ok(request)
+    }
+
+    /// Sends `request` with the configured headers and token, within `timeout`.
+    async fn exchange(
+        &self,
+        request: HttpRequest,
+        timeout: Duration,
+    ) -> Result<HttpResponse, Failure> {
+        let request = self.authorize(request).await?;
         // A request that never answers (a dead connection) must not stall the loop.
         match select(self.platform.fetch(request), self.platform.sleep(timeout)).await {
             Either::Left((Ok(response), _)) => Ok(response),
@@ -497,6 +502,14 @@ impl Inner {
     }
 }
 
+/// A failure worth retrying as is.
+fn retry(error: ClientError) -> Failure {
+    Failure::Retry {
+        error,
+        retry_after: None,
+    }
+}
+
 /// When a retry after `delay` from `now` is due; the latest time there is when that lies
 /// past it (a backoff of `Duration::MAX`).
 fn retry_time(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
@@ -506,11 +519,33 @@ fn retry_time(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// The receiving loop: find the start, then poll.
+/// A stream that brings no byte within this falls back to long-polling: the server
+/// writes `: ok` at once, so something in between holds the bytes (a buffering proxy).
+const STREAM_FIRST_BYTES_WITHIN: Duration = Duration::from_secs(10);
+/// After falling back, long-poll this long before streaming is tried again.
+const STREAM_AGAIN_AFTER: Duration = Duration::from_secs(300);
+/// The server writes a keep-alive when nothing else was written for this long.
+const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The receiving loop: find the start, then stream or poll.
 async fn receive(inner: Arc<Inner>) {
     let mut backoff = Backoff::new(inner.settings.backoff.0, inner.settings.backoff.1);
     let since = resolve_start(&inner, &mut backoff).await;
-    poll(&inner, since, backoff).await;
+    match inner.settings.mode {
+        Mode::Stream { wait } => loop {
+            stream(&inner, since, &mut backoff).await;
+            let until = retry_time(Utc::now(), STREAM_AGAIN_AFTER);
+            poll(
+                &inner,
+                since,
+                Mode::LongPoll { wait },
+                Some(until),
+                &mut backoff,
+            )
+            .await;
+        },
+        mode => poll(&inner, since, mode, None, &mut backoff).await,
+    }
 }
 
 /// Sets the cursor to where receiving starts: the saved one, the configured position, or
@@ -539,7 +574,12 @@ async fn resolve_start(inner: &Inner, backoff: &mut Backoff) -> Option<DateTime<
                     Ok(head) => {
                         inner.lock().delivery.start_at(head);
                         inner.save_cursor(head);
-                        inner.set_status(Side::Receive, Status::Live);
+                        inner.set_status(
+                            Side::Receive,
+                            Status::Live {
+                                transport: inner.settings.mode.transport(),
+                            },
+                        );
                         backoff.reset();
                     }
                     Err(failure) => inner.recover_receiving(failure, backoff).await,
@@ -550,14 +590,21 @@ async fn resolve_start(inner: &Inner, backoff: &mut Backoff) -> Option<DateTime<
     None
 }
 
-/// Polls after the cursor (by `since` while there is none), dispatches, repeats.
-async fn poll(inner: &Inner, since: Option<DateTime<Utc>>, mut backoff: Backoff) {
+/// Polls after the cursor (by `since` while there is none), dispatches, repeats; in
+/// `mode` (long-poll or poll), until the time `until` if given.
+async fn poll(
+    inner: &Inner,
+    since: Option<DateTime<Utc>>,
+    mode: Mode,
+    until: Option<DateTime<Utc>>,
+    backoff: &mut Backoff,
+) {
     // Catch up without waiting; long-poll only once a page came back short.
     let mut caught_up = false;
-    loop {
+    while until.is_none_or(|until| Utc::now() < until) {
         let cursor = inner.lock().delivery.cursor();
-        let wait = match inner.settings.mode {
-            Mode::LongPoll { wait } => caught_up.then_some(wait),
+        let wait = match mode {
+            Mode::Stream { wait } | Mode::LongPoll { wait } => caught_up.then_some(wait),
             Mode::Poll { .. } => None,
         };
         let query = EventsQuery {
@@ -577,11 +624,16 @@ async fn poll(inner: &Inner, since: Option<DateTime<Utc>>, mut backoff: Backoff)
         match result {
             Ok(page) => {
                 backoff.reset();
-                inner.set_status(Side::Receive, Status::Live);
+                inner.set_status(
+                    Side::Receive,
+                    Status::Live {
+                        transport: mode.transport(),
+                    },
+                );
                 let count = page.events.len() + page.undecodable.len();
                 inner.deliver(page);
                 let short = count < inner.settings.page_size as usize;
-                match inner.settings.mode {
+                match mode {
                     Mode::Poll { interval } if short => inner.platform.sleep(interval).await,
                     Mode::LongPoll { wait } if caught_up && count == 0 => {
                         // An empty answer long before the wait ended: the server is
@@ -599,8 +651,179 @@ async fn poll(inner: &Inner, since: Option<DateTime<Utc>>, mut backoff: Backoff)
                 if matches!(failure, Failure::Reset { .. }) {
                     caught_up = false;
                 }
-                inner.recover_receiving(failure, &mut backoff).await;
+                inner.recover_receiving(failure, backoff).await;
             }
+        }
+    }
+}
+
+/// How one event stream ended.
+enum StreamEnd {
+    /// The server ended it (it does after a while, or when shutting down); `delivered`:
+    /// whether it brought any message.
+    Ended {
+        delivered: bool,
+    },
+    /// It brought no byte in time, or the server does not stream: long-poll instead.
+    FallBack,
+    Failed(Failure),
+}
+
+/// Follows the server's event stream after the cursor (by `since` while there is none),
+/// reconnecting with `Last-Event-ID` after each end, until a stream brings nothing in
+/// time.
+async fn stream(inner: &Inner, since: Option<DateTime<Utc>>, backoff: &mut Backoff) {
+    let mut reconnecting = false;
+    loop {
+        let cursor = inner.lock().delivery.cursor();
+        let query = EventsQuery {
+            after: cursor,
+            since: since.filter(|_| cursor.is_none()),
+            ..EventsQuery::default()
+        };
+        let request = protocol::stream_request(
+            &inner.settings.server_url,
+            &query,
+            cursor.filter(|_| reconnecting),
+        );
+        match follow(inner, request, backoff).await {
+            StreamEnd::Ended { delivered } => {
+                reconnecting = true;
+                // A server that ends every stream at once (shutting down) must not
+                // make the client spin.
+                if !delivered {
+                    inner.platform.sleep(inner.settings.backoff.0).await;
+                }
+            }
+            StreamEnd::FallBack => return,
+            StreamEnd::Failed(failure) => {
+                reconnecting = true;
+                inner.recover_receiving(failure, backoff).await;
+            }
+        }
+    }
+}
+
+/// The text of an error answer's body, as much as arrives within the request timeout
+/// (an error body is small; a proxy's may not end).
+async fn read_to_end(
+    inner: &Inner,
+    body: &mut crate::platform::BoxStream<'static, Result<Vec<u8>, String>>,
+) -> String {
+    let mut bytes = Vec::new();
+    let read = async {
+        while let Some(Ok(chunk)) = body.next().await {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > protocol::MAX_MESSAGE_BYTES {
+                break;
+            }
+        }
+    };
+    select(
+        Box::pin(read),
+        inner.platform.sleep(inner.settings.timeout_beyond_wait),
+    )
+    .await;
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Opens one stream and delivers what it brings, until it ends.
+async fn follow(inner: &Inner, request: HttpRequest, backoff: &mut Backoff) -> StreamEnd {
+    let request = match inner.authorize(request).await {
+        Ok(request) => request,
+        Err(failure) => return StreamEnd::Failed(failure),
+    };
+    // One deadline for the answer and its first bytes.
+    let mut first_bytes = inner.platform.sleep(STREAM_FIRST_BYTES_WITHIN);
+    let response = match select(inner.platform.fetch_stream(request), &mut first_bytes).await {
+        Either::Left((Ok(response), _)) => response,
+        Either::Left((Err(message), _)) => {
+            return StreamEnd::Failed(retry(ClientError::Network { message }))
+        }
+        Either::Right(((), _)) => return StreamEnd::FallBack,
+    };
+    let StreamingResponse {
+        status,
+        content_type,
+        retry_after,
+        mut body,
+    } = response;
+    if !(200..300).contains(&status) {
+        let body = read_to_end(inner, &mut body).await;
+        return StreamEnd::Failed(protocol::read_stream_error(HttpResponse {
+            status,
+            cursor: None,
+            retry_after,
+            body,
+        }));
+    }
+    if !protocol::is_event_stream(content_type.as_deref()) {
+        // A server without streams answered with a page.
+        return StreamEnd::FallBack;
+    }
+    let mut parser = SseParser::new(protocol::MAX_MESSAGE_BYTES);
+    let mut frames = Vec::new();
+    let mut got_bytes = false;
+    let mut delivered = false;
+    let mut deadline = first_bytes;
+    let idle = STREAM_KEEP_ALIVE + inner.settings.timeout_beyond_wait;
+    loop {
+        let chunk = match select(body.next(), &mut deadline).await {
+            Either::Left((Some(Ok(chunk)), _)) => chunk,
+            Either::Left((Some(Err(message)), _)) => {
+                return StreamEnd::Failed(retry(ClientError::Network { message }))
+            }
+            Either::Left((None, _)) => return StreamEnd::Ended { delivered },
+            Either::Right(((), _)) if !got_bytes => return StreamEnd::FallBack,
+            Either::Right(((), _)) => {
+                return StreamEnd::Failed(retry(ClientError::Timeout { after: idle }))
+            }
+        };
+        deadline = inner.platform.sleep(idle);
+        if chunk.is_empty() {
+            continue;
+        }
+        if !std::mem::replace(&mut got_bytes, true) {
+            backoff.reset();
+            inner.set_status(
+                Side::Receive,
+                Status::Live {
+                    transport: Transport::Stream,
+                },
+            );
+        }
+        frames.clear();
+        let parsed = parser.feed(&chunk, &mut frames);
+        // The messages of one read are delivered together, up to one that stops them.
+        let mut page = Page {
+            events: Vec::new(),
+            cursor: inner.lock().delivery.cursor().unwrap_or_default(),
+            undecodable: Vec::new(),
+        };
+        let mut any = false;
+        let mut stop = None;
+        for frame in &frames {
+            if let Frame::Message(message) = frame {
+                match protocol::read_message(message, &mut page) {
+                    Ok(added) => any |= added,
+                    Err(failure) => {
+                        stop = Some(failure);
+                        break;
+                    }
+                }
+            }
+        }
+        if any {
+            delivered = true;
+            inner.deliver(page);
+        }
+        if let Some(failure) = stop {
+            return StreamEnd::Failed(failure);
+        }
+        if let Err(too_large) = parsed {
+            return StreamEnd::Failed(retry(ClientError::InvalidResponse {
+                message: too_large.to_string(),
+            }));
         }
     }
 }
@@ -626,7 +849,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
             match result {
                 Ok(_) => {
                     backoff.reset();
-                    inner.set_status(Side::Send, Status::Live);
+                    inner.set_status(Side::Send, Status::Connecting);
                     break;
                 }
                 Err(Failure::Retry { error, retry_after }) => {
@@ -635,7 +858,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
                 }
                 Err(Failure::Rejected(error)) => {
                     inner.forget_echo(event.id);
-                    inner.set_status(Side::Send, Status::Live);
+                    inner.set_status(Side::Send, Status::Connecting);
                     inner.report(match error {
                         ClientError::Http {
                             status,
@@ -654,7 +877,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
                 Err(Failure::Reset { code, .. }) => {
                     // Not an answer a post can get; treat it as a refusal.
                     inner.forget_echo(event.id);
-                    inner.set_status(Side::Send, Status::Live);
+                    inner.set_status(Side::Send, Status::Connecting);
                     inner.report(ClientError::Rejected {
                         event: Box::new(event),
                         status: 410,

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use distributed_events_shared::{EventBus, EventRegistry};
 
 use crate::platform::{self, BoxFuture, MaybeSend, MaybeSync, Platform};
-use crate::{ClientError, CursorStore, EventBusClient};
+use crate::{ClientError, CursorStore, EventBusClient, Transport};
 
 /// Supplies the access token sent as `Authorization: Bearer <token>`.
 ///
@@ -31,10 +31,22 @@ where
 /// How the client asks for new events.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Mode {
+    /// Server-Sent Events; long-polls with `wait` while streams bring nothing.
+    Stream { wait: Duration },
     /// Long-poll: the server holds each request until an event commits or `wait` passes.
     LongPoll { wait: Duration },
     /// The seed's mode: ask every `interval`.
     Poll { interval: Duration },
+}
+
+impl Mode {
+    pub(crate) fn transport(self) -> Transport {
+        match self {
+            Mode::Stream { .. } => Transport::Stream,
+            Mode::LongPoll { .. } => Transport::LongPoll,
+            Mode::Poll { .. } => Transport::Poll,
+        }
+    }
 }
 
 /// Where delivery starts when no saved cursor exists.
@@ -98,7 +110,7 @@ impl Settings {
     /// beyond it.
     pub(crate) fn poll_timeout(&self) -> Duration {
         match self.mode {
-            Mode::LongPoll { wait } => self.timeout_beyond_wait + wait,
+            Mode::Stream { wait } | Mode::LongPoll { wait } => self.timeout_beyond_wait + wait,
             Mode::Poll { .. } => self.timeout_beyond_wait,
         }
     }
@@ -118,7 +130,7 @@ impl ClientBuilder {
             dedup_capacity: 4096,
             settings: Settings {
                 server_url,
-                mode: Mode::LongPoll { wait: DEFAULT_WAIT },
+                mode: Mode::Stream { wait: DEFAULT_WAIT },
                 auto_forward: false,
                 start: Start::Now,
                 headers: Vec::new(),
@@ -147,14 +159,37 @@ impl ClientBuilder {
         self
     }
 
-    /// Long-polls with this `wait` (the default mode, with 25 s): events arrive within
-    /// milliseconds of being stored. The server lowers waits above its cap (30 s).
+    /// How events arrive (default [`Transport::Stream`]). `LongPoll` and `Poll` keep the
+    /// wait and interval set by [`long_poll`](Self::long_poll) and
+    /// [`polling_interval`](Self::polling_interval), or their defaults.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        let wait = match self.settings.mode {
+            Mode::Stream { wait } | Mode::LongPoll { wait } => wait,
+            Mode::Poll { .. } => DEFAULT_WAIT,
+        };
+        self.settings.mode = match transport {
+            Transport::Stream => Mode::Stream { wait },
+            Transport::LongPoll => Mode::LongPoll { wait },
+            Transport::Poll => Mode::Poll {
+                interval: match self.settings.mode {
+                    Mode::Poll { interval } => interval,
+                    _ => DEFAULT_POLLING_INTERVAL,
+                },
+            },
+        };
+        self
+    }
+
+    /// Long-polls with this `wait` (default 25 s) instead of streaming: events arrive
+    /// within milliseconds of being stored. The server lowers waits above its cap (30 s).
+    /// A stream's fallback long-polls with this wait too:
+    /// `.long_poll(wait).transport(Transport::Stream)`.
     pub fn long_poll(mut self, wait: Duration) -> Self {
         self.settings.mode = Mode::LongPoll { wait };
         self
     }
 
-    /// Asks every `interval` instead of long-polling, as the seed did.
+    /// Asks every `interval` instead of streaming, as the seed did.
     pub fn polling_interval(mut self, interval: Duration) -> Self {
         self.settings.mode = Mode::Poll { interval };
         self
@@ -231,7 +266,8 @@ impl ClientBuilder {
     }
 
     /// How long a request may take beyond its long-poll wait (default 15 s): a long-poll
-    /// times out after its wait plus this; a post or a poll without a wait, after this.
+    /// times out after its wait plus this; a post or a poll without a wait, after this;
+    /// a stream, after this plus 15 s without a byte (the server's keep-alive interval).
     pub fn timeout_beyond_wait(mut self, timeout: Duration) -> Self {
         self.settings.timeout_beyond_wait = timeout;
         self
@@ -284,7 +320,7 @@ impl ClientBuilder {
             }
         }
         match self.settings.mode {
-            Mode::LongPoll { wait } if wait.is_zero() => {
+            Mode::Stream { wait } | Mode::LongPoll { wait } if wait.is_zero() => {
                 return fail(
                     "the long-poll wait must be above zero; use polling_interval to poll".into(),
                 )

@@ -43,8 +43,10 @@
 //! # Delivery
 //! - The cursor is the server's `position`: the client moves it only after an event was
 //!   dispatched, and drops repeats by id, so each event reaches the bus once, in order.
-//! - It long-polls by default ([`ClientBuilder::long_poll`]); the seed's fixed interval
-//!   is [`ClientBuilder::polling_interval`].
+//! - It streams by default (Server-Sent Events, [`Transport::Stream`]) and long-polls
+//!   when a stream brings nothing (a buffering proxy); long-polling
+//!   ([`ClientBuilder::long_poll`]) and the seed's fixed interval
+//!   ([`ClientBuilder::polling_interval`]) are options ([`ClientBuilder::transport`]).
 //! - With a [`CursorStore`] it resumes where it stopped after a restart or page reload.
 //! - Network errors and `5xx` are retried with exponential backoff and jitter, honouring
 //!   `Retry-After`; [`EventBusClient::status`] shows it.
@@ -81,7 +83,7 @@ pub use error::ClientError;
 #[cfg(target_arch = "wasm32")]
 pub use platform::web::LocalStorageCursorStore;
 pub use platform::{BoxFuture, MaybeSend, MaybeSync};
-pub use status::Status;
+pub use status::{Status, Transport};
 
 // The shared crate's items at the root, so that an app depending on this crate alone can
 // `#[derive(Event)]` (the derive names `::distributed_events_client::Event`).

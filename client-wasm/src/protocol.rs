@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use distributed_events_shared::sse::Message;
 use distributed_events_shared::wire::{codes, CURSOR_HEADER};
 use distributed_events_shared::{ErrorBody, EventsQuery, Receipt, StoredEvent};
 use serde::Deserialize;
@@ -14,6 +15,29 @@ use crate::ClientError;
 pub(crate) fn events_request(base: &str, query: &EventsQuery) -> HttpRequest {
     get(format!("{base}/events?{}", query.to_query_string()))
 }
+
+/// `GET /events` as a Server-Sent Events stream; `last_event_id` on a reconnect.
+pub(crate) fn stream_request(
+    base: &str,
+    query: &EventsQuery,
+    last_event_id: Option<u64>,
+) -> HttpRequest {
+    let mut request = events_request(base, query);
+    request.headers.push(("accept".into(), EVENT_STREAM.into()));
+    if let Some(id) = last_event_id {
+        request
+            .headers
+            .push(("last-event-id".into(), id.to_string()));
+    }
+    request
+}
+
+/// The media type of a Server-Sent Events stream.
+const EVENT_STREAM: &str = "text/event-stream";
+
+/// Most bytes of one stream message the client takes: above the largest record a
+/// server sends (posts are capped at 1 MiB by default), below what hurts a browser tab.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// `GET /healthz`, whose `head` is where a client that starts "now" begins.
 pub(crate) fn head_request(base: &str) -> HttpRequest {
@@ -103,29 +127,40 @@ pub(crate) fn read_page(response: HttpResponse) -> Result<Page, Failure> {
 
 /// A page decoded record by record, when it did not decode as a whole; `None` when it
 /// is not a JSON array at all. The cursor lies past every record, decoded or not.
-fn read_records(body: &str, mut cursor: u64) -> Option<Page> {
-    /// What can be told of a record that does not decode, read leniently.
-    #[derive(Deserialize)]
-    struct Identity {
-        #[serde(default)]
-        id: Option<serde_json::Value>,
-        #[serde(default)]
-        position: Option<serde_json::Value>,
-    }
+fn read_records(body: &str, cursor: u64) -> Option<Page> {
     let records: Vec<&serde_json::value::RawValue> = serde_json::from_str(body).ok()?;
-    let mut events = Vec::with_capacity(records.len());
-    let mut undecodable = Vec::new();
+    let mut page = Page {
+        events: Vec::with_capacity(records.len()),
+        cursor,
+        undecodable: Vec::new(),
+    };
     for record in records {
-        match serde_json::from_str::<StoredEvent>(record.get()) {
-            Ok(event) => events.push(event),
+        page.add(record.get());
+    }
+    Some(page)
+}
+
+impl Page {
+    /// Adds one record (its JSON text): the event, or the error that reports it.
+    fn add(&mut self, record: &str) {
+        /// What can be told of a record that does not decode, read leniently.
+        #[derive(Deserialize)]
+        struct Identity {
+            #[serde(default)]
+            id: Option<serde_json::Value>,
+            #[serde(default)]
+            position: Option<serde_json::Value>,
+        }
+        match serde_json::from_str::<StoredEvent>(record) {
+            Ok(event) => self.events.push(event),
             Err(error) => {
-                let identity = serde_json::from_str::<Identity>(record.get()).ok();
+                let identity = serde_json::from_str::<Identity>(record).ok();
                 let (id, position) = identity
                     .map(|found| (found.id, found.position))
                     .unwrap_or_default();
                 let position = position.as_ref().and_then(serde_json::Value::as_u64);
-                cursor = cursor.max(position.unwrap_or_default());
-                undecodable.push(ClientError::UndecodableRecord {
+                self.cursor = self.cursor.max(position.unwrap_or_default());
+                self.undecodable.push(ClientError::UndecodableRecord {
                     position,
                     event_id: id
                         .as_ref()
@@ -136,11 +171,61 @@ fn read_records(body: &str, mut cursor: u64) -> Option<Page> {
             }
         }
     }
-    Some(Page {
-        events,
-        cursor,
-        undecodable,
+}
+
+/// Whether an answer to [`stream_request`] is a stream: a server without streams (or
+/// a proxy) may answer with a page instead.
+pub(crate) fn is_event_stream(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|value| {
+        let media_type = value.split(';').next().unwrap_or_default().trim();
+        media_type.eq_ignore_ascii_case(EVENT_STREAM)
     })
+}
+
+/// What an error answer to [`stream_request`] means, as for any other request.
+pub(crate) fn read_stream_error(response: HttpResponse) -> Failure {
+    match success(response) {
+        Err(failure) => failure,
+        Ok(response) => invalid(format!(
+            "HTTP {} is not the start of an event stream",
+            response.status
+        )),
+    }
+}
+
+/// Adds one message of an event stream to `page` (the messages of one read are
+/// delivered together): a record with its position as `id`, or an `id` alone that moves
+/// the cursor past events this reader does not see. `event: cursor_expired` (retention
+/// overtook the reader) is the stream's `410`. `Ok(false)`: nothing for this client.
+pub(crate) fn read_message(message: &Message, page: &mut Page) -> Result<bool, Failure> {
+    if let Some(event) = message.event.as_deref().filter(|event| *event != "message") {
+        if event == codes::CURSOR_EXPIRED {
+            let data = message.data.as_deref().unwrap_or_default();
+            return Err(match serde_json::from_str::<ErrorBody>(data) {
+                Ok(ErrorBody {
+                    code,
+                    resume_after: Some(resume_after),
+                    ..
+                }) => Failure::Reset { code, resume_after },
+                _ => invalid(format!(
+                    "the cursor_expired event does not say where to resume: {data:?}"
+                )),
+            });
+        }
+        // A kind of message this client does not know yet: not for it.
+        return Ok(false);
+    }
+    if let Some(id) = &message.id {
+        let position = id
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| invalid(format!("the event stream's id is {id:?}, not a position")))?;
+        page.cursor = page.cursor.max(position);
+    }
+    if let Some(data) = &message.data {
+        page.add(data);
+    }
+    Ok(message.id.is_some() || message.data.is_some())
 }
 
 pub(crate) fn read_head(response: HttpResponse) -> Result<u64, Failure> {

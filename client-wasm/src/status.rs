@@ -9,8 +9,12 @@ use crate::ClientError;
 pub enum Status {
     /// Starting: no answer from the server yet.
     Connecting,
-    /// The last request succeeded; events arrive as they are stored.
-    Live,
+    /// The last request succeeded; events arrive as they are stored, by `transport`.
+    Live {
+        /// How events arrive now: [`Transport::LongPoll`] also while a stream falls
+        /// back to long-polling.
+        transport: Transport,
+    },
     /// A request failed; the client retries at `retry_at`. Receiving and sending retry on
     /// their own; this shows the receiving side's error first.
     BackingOff {
@@ -22,6 +26,35 @@ pub enum Status {
     /// [`EventBusClient::close`](crate::EventBusClient::close) was called, or the last
     /// handle dropped. Final.
     Closed,
+}
+
+/// How the client asks for new events; chosen with
+/// [`ClientBuilder::transport`](crate::ClientBuilder::transport) and shown in
+/// [`Status::Live`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Transport {
+    /// The default: one open response (Server-Sent Events) that the server writes each
+    /// event to as it commits. Falls back to long-polling when a stream brings no bytes
+    /// within 10 s (a buffering proxy), and tries streaming again 5 minutes later.
+    Stream,
+    /// One request at a time that the server holds until an event commits or the wait
+    /// ([`ClientBuilder::long_poll`](crate::ClientBuilder::long_poll)) passes.
+    LongPoll,
+    /// A request every interval
+    /// ([`ClientBuilder::polling_interval`](crate::ClientBuilder::polling_interval)).
+    Poll,
+}
+
+impl Transport {
+    /// `"stream"`, `"long-poll"` or `"poll"`, as in the JS option and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Stream => "stream",
+            Transport::LongPoll => "long-poll",
+            Transport::Poll => "poll",
+        }
+    }
 }
 
 /// The two loops' views, combined into one [`Status`].
@@ -71,7 +104,9 @@ mod tests {
         let at = Utc::now();
         let mut parts = StatusParts::default();
         assert_eq!(parts.current(), Status::Connecting);
-        parts.receive = Status::Live;
+        parts.receive = Status::Live {
+            transport: Transport::Stream,
+        };
         parts.send = Some((network.clone(), at));
         assert!(matches!(parts.current(), Status::BackingOff { error, .. } if error == network));
         let timeout = ClientError::Timeout {

@@ -105,7 +105,7 @@ async fn the_rust_api_delivers_each_event_once_and_does_not_repeat_own_events() 
         .build()
         .expect("reader");
     let mut status = reader.status_changes();
-    while status.next().await != Some(Status::Live) {}
+    while !matches!(status.next().await, Some(Status::Live { .. })) {}
 
     let mut mine = writer.on::<Greeting>();
     let mut theirs = reader.on::<Greeting>();

@@ -42,6 +42,7 @@ mod event;
 mod query;
 mod registry;
 mod rules;
+pub mod sse;
 pub mod wire;
 
 pub use bus::{AnyEventStream, EventBus, EventStream};

@@ -170,13 +170,15 @@ pub async fn live_clients(
         }
     }
     let live = wait_until(Duration::from_secs(60), || {
-        clients.iter().all(|client| client.status() == Status::Live)
+        clients
+            .iter()
+            .all(|client| matches!(client.status(), Status::Live { .. }))
     })
     .await;
     if !live {
         let stuck = clients
             .iter()
-            .find(|client| client.status() != Status::Live)
+            .find(|client| !matches!(client.status(), Status::Live { .. }))
             .map(|client| format!("{:?}", client.status()))
             .unwrap_or_default();
         return Err(BenchError(format!(

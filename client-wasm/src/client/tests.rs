@@ -14,8 +14,8 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::platform::Method;
-use crate::{MemoryCursorStore, Receipt};
+use crate::platform::{Method, StreamingResponse};
+use crate::{CursorStore, MemoryCursorStore, Receipt};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, distributed_events_shared::Event)]
 struct Ping {
@@ -33,6 +33,11 @@ enum Scripted {
     Fail(Method),
     /// Carry out the next request of this method, then lose the answer.
     LoseAnswer(Method),
+    /// Answer the next stream request with a stream whose bytes never come (a buffering
+    /// proxy in between).
+    HoldStream,
+    /// Open streams send `event: cursor_expired` with this `resumeAfter`, then end.
+    ExpireStreams(u64),
 }
 
 #[derive(Default)]
@@ -45,6 +50,12 @@ struct FakeState {
     wakers: Vec<Waker>,
     spawned: Vec<crate::BoxFuture<'static, ()>>,
     in_flight: usize,
+    /// Each stream request: its URL and `Last-Event-ID`.
+    streams: Vec<(String, Option<String>)>,
+    /// Bumped to end every open stream, as the server does after a while.
+    stream_generation: u64,
+    /// Set to cut every open stream in the middle of its next message.
+    cut_streams: bool,
 }
 
 /// An in-memory server and platform.
@@ -69,7 +80,11 @@ impl Fake {
 
     /// Positions taken by events this caller may not see.
     fn skip(&self, count: u64) {
-        self.state().head += count;
+        let mut state = self.state();
+        state.head += count;
+        for waker in state.wakers.drain(..) {
+            waker.wake();
+        }
     }
 
     fn script(&self, step: Scripted) {
@@ -84,8 +99,85 @@ impl Fake {
         let mut state = self.state();
         let index = state.script.iter().position(|step| match step {
             Scripted::Answer(m, _) | Scripted::Fail(m) | Scripted::LoseAnswer(m) => *m == method,
+            Scripted::HoldStream | Scripted::ExpireStreams(_) => false,
         })?;
         state.script.remove(index)
+    }
+
+    /// Takes the first script step that `matches`.
+    fn take_step(&self, matches: impl Fn(&Scripted) -> bool) -> Option<Scripted> {
+        let mut state = self.state();
+        let index = state.script.iter().position(matches)?;
+        state.script.remove(index)
+    }
+
+    /// Ends every open stream; `cut`: in the middle of a message.
+    fn end_streams(&self, cut: bool) {
+        let mut state = self.state();
+        state.stream_generation += 1;
+        state.cut_streams = cut;
+        for waker in state.wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// The body of an event stream after `after`, as the server writes it, in chunks
+    /// that cut lines anywhere.
+    fn event_stream(
+        &self,
+        mut after: u64,
+    ) -> crate::platform::BoxStream<'static, Result<Vec<u8>, String>> {
+        let fake = self.clone();
+        let generation = self.state().stream_generation;
+        let mut chunks: VecDeque<Vec<u8>> = VecDeque::from([b": ok\n\nretry: 1000\n\n".to_vec()]);
+        let mut ended = false;
+        Box::pin(futures::stream::poll_fn(move |cx| {
+            if let Some(chunk) = chunks.pop_front() {
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            if ended {
+                return Poll::Ready(None);
+            }
+            if let Some(Scripted::ExpireStreams(resume_after)) =
+                fake.take_step(|step| matches!(step, Scripted::ExpireStreams(_)))
+            {
+                ended = true;
+                let message = format!(
+                    "event: cursor_expired\ndata: {{\"error\":\"gone\",\"code\":\"cursor_expired\",\"resumeAfter\":{resume_after}}}\n\n"
+                );
+                return Poll::Ready(Some(Ok(message.into_bytes())));
+            }
+            let mut state = fake.state();
+            let mut text = String::new();
+            let from = after;
+            for event in state.log.iter().filter(|e| e.position > Some(from)) {
+                let position = event.position.unwrap();
+                let json = serde_json::to_string(event).unwrap();
+                text.push_str(&format!("id: {position}\ndata: {json}\n\n"));
+                after = position;
+            }
+            if state.head > after {
+                // Positions this reader does not see: an id alone moves its cursor.
+                text.push_str(&format!("id: {}\r\n\r\n", state.head));
+                after = state.head;
+            }
+            if state.stream_generation != generation {
+                ended = true;
+                if state.cut_streams && !text.is_empty() {
+                    text.truncate(text.len() / 2);
+                    return Poll::Ready(Some(Ok(text.into_bytes())));
+                }
+                return Poll::Ready(None);
+            }
+            if text.is_empty() {
+                state.wakers.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let bytes = text.into_bytes();
+            let (first, second) = bytes.split_at(bytes.len() / 3);
+            chunks.push_back(second.to_vec());
+            Poll::Ready(Some(Ok(first.to_vec())))
+        }))
     }
 
     fn positions(&self) -> Vec<u64> {
@@ -236,6 +328,9 @@ impl Platform for Fake {
                         fake.serve(&request);
                         return Poll::Ready(Err("connection reset".into()));
                     }
+                    Some(Scripted::HoldStream | Scripted::ExpireStreams(_)) => {
+                        unreachable!("taken by streams only")
+                    }
                     None => {}
                 }
                 match fake.serve(&request) {
@@ -248,6 +343,58 @@ impl Platform for Fake {
             })
             .await
         })
+    }
+
+    fn fetch_stream(
+        &self,
+        request: HttpRequest,
+    ) -> crate::BoxFuture<'static, Result<StreamingResponse, String>> {
+        let header = |name: &str| {
+            request
+                .headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        assert_eq!(header("accept").as_deref(), Some("text/event-stream"));
+        let last_event_id = header("last-event-id");
+        self.state()
+            .streams
+            .push((request.url.clone(), last_event_id.clone()));
+        let held = self.take_step(|step| matches!(step, Scripted::HoldStream));
+        let scripted = self.take_script(Method::Get);
+        let event_stream = |body| StreamingResponse {
+            status: 200,
+            content_type: Some("text/event-stream".into()),
+            retry_after: None,
+            body,
+        };
+        let response = match (held, scripted) {
+            (Some(_), _) => Ok(event_stream(Box::pin(futures::stream::pending()))),
+            (_, Some(Scripted::Answer(_, answer))) => Ok(StreamingResponse {
+                status: answer.status,
+                content_type: Some("application/json".into()),
+                retry_after: answer.retry_after,
+                body: Box::pin(futures::stream::iter([Ok(answer.body.into_bytes())])),
+            }),
+            (_, Some(_)) => Err("connection refused".to_owned()),
+            (None, None) => {
+                // The header wins over the query, as on the server.
+                let query = request.url.split_once('?').map_or("", |(_, query)| query);
+                let after = last_event_id.or_else(|| {
+                    query
+                        .split('&')
+                        .find_map(|pair| pair.strip_prefix("after="))
+                        .map(str::to_owned)
+                });
+                let after = after
+                    .expect("the fake streams by cursor only")
+                    .parse()
+                    .unwrap();
+                Ok(event_stream(self.event_stream(after)))
+            }
+        };
+        Box::pin(ready(response))
     }
 
     fn sleep(&self, duration: Duration) -> crate::BoxFuture<'static, ()> {
@@ -341,7 +488,12 @@ fn events_arrive_in_order_exactly_once_and_the_cursor_follows_the_server() {
     assert_eq!(positions, [1, 2, 3, late[0], late[1], 10]);
     let payloads: Vec<_> = drain(&mut typed).iter().map(|e| e.payload.n).collect();
     assert_eq!(payloads, [1, 2, 3, 8, 9, 10]);
-    assert_eq!(client.status(), Status::Live);
+    assert_eq!(
+        client.status(),
+        Status::Live {
+            transport: Transport::LongPoll
+        }
+    );
 }
 
 #[test]
@@ -467,7 +619,12 @@ fn the_outbox_retries_with_backoff_and_the_server_stores_each_event_once() {
         ),
         "{changes:?}"
     );
-    assert_eq!(changes.last(), Some(&Status::Live));
+    assert_eq!(
+        changes.last(),
+        Some(&Status::Live {
+            transport: Transport::LongPoll
+        })
+    );
 }
 
 #[test]
@@ -549,7 +706,12 @@ fn a_wrong_server_url_keeps_the_outbox_and_says_what_to_check() {
         )),
         "{changes:?}"
     );
-    assert_eq!(changes.last(), Some(&Status::Live));
+    assert_eq!(
+        changes.last(),
+        Some(&Status::Live {
+            transport: Transport::LongPoll
+        })
+    );
     assert_eq!(
         client.inner().lock().delivery.awaiting_echoes(),
         0,
@@ -782,5 +944,181 @@ fn a_bad_url_error_names_the_builders_argument() {
     assert!(
         message.contains("EventBusClient::builder") && !message.contains("serverUrl"),
         "{message}"
+    );
+}
+
+/// A streaming client on the fake: it falls back only when a test holds a stream.
+fn streaming(
+    fake: &Fake,
+    configure: impl FnOnce(ClientBuilder) -> ClientBuilder,
+) -> EventBusClient {
+    fake.client(|b| configure(b.transport(Transport::Stream)))
+}
+
+const STREAM: Status = Status::Live {
+    transport: Transport::Stream,
+};
+
+#[test]
+fn a_stream_delivers_in_order_once_and_moves_the_cursor_on_ids_alone() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    fake.append(ping(1));
+    let store = MemoryCursorStore::new();
+    let client = streaming(&fake, |b| b.initial_position(0).cursor_store(store.clone()));
+    let mut typed = client.on::<Ping>();
+    fake.settle(&mut pool);
+    for n in 2..=4 {
+        fake.append(ping(n));
+    }
+    fake.settle(&mut pool);
+    let payloads: Vec<_> = drain(&mut typed).iter().map(|e| e.payload.n).collect();
+    assert_eq!(payloads, [1, 2, 3, 4]);
+    assert_eq!(client.status(), STREAM);
+
+    fake.skip(3);
+    fake.settle(&mut pool);
+    assert_eq!(
+        client.cursor(),
+        Some(7),
+        "an id without data moves the cursor"
+    );
+    assert_eq!(
+        CursorStore::load(&store, "distributed-events:cursor:http://fake").unwrap(),
+        Some(7)
+    );
+    assert_eq!(fake.state().streams.len(), 1, "one stream all along");
+    assert!(fake.state().requests.is_empty(), "no polls");
+}
+
+/// The server ends streams after a while; the client opens the next one after the
+/// last id it read (`Last-Event-ID`), also when the end cut a message in two.
+#[test]
+fn after_the_server_ends_a_stream_the_next_resumes_with_nothing_lost_or_repeated() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = streaming(&fake, |b| b.initial_position(0));
+    let mut typed = client.on::<Ping>();
+    fake.append(ping(1));
+    fake.settle(&mut pool);
+    fake.end_streams(false);
+    fake.settle(&mut pool);
+    fake.append(ping(2));
+    fake.append(ping(3));
+    // Ends while writing 2 and 3: half of that reaches the client.
+    fake.end_streams(true);
+    fake.settle(&mut pool);
+    fake.append(ping(4));
+    fake.settle(&mut pool);
+
+    let payloads: Vec<_> = drain(&mut typed).iter().map(|e| e.payload.n).collect();
+    assert_eq!(payloads, [1, 2, 3, 4]);
+    let streams = fake.state().streams.clone();
+    assert_eq!(streams.len(), 3, "{streams:?}");
+    assert_eq!(streams[0], ("http://fake/events?after=0".into(), None));
+    assert_eq!(streams[1].1.as_deref(), Some("1"));
+    let resumed: u64 = streams[2].1.as_deref().unwrap().parse().unwrap();
+    assert!(
+        (1..=2).contains(&resumed),
+        "after the last whole message: {streams:?}"
+    );
+    assert_eq!(client.status(), STREAM);
+}
+
+/// `event: cursor_expired` mid-stream is the stream's `410`: reset, report, go on.
+#[test]
+fn a_cursor_expired_mid_stream_resets_like_a_410() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = streaming(&fake, |b| b.initial_position(0));
+    let mut events = client.events();
+    let mut errors = client.errors();
+    fake.append(ping(1));
+    fake.settle(&mut pool);
+    // Retention dropped 2..=5 before the reader got them.
+    fake.skip(4);
+    fake.script(Scripted::ExpireStreams(5));
+    fake.settle(&mut pool);
+    fake.append(ping(6));
+    fake.settle(&mut pool);
+
+    assert_eq!(
+        drain(&mut errors),
+        [ClientError::CursorReset {
+            code: "cursor_expired".into(),
+            from: 1,
+            resume_after: 5
+        }]
+    );
+    let positions: Vec<_> = drain(&mut events)
+        .iter()
+        .filter_map(|e| e.position)
+        .collect();
+    assert_eq!(positions, [1, 6]);
+    let streams = fake.state().streams.clone();
+    assert_eq!(streams[1].1.as_deref(), Some("5"), "{streams:?}");
+}
+
+/// Errors before a stream starts are the ordinary answers: a `503` backs off as told.
+#[test]
+fn an_error_before_the_stream_starts_backs_off_as_for_a_poll() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = streaming(&fake, |b| b.initial_position(0));
+    let mut typed = client.on::<Ping>();
+    let mut status = client.status_changes();
+    fake.script(Scripted::Answer(
+        Method::Get,
+        HttpResponse {
+            status: 503,
+            retry_after: Some("7".into()),
+            body: r#"{"error":"busy","code":"overloaded"}"#.into(),
+            ..HttpResponse::default()
+        },
+    ));
+    fake.append(ping(1));
+    fake.settle(&mut pool);
+
+    assert!(fake.state().sleeps.contains(&Duration::from_secs(7)));
+    let changes = drain(&mut status);
+    assert!(
+        changes
+            .iter()
+            .any(|s| matches!(s, Status::BackingOff { error, .. } if error.code() == "overloaded")),
+        "{changes:?}"
+    );
+    assert_eq!(changes.last(), Some(&STREAM));
+    assert_eq!(drain(&mut typed).len(), 1);
+}
+
+/// A proxy that holds the stream's bytes: the client long-polls instead, and says so.
+#[test]
+fn a_stream_without_bytes_in_time_falls_back_to_long_polling() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    fake.script(Scripted::HoldStream);
+    let client = streaming(&fake, |b| b.initial_position(0));
+    let mut typed = client.on::<Ping>();
+    fake.append(ping(1));
+    fake.settle(&mut pool);
+    fake.append(ping(2));
+    fake.settle(&mut pool);
+
+    let payloads: Vec<_> = drain(&mut typed).iter().map(|e| e.payload.n).collect();
+    assert_eq!(payloads, [1, 2]);
+    assert_eq!(
+        client.status(),
+        Status::Live {
+            transport: Transport::LongPoll
+        }
+    );
+    assert_eq!(fake.state().streams.len(), 1);
+    assert!(
+        fake.state()
+            .requests
+            .iter()
+            .any(|url| url.contains("wait=10")),
+        "long-polls: {:?}",
+        fake.state().requests
     );
 }

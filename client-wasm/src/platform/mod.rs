@@ -42,6 +42,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[cfg(target_arch = "wasm32")]
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
+/// A boxed stream that is `Send` exactly where [`MaybeSend`] requires it.
+#[cfg(not(target_arch = "wasm32"))]
+pub type BoxStream<'a, T> = Pin<Box<dyn futures::Stream<Item = T> + Send + 'a>>;
+/// A boxed stream that is `Send` exactly where [`MaybeSend`] requires it.
+#[cfg(target_arch = "wasm32")]
+pub type BoxStream<'a, T> = Pin<Box<dyn futures::Stream<Item = T> + 'a>>;
+
 /// An HTTP method the protocol uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Method {
@@ -69,11 +76,29 @@ pub(crate) struct HttpResponse {
     pub(crate) body: String,
 }
 
+/// An answer whose body arrives piece by piece (an event stream).
+pub(crate) struct StreamingResponse {
+    pub(crate) status: u16,
+    /// `Content-Type`.
+    pub(crate) content_type: Option<String>,
+    /// `Retry-After`.
+    pub(crate) retry_after: Option<String>,
+    /// The body's chunks as they arrive; `Err` when the connection fails. Dropping it
+    /// aborts the request.
+    pub(crate) body: BoxStream<'static, Result<Vec<u8>, String>>,
+}
+
 /// The environment of a running client.
 pub(crate) trait Platform: MaybeSend + MaybeSync + 'static {
     /// Sends `request`. `Err` is a failure to get any answer (network, CORS, DNS), with a
     /// message for people. Dropping the future aborts the request.
     fn fetch(&self, request: HttpRequest) -> BoxFuture<'static, Result<HttpResponse, String>>;
+    /// Sends `request` and completes with the status and headers, before the body. `Err`
+    /// as for [`fetch`](Self::fetch).
+    fn fetch_stream(
+        &self,
+        request: HttpRequest,
+    ) -> BoxFuture<'static, Result<StreamingResponse, String>>;
     /// Completes after `duration`; dropping it cancels the timer.
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
     /// Runs `task` to completion in the background.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use distributed_events_shared::wire::CURSOR_HEADER;
 
-use super::{BoxFuture, HttpRequest, HttpResponse, Method, Platform};
+use super::{BoxFuture, HttpRequest, HttpResponse, Method, Platform, StreamingResponse};
 use crate::ClientError;
 
 pub(crate) struct NativePlatform {
@@ -27,8 +27,8 @@ impl NativePlatform {
     }
 }
 
-impl Platform for NativePlatform {
-    fn fetch(&self, request: HttpRequest) -> BoxFuture<'static, Result<HttpResponse, String>> {
+impl NativePlatform {
+    fn request(&self, request: HttpRequest) -> reqwest::RequestBuilder {
         let method = match request.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
@@ -40,24 +40,61 @@ impl Platform for NativePlatform {
         if let Some(body) = request.body {
             builder = builder.body(body);
         }
+        builder
+    }
+}
+
+/// A header of `response` as text.
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+impl Platform for NativePlatform {
+    fn fetch(&self, request: HttpRequest) -> BoxFuture<'static, Result<HttpResponse, String>> {
+        let builder = self.request(request);
         Box::pin(async move {
             let response = builder.send().await.map_err(|error| describe(&error))?;
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|value| value.to_str().ok())
-                    .map(str::to_owned)
-            };
             let status = response.status().as_u16();
-            let cursor = header(CURSOR_HEADER);
-            let retry_after = header("retry-after");
+            let cursor = header(&response, CURSOR_HEADER);
+            let retry_after = header(&response, "retry-after");
             let body = response.text().await.map_err(|error| describe(&error))?;
             Ok(HttpResponse {
                 status,
                 cursor,
                 retry_after,
                 body,
+            })
+        })
+    }
+
+    fn fetch_stream(
+        &self,
+        request: HttpRequest,
+    ) -> BoxFuture<'static, Result<StreamingResponse, String>> {
+        let builder = self.request(request);
+        Box::pin(async move {
+            let response = builder.send().await.map_err(|error| describe(&error))?;
+            let status = response.status().as_u16();
+            let content_type = header(&response, "content-type");
+            let retry_after = header(&response, "retry-after");
+            // Dropping the stream drops the response, which closes its connection.
+            let body = futures::stream::unfold(Some(response), |response| async move {
+                let mut response = response?;
+                match response.chunk().await {
+                    Ok(Some(chunk)) => Some((Ok(chunk.to_vec()), Some(response))),
+                    Ok(None) => None,
+                    Err(error) => Some((Err(describe(&error)), None)),
+                }
+            });
+            Ok(StreamingResponse {
+                status,
+                content_type,
+                retry_after,
+                body: Box::pin(body),
             })
         })
     }

@@ -4,15 +4,44 @@
 use std::time::Duration;
 
 use distributed_events_shared::wire::CURSOR_HEADER;
-use gloo_net::http::Request;
+use gloo_net::http::{Request, Response};
 use gloo_timers::future::TimeoutFuture;
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::AbortController;
+use web_sys::{AbortController, ReadableStreamDefaultReader};
 
-use super::{BoxFuture, HttpRequest, HttpResponse, Method, Platform};
+use super::{BoxFuture, HttpRequest, HttpResponse, Method, Platform, StreamingResponse};
 use crate::CursorStore;
 
 pub(crate) struct WebPlatform;
+
+/// Sends `request`, aborted through `controller`, up to the status and headers.
+async fn send(request: HttpRequest, controller: &AbortController) -> Result<Response, String> {
+    let mut builder = match request.method {
+        Method::Get => Request::get(&request.url),
+        Method::Post => Request::post(&request.url),
+    };
+    for (name, value) in &request.headers {
+        builder = builder.header(name, value);
+    }
+    let signal = controller.signal();
+    builder = builder.abort_signal(Some(&signal));
+    let sent = match request.body {
+        Some(body) => {
+            builder
+                .body(body)
+                .map_err(|error| error.to_string())?
+                .send()
+                .await
+        }
+        None => builder.send().await,
+    };
+    // A failed fetch says little ("Failed to fetch"); CORS is the usual cause.
+    sent.map_err(|error| {
+        format!(
+            "{error} (is the server running, and does it allow this origin with --cors-origin?)"
+        )
+    })
+}
 
 impl Platform for WebPlatform {
     fn fetch(&self, request: HttpRequest) -> BoxFuture<'static, Result<HttpResponse, String>> {
@@ -20,29 +49,7 @@ impl Platform for WebPlatform {
             // Dropping a JS promise does not stop its fetch; aborting the controller does.
             let controller = AbortController::new().map_err(|error| js_message(&error))?;
             let _abort = AbortOnDrop(controller.clone());
-            let mut builder = match request.method {
-                Method::Get => Request::get(&request.url),
-                Method::Post => Request::post(&request.url),
-            };
-            for (name, value) in &request.headers {
-                builder = builder.header(name, value);
-            }
-            let signal = controller.signal();
-            builder = builder.abort_signal(Some(&signal));
-            let sent = match request.body {
-                Some(body) => {
-                    builder
-                        .body(body)
-                        .map_err(|error| error.to_string())?
-                        .send()
-                        .await
-                }
-                None => builder.send().await,
-            };
-            // A failed fetch says little ("Failed to fetch"); CORS is the usual cause.
-            let response = sent.map_err(|error| {
-                format!("{error} (is the server running, and does it allow this origin with --cors-origin?)")
-            })?;
+            let response = send(request, &controller).await?;
             let headers = response.headers();
             let status = response.status();
             let cursor = headers.get(CURSOR_HEADER);
@@ -57,6 +64,37 @@ impl Platform for WebPlatform {
         })
     }
 
+    fn fetch_stream(
+        &self,
+        request: HttpRequest,
+    ) -> BoxFuture<'static, Result<StreamingResponse, String>> {
+        Box::pin(async move {
+            let controller = AbortController::new().map_err(|error| js_message(&error))?;
+            // Moved into the body stream: dropping the stream aborts the fetch.
+            let abort = AbortOnDrop(controller.clone());
+            let response = send(request, &controller).await?;
+            let headers = response.headers();
+            let reader = response.body().map(|body| {
+                body.get_reader()
+                    .unchecked_into::<ReadableStreamDefaultReader>()
+            });
+            let body = futures::stream::unfold((reader, abort), |(reader, abort)| async move {
+                let chunk = read_chunk(reader.as_ref()?).await;
+                match chunk {
+                    Ok(Some(bytes)) => Some((Ok(bytes), (reader, abort))),
+                    Ok(None) => None,
+                    Err(error) => Some((Err(error), (None, abort))),
+                }
+            });
+            Ok(StreamingResponse {
+                status: response.status(),
+                content_type: headers.get("content-type"),
+                retry_after: headers.get("retry-after"),
+                body: Box::pin(body),
+            })
+        })
+    }
+
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         // Browser timers take a 32-bit count of milliseconds.
         let millis = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
@@ -66,6 +104,21 @@ impl Platform for WebPlatform {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         wasm_bindgen_futures::spawn_local(task);
     }
+}
+
+/// The next chunk of a fetch body; `None` at its end.
+async fn read_chunk(reader: &ReadableStreamDefaultReader) -> Result<Option<Vec<u8>>, String> {
+    let result = wasm_bindgen_futures::JsFuture::from(reader.read())
+        .await
+        .map_err(|error| js_message(&error))?;
+    let done = js_sys::Reflect::get(&result, &JsValue::from_str("done"))
+        .map_err(|error| js_message(&error))?;
+    if done.is_truthy() {
+        return Ok(None);
+    }
+    let value = js_sys::Reflect::get(&result, &JsValue::from_str("value"))
+        .map_err(|error| js_message(&error))?;
+    Ok(Some(js_sys::Uint8Array::new(&value).to_vec()))
 }
 
 /// Aborts the fetch when the request future is dropped (a no-op once it completed).

@@ -101,7 +101,7 @@ pub(crate) async fn run(server: &Server, args: TailArgs) -> Result<(), Failure> 
             }
             Some(status) = statuses.next() => match status {
                 Status::Connecting => spinner.show(format!("connecting to {}…", server.url())),
-                Status::Live => {
+                Status::Live { .. } => {
                     was_live = true;
                     spinner.hide();
                 }
