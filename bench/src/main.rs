@@ -16,7 +16,6 @@
 mod report;
 mod scenarios;
 mod server;
-mod sse;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -138,7 +138,6 @@ struct Args {
     #[arg(long, env = "DISTRIBUTED_EVENTS_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     max_wait: Duration,
     // --- end operations ---
-
     /// Longest life of a stream (`Accept: text/event-stream`), such as `5m`; then the
     /// server ends it and the client reconnects where it left off. Never past the token's
     /// `exp`.

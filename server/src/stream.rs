@@ -50,7 +50,9 @@ impl EventBusServer {
         // Never past the token's expiry: the client reconnects with a fresh one.
         let mut lifetime = limits.max_stream_duration;
         if let Some(expires_at) = principal.expires_at {
-            let left = (expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
+            let left = (expires_at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default();
             lifetime = lifetime.min(left);
         }
         let ends_at = Instant::now() + lifetime;

@@ -313,7 +313,10 @@ mod tests {
                     .unwrap()
                     .position
                     .unwrap();
-                assert_eq!(position, event.position, "a page event's position is its JSON's");
+                assert_eq!(
+                    position, event.position,
+                    "a page event's position is its JSON's"
+                );
                 position
             })
             .collect()

@@ -1,5 +1,5 @@
-//! Scenario 4, fan-out: 1,000 live followers (per `--transport`: native clients
-//! long-polling, or stream readers), each receiving every event.
+//! Scenario 4, fan-out: 1,000 native clients in live mode (streaming or long-polling, per
+//! `--transport`), each receiving every event exactly once.
 //! Producers post a fixed number of events as fast as the server acknowledges them; the
 //! clock runs from the first post to the last delivery. Deliveries per second, and the
 //! server's CPU and peak RSS (VmHWM) over the run.
@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use crate::report::{Report, Target};
 use crate::scenarios::{
-    head, mib, new_event, own_cpu_seconds, post, start_server, wait_until, Followers,
+    head, live_clients, mib, new_event, own_cpu_seconds, post, start_server, wait_until,
 };
 use crate::server::Database;
 use crate::{Args, BenchError, Transport};
@@ -37,15 +37,16 @@ pub async fn run(args: &Args, report: &Report, transport: Transport) -> Result<(
     let start = head(&http, &url).await?;
     let n_clients = args.count(args.fanout_clients.max(1), 20);
     let n_events = args.count(args.fanout_events.max(1), 50);
-    let mut followers = Followers::start(&url, n_clients, start, transport).await?;
+    let clients = live_clients(&url, n_clients, start, transport).await?;
 
-    // Every delivery counts once; a follower that has all its events counts as finished; an
-    // event received twice fails the run.
+    // Every delivery counts once; a client that has all its events counts as finished; an
+    // event received twice fails the run (the events are those after `start`, in order).
     let deliveries = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
     let last_delivery = Arc::new(std::sync::Mutex::new(Instant::now()));
     let failure = Arc::new(std::sync::Mutex::new(None::<String>));
-    for mut events in std::mem::take(&mut followers.events) {
+    for client in &clients {
+        let mut events = client.events();
         let failure = Arc::clone(&failure);
         let deliveries = Arc::clone(&deliveries);
         let finished = Arc::clone(&finished);
@@ -54,16 +55,17 @@ pub async fn run(args: &Args, report: &Report, transport: Transport) -> Result<(
             let mut got = 0;
             let mut seen = vec![false; n_events];
             while let Some(event) = events.next().await {
-                let problem = match event {
-                    Err(error) => Some(error.0),
-                    Ok(event) => match seen.get_mut(event.seq as usize) {
-                        Some(seen) if !*seen => {
-                            *seen = true;
-                            None
-                        }
-                        Some(_) => Some(format!("event {} delivered twice", event.seq)),
-                        None => Some(format!("unexpected event {}", event.seq)),
-                    },
+                let index = event
+                    .position
+                    .and_then(|position| position.checked_sub(start + 1))
+                    .and_then(|index| usize::try_from(index).ok());
+                let problem = match index.and_then(|index| seen.get_mut(index)) {
+                    Some(seen) if !*seen => {
+                        *seen = true;
+                        None
+                    }
+                    Some(_) => Some(format!("the event at {:?} came twice", event.position)),
+                    None => Some(format!("an unexpected event at {:?}", event.position)),
                 };
                 if let Some(problem) = problem {
                     failure
@@ -121,11 +123,11 @@ pub async fn run(args: &Args, report: &Report, transport: Transport) -> Result<(
     })
     .await;
     if let Some(error) = failed() {
-        return Err(BenchError(format!("a follower failed: {error}")));
+        return Err(BenchError(format!("a client failed: {error}")));
     }
     if !all {
         return Err(BenchError(format!(
-            "after {} s, {} of {n_clients} followers had every event ({} of {} deliveries)",
+            "after {} s, {} of {n_clients} clients had every event ({} of {} deliveries)",
             limit.as_secs(),
             finished.load(Ordering::Relaxed),
             deliveries.load(Ordering::Relaxed),
@@ -140,7 +142,9 @@ pub async fn run(args: &Args, report: &Report, transport: Transport) -> Result<(
     let server_cpu = server.cpu_seconds()? - server_cpu_before;
     let own_cpu = own_cpu_seconds() - own_cpu_before;
     let peak = server.peak_rss_bytes()?;
-    followers.close().await;
+    for client in &clients {
+        client.close().await;
+    }
 
     let what = format!(
         "{n_clients} live clients ({}), {n_events} events",

@@ -163,12 +163,17 @@ async fn idle_stream(
     after: u64,
     opened: &AtomicUsize,
 ) -> String {
-    let mut response = match crate::sse::open(http, url, after).await {
-        Ok(response) => response,
-        Err(error) => return error.0,
+    use distributed_events_client::sse::{Frame, SseParser};
+    let request = http
+        .get(format!("{url}/events?after={after}"))
+        .header("accept", "text/event-stream");
+    let mut response = match request.send().await {
+        Ok(response) if response.status() == reqwest::StatusCode::OK => response,
+        Ok(response) => return format!("the stream answered {}", response.status()),
+        Err(error) => return describe(&error),
     };
-    let mut parser = crate::sse::Parser::default();
-    let mut messages = Vec::new();
+    let mut parser = SseParser::new(1 << 20);
+    let mut frames = Vec::new();
     let mut first = true;
     loop {
         match response.chunk().await {
@@ -177,10 +182,17 @@ async fn idle_stream(
                     first = false;
                     opened.fetch_add(1, Ordering::Relaxed);
                 }
-                parser.feed(&chunk, &mut messages);
-                if let Some(message) = messages.first() {
+                if let Err(error) = parser.feed(&chunk, &mut frames) {
+                    return error.to_string();
+                }
+                // Comments (`: ok`, keep-alives) and `retry:` are what an idle stream sends.
+                if let Some(message) = frames
+                    .iter()
+                    .find(|frame| matches!(frame, Frame::Message(_)))
+                {
                     return format!("the stream sent {message:?}");
                 }
+                frames.clear();
             }
             Ok(None) => return "the server ended the stream".into(),
             Err(error) => return describe(&error),

@@ -1,15 +1,15 @@
-//! Scenario 3, delivery latency: events posted at a steady rate, received by 100 live
-//! followers (per `--transport`: native clients long-polling, or stream readers); for each
-//! delivery, the time from just before the `POST` was sent to the moment the follower
-//! yields it (a client's `on::<BenchEvent>()` stream: the handler). The `POST` itself (a
-//! durable commit) is part of that time; its own latency is reported beside it.
+//! Scenario 3, delivery latency: events posted at a steady rate, received by 100 native
+//! clients in live mode (streaming or long-polling, per `--transport`); for each delivery,
+//! the time from just before the `POST` was sent to the moment the client's
+//! `on::<BenchEvent>()` stream yields it (the handler). The `POST` itself (a durable
+//! commit) is part of that time; its own latency is reported beside it.
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
 use crate::report::{percentile, Report, Target};
-use crate::scenarios::{head, new_event, now_us, post, start_server, Followers};
+use crate::scenarios::{head, live_clients, new_event, now_us, post, start_server, BenchEvent};
 use crate::server::Database;
 use crate::{Args, BenchError, Transport};
 
@@ -33,23 +33,24 @@ pub async fn run(args: &Args, report: &Report, transport: Transport) -> Result<(
     }
     let start = head(&http, &url).await?;
     let n_clients = args.count(args.latency_clients.max(1), 10);
-    let mut followers = Followers::start(&url, n_clients, start, transport).await?;
+    let clients = live_clients(&url, n_clients, start, transport).await?;
 
     let rate = args.rate.max(0.1);
     let n_events = ((rate * args.window().as_secs_f64()).ceil() as usize).max(1);
-    let listeners: Vec<_> = std::mem::take(&mut followers.events)
-        .into_iter()
-        .map(|mut events| {
+    let listeners: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let mut events = client.on::<BenchEvent>();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(n_events);
                 while let Some(event) = events.next().await {
                     let received = now_us();
-                    latencies.push(received.saturating_sub(event?.sent_us) as f64 / 1000.0);
+                    latencies.push(received.saturating_sub(event.payload.sent_us) as f64 / 1000.0);
                     if latencies.len() == n_events {
                         break;
                     }
                 }
-                Ok::<_, BenchError>(latencies)
+                latencies
             })
         })
         .collect();
@@ -83,7 +84,7 @@ pub async fn run(args: &Args, report: &Report, transport: Transport) -> Result<(
         for task in listeners {
             let got = task
                 .await
-                .map_err(|error| BenchError(format!("follower task failed: {error}")))??;
+                .map_err(|error| BenchError(format!("listener task failed: {error}")))?;
             latencies.push(got);
         }
         Ok::<_, BenchError>(())
@@ -106,7 +107,9 @@ pub async fn run(args: &Args, report: &Report, transport: Transport) -> Result<(
             short.len()
         )));
     }
-    followers.close().await;
+    for client in &clients {
+        client.close().await;
+    }
     let mut latencies: Vec<f64> = latencies.into_iter().flatten().collect();
     latencies.sort_by(f64::total_cmp);
     acks.sort_by(f64::total_cmp);

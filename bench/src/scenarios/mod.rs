@@ -148,19 +148,26 @@ pub fn mib(bytes: f64) -> f64 {
     bytes / (1024.0 * 1024.0)
 }
 
-/// `n` native clients of `url` in live mode (long-poll), starting after `head`, once all
-/// of them are live and their first long-poll has had time to reach the server.
+/// `n` native clients of `url` in live mode by `transport`, starting after `head`, once
+/// all of them are live by that transport (a stream that fell back to long-polling does
+/// not count) and their first request has had time to reach the server.
 pub async fn live_clients(
     url: &str,
     n: usize,
     head: u64,
+    transport: Transport,
 ) -> Result<Vec<distributed_events_client::EventBusClient>, BenchError> {
     use distributed_events_client::{event_registry, EventBusClient, Status};
+    let transport = match transport {
+        Transport::LongPoll => distributed_events_client::Transport::LongPoll,
+        Transport::Stream => distributed_events_client::Transport::Stream,
+    };
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         let client = EventBusClient::builder(url)
             .registry(event_registry![BenchEvent])
             .initial_position(head)
+            .transport(transport)
             .build()
             .map_err(|error| BenchError(format!("cannot build a client: {error}")))?;
         clients.push(client);
@@ -172,127 +179,21 @@ pub async fn live_clients(
     let live = wait_until(Duration::from_secs(60), || {
         clients
             .iter()
-            .all(|client| matches!(client.status(), Status::Live { .. }))
+            .all(|client| client.status() == Status::Live { transport })
     })
     .await;
     if !live {
         let stuck = clients
             .iter()
-            .find(|client| !matches!(client.status(), Status::Live { .. }))
+            .find(|client| client.status() != Status::Live { transport })
             .map(|client| format!("{:?}", client.status()))
             .unwrap_or_default();
         return Err(BenchError(format!(
-            "not every client went live within 60 s (one is {stuck})"
+            "not every client went live by {transport:?} within 60 s (one is {stuck})"
         )));
     }
-    // Live means the catch-up read answered; give the long-polls that follow time to park.
+    // Live means the catch-up read answered; give the long-polls (or streams) that follow
+    // time to park.
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(clients)
-}
-
-/// `n` live followers of `url` after `head`, each a stream of the [`BenchEvent`]s it
-/// receives: native clients (long-poll), or raw stream readers ([`crate::sse`]), once all
-/// of them are live.
-pub struct Followers {
-    pub events: Vec<futures::stream::BoxStream<'static, Result<BenchEvent, BenchError>>>,
-    clients: Vec<distributed_events_client::EventBusClient>,
-    readers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Followers {
-    pub async fn start(
-        url: &str,
-        n: usize,
-        head: u64,
-        transport: Transport,
-    ) -> Result<Self, BenchError> {
-        use futures::StreamExt;
-        match transport {
-            Transport::LongPoll => {
-                let clients = live_clients(url, n, head).await?;
-                let events = clients
-                    .iter()
-                    .map(|client| client.on::<BenchEvent>().map(|e| Ok(e.payload)).boxed())
-                    .collect();
-                Ok(Self {
-                    events,
-                    clients,
-                    readers: Vec::new(),
-                })
-            }
-            Transport::Stream => {
-                let http = reqwest::Client::new();
-                let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-                let mut events = Vec::with_capacity(n);
-                let mut readers = Vec::with_capacity(n);
-                for i in 0..n {
-                    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-                    let opened = std::sync::Arc::clone(&opened);
-                    readers.push(crate::sse::follow(
-                        http.clone(),
-                        url.to_owned(),
-                        head,
-                        opened,
-                        sender,
-                    ));
-                    events.push(tokio_stream_from(receiver).boxed());
-                    // Do not open a thousand connections in one go (the listen backlog is 1024).
-                    if i % 100 == 99 {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                let all = wait_until(Duration::from_secs(60), || {
-                    opened.load(std::sync::atomic::Ordering::Relaxed) == n
-                        || readers.iter().any(tokio::task::JoinHandle::is_finished)
-                })
-                .await;
-                let followers = Self {
-                    events,
-                    clients: Vec::new(),
-                    readers,
-                };
-                if !all || opened.load(std::sync::atomic::Ordering::Relaxed) < n {
-                    let mut followers = followers;
-                    let why = first_error(&mut followers.events).await;
-                    followers.close().await;
-                    return Err(BenchError(format!(
-                        "not every stream opened within 60 s: {why}"
-                    )));
-                }
-                Ok(followers)
-            }
-        }
-    }
-
-    pub async fn close(self) {
-        for reader in &self.readers {
-            reader.abort();
-        }
-        for client in &self.clients {
-            client.close().await;
-        }
-    }
-}
-
-/// The first error a follower already reported, for a message.
-async fn first_error(
-    events: &mut [futures::stream::BoxStream<'static, Result<BenchEvent, BenchError>>],
-) -> String {
-    use futures::FutureExt;
-    use futures::StreamExt;
-    for stream in events {
-        if let Some(Some(Err(error))) = stream.next().now_or_never() {
-            return error.0;
-        }
-    }
-    "no error reported".into()
-}
-
-/// An unbounded channel's receiver as a stream.
-fn tokio_stream_from<T: Send + 'static>(
-    receiver: tokio::sync::mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    })
 }
