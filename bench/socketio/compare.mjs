@@ -21,6 +21,7 @@
 // exactly once, or the run fails. Figures print as `BENCH {json}` lines as they are taken
 // (the format of the Rust bench, bench/src/report.rs), then a table.
 import { spawn, execFileSync } from "node:child_process";
+import { setMaxListeners } from "node:events";
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
@@ -69,6 +70,13 @@ const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim(
 function fail(message) {
   console.error(`error: ${message}`);
   process.exit(1);
+}
+
+/** An error's message with its causes (fetch's "fetch failed" has the reason in `cause`). */
+function describe(error) {
+  let message = error.message;
+  for (let cause = error.cause; cause; cause = cause.cause) message += `: ${cause.message ?? cause}`;
+  return message;
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -294,7 +302,7 @@ const ours = {
           }
         } catch (error) {
           if (signal.aborted) return;
-          failures.push(`stream: ${error.message}`);
+          failures.push(`stream: ${describe(error)}`);
           ready();
           return;
         }
@@ -315,7 +323,7 @@ const ours = {
           cursor = Number(response.headers.get("x-events-cursor") ?? cursor);
           for (const record of page) onPayload(JSON.parse(record.eventJson));
         } catch (error) {
-          if (!signal.aborted) failures.push(`long-poll: ${error.message}`);
+          if (!signal.aborted) failures.push(`long-poll: ${describe(error)}`);
           return;
         }
       }
@@ -325,6 +333,8 @@ const ours = {
   async run(system, workload, events) {
     const server = await this.start();
     const controller = new AbortController();
+    // Every request of every client listens on it.
+    setMaxListeners(0, controller.signal);
     try {
       const publish = this.publisher(server.url);
       for (let i = 0; i < 10; i++) await publish({ seq: -1, sent: performance.now() }); // warm up
