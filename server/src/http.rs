@@ -451,16 +451,23 @@ enum CommonErrors {
     Unavailable(ErrorBody),
 }
 
-/// The events after a cursor or since a time.
+/// The events after a cursor or since a time; with `Accept: text/event-stream`, a stream
+/// of them (Server-Sent Events): the catch-up, then each event as it commits.
 #[utoipa::path(
     get,
     path = "/events",
-    params(EventsQuery),
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "With `Accept: text/event-stream`: resume the stream after this position (wins over `after` and `since`; an `EventSource` sends it when it reconnects)."),
+    ),
     responses(
-        (status = 200, description = "The events, in ascending position order; `[]` when none came within `wait`.",
-            body = Vec<StoredEvent>,
-            headers(("X-Events-Cursor" = u64, description = "The `after` of the next request: at least the last event's position, further when the server skipped events the caller may not see."))),
-        (status = 400, description = "`bad_request`: a parameter is missing or malformed, or `after` and `since` came together.", body = ErrorBody),
+        (status = 200, description = "The events, in ascending position order; `[]` when none came within `wait`. With `Accept: text/event-stream`: a stream, `: ok` first, then one message per event (`id:` its position, `data:` its record as in a page), `id:` alone when the cursor moves past events the caller may not see, `: keep-alive` comments, and `event: cursor_expired` before the end when retention overtook the stream (docs/PROTOCOL.md). The server ends a stream after a while; reconnect with `Last-Event-ID`.",
+            content(
+                (Vec<StoredEvent> = "application/json"),
+                (String = "text/event-stream"),
+            ),
+            headers(("X-Events-Cursor" = u64, description = "Not on a stream. The `after` of the next request: at least the last event's position, further when the server skipped events the caller may not see."))),
+        (status = 400, description = "`bad_request`: a parameter (or `Last-Event-ID`) is missing or malformed, or `after` and `since` came together.", body = ErrorBody),
         CommonErrors,
         (status = 410, description = "`cursor_expired` (retention deleted events after `after`) or `cursor_ahead` (`after` is past every position ever assigned): resume with `after` = `resumeAfter`.", body = ErrorBody),
     ),
@@ -691,4 +698,42 @@ async fn openapi() -> Response {
         crate::openapi::document(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_stream_is_asked_for_by_its_media_type_among_others() {
+        for value in [
+            "text/event-stream",
+            "Text/Event-Stream; charset=utf-8",
+            "application/json, text/event-stream;q=0.5",
+        ] {
+            assert!(accepts_event_stream(&accept(value)), "{value}");
+        }
+        for value in ["application/json", "*/*", "text/*", "text/event-streams"] {
+            assert!(!accepts_event_stream(&accept(value)), "{value}");
+        }
+        assert!(!accepts_event_stream(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn last_event_id_is_a_whole_number_when_sent() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(last_event_id(&headers).unwrap(), None);
+        headers.insert(LAST_EVENT_ID, HeaderValue::from_static("42"));
+        assert_eq!(last_event_id(&headers).unwrap(), Some(42));
+        for bad in ["", "4.2", "-1", "x", "18446744073709551616"] {
+            headers.insert(LAST_EVENT_ID, HeaderValue::from_static(bad));
+            assert!(last_event_id(&headers).is_err(), "{bad:?}");
+        }
+    }
 }

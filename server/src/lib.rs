@@ -1,6 +1,7 @@
 //! The native server of distributed-events: an [`EventBusServer`] that persists every
 //! event published on its local bus, and an axum [`Router`](axum::Router) that serves
-//! those events to polling clients and takes theirs.
+//! those events to clients (pages, long-polls and Server-Sent Events streams) and takes
+//! theirs.
 //!
 //! # Quick start
 //! ```no_run

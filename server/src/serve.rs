@@ -78,7 +78,9 @@ pub fn max_connections_for_open_files() -> Result<usize, String> {
 /// Not `axum::serve`: it serves each connection through hyper-util's auto builder with
 /// upgrades, whose per-connection state costs about 10 KiB more; with 10,000 parked
 /// long-polls that is 256 MiB of RSS against 155 MiB here (docs/PERFORMANCE.md). A client
-/// that half-closes its side after sending a request still gets its answer.
+/// that half-closes its side after sending a request still gets its answer; but when the
+/// answer is a stream (`text/event-stream`), the client closing its side ends it at once,
+/// so that a stream whose client left does not wait for its next write to notice.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -133,9 +135,11 @@ pub async fn serve(
         };
         // Long-poll answers are small and must not wait for more to send.
         let _ = stream.set_nodelay(true);
+        // Shared with the watchdog, which notices a stream's client leaving.
+        let stream = Arc::new(stream);
         let activity = slot.activity.clone();
         let io = TokioIo::new(Watched {
-            stream,
+            stream: stream.clone(),
             activity: activity.clone(),
         });
         let app = TowerToHyperService::new(app.clone());
@@ -146,6 +150,9 @@ pub async fn serve(
                 // Busy until the body is sent, not only until the handler returns: a
                 // page still being written must be neither evicted nor timed out.
                 let response = answer.await?;
+                if is_event_stream(&response) {
+                    busy.streaming();
+                }
                 Ok::<_, std::convert::Infallible>(response.map(|body| WhileBusy {
                     body,
                     busy: Some(busy),
@@ -162,8 +169,8 @@ pub async fn serve(
                 result = connection => if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 },
-                () = slot.activity.expired(&options) => {
-                    tracing::debug!("closed a connection that sent no request in time");
+                () = slot.activity.expired(&options, &stream) => {
+                    tracing::debug!("closed a connection that sent no request in time, or whose stream's client left");
                 }
             }
             drop(slot);
@@ -182,6 +189,9 @@ enum State {
     Idle(Instant),
     /// A request is being answered: the server's own limits apply, not these.
     Busy,
+    /// A stream (Server-Sent Events) is being sent: busy, and the client closing its
+    /// side ends it (no stream client half-closes and waits for more).
+    Streaming,
     /// Closed to make room for a new connection.
     Evicted,
 }
@@ -206,13 +216,21 @@ impl Activity {
         *self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Completes when the connection has waited too long for a request, or was evicted.
-    async fn expired(&self, options: &ServeOptions) {
+    /// Completes when the connection has waited too long for a request, was evicted, or
+    /// its stream's client closed the connection. Hyper does not notice that last one
+    /// (it reads nothing while answering, so that half-closed clients get their answer);
+    /// a stream might write nothing for a long time, so its socket is watched here.
+    async fn expired(&self, options: &ServeOptions, stream: &TcpStream) {
+        // The client sent bytes during this stream (pipelining): its close can no longer
+        // be told by peeking.
+        let mut sent_more = false;
+        let mut peeked = [0u8; 1];
         loop {
-            let deadline = match self.get() {
+            let state = self.get();
+            let deadline = match state {
                 State::Reading(since) => Some(since + options.header_read_timeout),
                 State::Idle(since) => Some(since + options.idle_timeout),
-                State::Busy => None,
+                State::Busy | State::Streaming => None,
                 State::Evicted => return,
             };
             match deadline {
@@ -221,7 +239,17 @@ impl Activity {
                     () = tokio::time::sleep_until(deadline) => {}
                     () = self.changed.notified() => {}
                 },
-                None => self.changed.notified().await,
+                None if matches!(state, State::Streaming) && !sent_more => tokio::select! {
+                    () = self.changed.notified() => {}
+                    peek = stream.peek(&mut peeked) => match peek {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => sent_more = true,
+                    },
+                },
+                None => {
+                    sent_more = false;
+                    self.changed.notified().await;
+                }
             }
         }
     }
@@ -235,6 +263,22 @@ impl Busy {
         activity.set(|_| Some(State::Busy));
         Self(activity)
     }
+
+    /// The answer is a stream.
+    fn streaming(&self) {
+        self.0.set(|state| match state {
+            State::Busy => Some(State::Streaming),
+            _ => None,
+        });
+    }
+}
+
+/// Whether `response` is a stream of Server-Sent Events.
+fn is_event_stream<B>(response: &hyper::Response<B>) -> bool {
+    response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
 }
 
 impl Drop for Busy {
@@ -276,10 +320,28 @@ impl hyper::body::Body for WhileBusy {
 }
 
 /// The socket of a connection: the first byte after an idle spell starts the header-read
-/// timeout.
+/// timeout. The socket is shared with the connection's watchdog, which only peeks, so
+/// reads and writes go through `&TcpStream` (readiness, then `try_*`).
 struct Watched {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     activity: Arc<Activity>,
+}
+
+/// Calls `io` once `ready` says the socket is ready, again until it does not block.
+fn poll_io<T>(
+    cx: &mut Context<'_>,
+    mut ready: impl FnMut(&mut Context<'_>) -> Poll<std::io::Result<()>>,
+    mut io: impl FnMut() -> std::io::Result<T>,
+) -> Poll<std::io::Result<T>> {
+    loop {
+        if let Err(error) = std::task::ready!(ready(cx)) {
+            return Poll::Ready(Err(error));
+        }
+        match io() {
+            Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
+            result => return Poll::Ready(result),
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -289,15 +351,22 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let stream = &this.stream;
+        // `try_read` needs initialized memory: zero at most this much per read.
+        let room = buf.remaining().min(64 * 1024);
+        let read = std::task::ready!(poll_io(
+            cx,
+            |cx| stream.poll_read_ready(cx),
+            || stream.try_read(buf.initialize_unfilled_to(room)),
+        ))?;
+        buf.advance(read);
+        if read > 0 {
             this.activity.set(|state| match state {
                 State::Idle(_) => Some(State::Reading(Instant::now())),
                 _ => None,
             });
         }
-        read
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -307,7 +376,12 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let stream = &self.stream;
+        poll_io(
+            cx,
+            |cx| stream.poll_write_ready(cx),
+            || stream.try_write(buf),
+        )
     }
 
     fn poll_write_vectored(
@@ -315,19 +389,30 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let stream = &self.stream;
+        poll_io(
+            cx,
+            |cx| stream.poll_write_ready(cx),
+            || stream.try_write_vectored(bufs),
+        )
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Writes go straight to the socket.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // What `TcpStream::poll_shutdown` does, through a shared reference.
+        let shut = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+        Poll::Ready(match shut {
+            Err(error) if error.kind() == ErrorKind::NotConnected => Ok(()),
+            result => result,
+        })
     }
 }
 
@@ -405,13 +490,13 @@ impl Connections {
             .values()
             .filter_map(|activity| match activity.get() {
                 State::Reading(since) | State::Idle(since) => Some((since, activity)),
-                State::Busy | State::Evicted => None,
+                State::Busy | State::Streaming | State::Evicted => None,
             })
             .min_by_key(|(since, _)| *since);
         if let Some((_, activity)) = longest {
             activity.set(|state| match state {
                 State::Reading(_) | State::Idle(_) => Some(State::Evicted),
-                State::Busy | State::Evicted => None,
+                State::Busy | State::Streaming | State::Evicted => None,
             });
         }
     }

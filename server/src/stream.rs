@@ -4,6 +4,7 @@
 //! an event is serialized once, however many streams carry it).
 
 use std::io::Write;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -11,7 +12,7 @@ use distributed_events_shared::wire::{codes, ErrorBody};
 use distributed_events_shared::EventsQuery;
 use futures::Stream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::auth::Principal;
 use crate::long_polls::Permit;
@@ -68,15 +69,17 @@ impl EventBusServer {
             cursor: first.cursor,
             query,
             end,
-            ends_at,
+            ends: Box::pin(tokio::time::sleep_until(ends_at)),
             keep_alive: limits.stream_keep_alive,
-            last_write: Instant::now(),
+            silence: Box::pin(tokio::time::sleep(limits.stream_keep_alive)),
             next: Some(Bytes::from(opening)),
+            ended: false,
             _permit: LivePoll::stream(permit),
         };
         Ok(futures::stream::unfold(reader, |mut reader| async move {
             let chunk = reader.next_chunk().await?;
-            reader.last_write = Instant::now();
+            let keep_alive = reader.keep_alive;
+            reader.silence.as_mut().reset(Instant::now() + keep_alive);
             Some((chunk, reader))
         }))
     }
@@ -90,11 +93,16 @@ struct Reader {
     /// The position of the last id sent.
     cursor: u64,
     end: watch::Receiver<u64>,
-    ends_at: Instant,
+    /// The end of the stream's life. Timers are kept, not made anew at each wake-up:
+    /// a commit wakes every stream.
+    ends: Pin<Box<Sleep>>,
     keep_alive: Duration,
-    last_write: Instant,
-    /// A chunk to send before reading again; after a `cursor_expired`, the last one.
+    /// When to write a keep-alive, reset at each write.
+    silence: Pin<Box<Sleep>>,
+    /// A chunk to send before reading again.
     next: Option<Bytes>,
+    /// A `cursor_expired` was sent: nothing may follow.
+    ended: bool,
     /// Dropped with the stream (its end, or hyper dropping the body of a closed
     /// connection): the slot goes back to the long-poll cap.
     _permit: LivePoll<Permit>,
@@ -106,25 +114,28 @@ impl Reader {
         if let Some(chunk) = self.next.take() {
             return Some(chunk);
         }
-        if self.query.after.is_none() {
-            // A `cursor_expired` was the last chunk.
+        if self.ended {
             return None;
         }
         let inner = &self.server.inner;
+        // Wait for the tail's end to pass this; past the cursor, or past where the end
+        // was when a read found nothing new, so that such a read is not repeated at once.
+        let mut wait_past = self.cursor;
         loop {
             let cursor = self.cursor;
             tokio::select! {
                 biased;
                 () = inner.shutdown.cancelled() => return None,
-                () = tokio::time::sleep_until(self.ends_at) => return None,
-                moved = self.end.wait_for(|&end| end > cursor) => {
+                () = self.ends.as_mut() => return None,
+                moved = self.end.wait_for(|&end| end > wait_past) => {
                     // The tail is gone: the server is going away.
                     moved.ok()?;
                 }
-                () = tokio::time::sleep_until(self.last_write + self.keep_alive) => {
+                () = self.silence.as_mut() => {
                     return Some(Bytes::from_static(KEEP_ALIVE));
                 }
             }
+            let end = *self.end.borrow();
             // From here on the query reads after the cursor, even if it began with `since`.
             self.query.since = None;
             self.query.after = Some(cursor);
@@ -135,11 +146,11 @@ impl Reader {
                     self.cursor = page.cursor;
                     return Some(Bytes::from(chunk));
                 }
-                // The tail moved past the cursor with nothing for this reader yet (its
-                // follower is still reading what the store holds): wait again.
-                Ok(_) => {}
+                // Nothing past the cursor yet, though the tail's end is (a store read
+                // behind the tail, say): wait for the end to move again.
+                Ok(_) => wait_past = end,
                 Err(ReadError::CursorExpired { resume_after }) => {
-                    self.query.after = None;
+                    self.ended = true;
                     return Some(cursor_expired(resume_after));
                 }
                 Err(error) => {

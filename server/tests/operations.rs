@@ -191,6 +191,50 @@ async fn metrics_count_requests_appends_deliveries_and_waiting_polls() {
         sample(&after, "distributed_events_tail_bytes", &[]) > 100.0,
         "{after}"
     );
+
+    // An open stream counts as a live connection of its kind, and its events as
+    // delivered, until its client leaves.
+    let mut stream = client
+        .get(format!("{api}/events?after=0"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut received = String::new();
+    while !received.contains("data: ") {
+        let chunk = stream.chunk().await.unwrap().expect("the stream goes on");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let streaming = |expected: f64| {
+        let (client, metrics) = (client.clone(), metrics.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let now = scrape(&client, &metrics).await;
+                let open = sample(
+                    &now,
+                    "distributed_events_live_connections",
+                    &[r#"kind="stream""#],
+                );
+                if open == expected {
+                    return now;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "never {expected} open streams:\n{now}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let open = streaming(1.0).await;
+    assert_eq!(
+        moved(&open, "distributed_events_delivered_total", &[]),
+        3.0,
+        "and one event to the stream:\n{open}"
+    );
+    drop(stream);
+    streaming(0.0).await;
     server.close().await;
 }
 
