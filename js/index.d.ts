@@ -8,6 +8,7 @@ export type {
   EventBusClientErrorCode,
   EventBusClientOptions,
   EventBusClientStatus,
+  EventBusClientTransport,
   JsonValue,
   PublishOptions,
   StoredEventRecord,

@@ -497,6 +497,16 @@ impl Inner {
         }
     }
 
+    /// The query of every poll and stream: after `cursor`, or by `since` while there is
+    /// none.
+    fn events_query(&self, cursor: Option<u64>, since: Option<DateTime<Utc>>) -> EventsQuery {
+        EventsQuery {
+            after: cursor,
+            since: since.filter(|_| cursor.is_none()),
+            ..EventsQuery::default()
+        }
+    }
+
     fn next_delay(&self, backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
         backoff.next(retry_after, &mut self.lock().jitter)
     }
@@ -608,10 +618,9 @@ async fn poll(
             Mode::Poll { .. } => None,
         };
         let query = EventsQuery {
-            after: cursor,
-            since: since.filter(|_| cursor.is_none()),
             limit: Some(inner.settings.page_size.into()),
             wait: wait.filter(|_| cursor.is_some()),
+            ..inner.events_query(cursor, since)
         };
         let asked_at = Utc::now();
         let result = inner
@@ -676,16 +685,11 @@ async fn stream(inner: &Inner, since: Option<DateTime<Utc>>, backoff: &mut Backo
     let mut reconnecting = false;
     loop {
         let cursor = inner.lock().delivery.cursor();
-        let query = EventsQuery {
-            after: cursor,
-            since: since.filter(|_| cursor.is_none()),
-            ..EventsQuery::default()
-        };
-        let request = protocol::stream_request(
-            &inner.settings.server_url,
-            &query,
-            cursor.filter(|_| reconnecting),
-        );
+        let query = inner.events_query(cursor, since);
+        // In the browser `after` alone says it: `Last-Event-ID` is no CORS-safelisted
+        // header, so it would cost a preflight, and fail where a server does not allow it.
+        let last_event_id = cursor.filter(|_| reconnecting && !cfg!(target_arch = "wasm32"));
+        let request = protocol::stream_request(&inner.settings.server_url, &query, last_event_id);
         match follow(inner, request, backoff).await {
             StreamEnd::Ended { delivered } => {
                 reconnecting = true;
@@ -766,7 +770,7 @@ async fn follow(inner: &Inner, request: HttpRequest, backoff: &mut Backoff) -> S
     let mut got_bytes = false;
     let mut delivered = false;
     let mut deadline = first_bytes;
-    let idle = STREAM_KEEP_ALIVE + inner.settings.timeout_beyond_wait;
+    let idle = STREAM_KEEP_ALIVE.saturating_add(inner.settings.timeout_beyond_wait);
     loop {
         let chunk = match select(body.next(), &mut deadline).await {
             Either::Left((Some(Ok(chunk)), _)) => chunk,

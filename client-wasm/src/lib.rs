@@ -137,4 +137,28 @@ pub mod fuzzing {
         let _ = crate::protocol::read_head(answer());
         let _ = crate::protocol::read_receipt(answer());
     }
+
+    /// Reads an event stream as the client does, in the chunks given: its frames, and
+    /// what the client makes of each message. The same bytes cut anywhere else must give
+    /// the same frames; nothing may panic.
+    pub fn decode_stream(chunks: &[&[u8]]) -> Vec<crate::sse::Frame> {
+        let mut parser = crate::sse::SseParser::new(64 * 1024);
+        let mut frames = Vec::new();
+        for chunk in chunks {
+            if parser.feed(chunk, &mut frames).is_err() {
+                break;
+            }
+        }
+        let mut page = crate::protocol::Page {
+            events: Vec::new(),
+            cursor: 0,
+            undecodable: Vec::new(),
+        };
+        for frame in &frames {
+            if let crate::sse::Frame::Message(message) = frame {
+                let _ = crate::protocol::read_message(message, &mut page);
+            }
+        }
+        frames
+    }
 }

@@ -522,4 +522,97 @@ mod tests {
             })
         ));
     }
+
+    fn message(id: Option<&str>, event: Option<&str>, data: Option<&str>) -> Message {
+        Message {
+            id: id.map(Into::into),
+            event: event.map(Into::into),
+            data: data.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_stream_is_asked_for_and_recognised() {
+        let request = stream_request(
+            "http://h",
+            &EventsQuery {
+                after: Some(5),
+                ..EventsQuery::default()
+            },
+            Some(5),
+        );
+        assert_eq!(request.url, "http://h/events?after=5");
+        assert!(request
+            .headers
+            .contains(&("accept".into(), "text/event-stream".into())));
+        assert!(request
+            .headers
+            .contains(&("last-event-id".into(), "5".into())));
+        assert!(is_event_stream(Some("text/event-stream; charset=utf-8")));
+        assert!(!is_event_stream(Some("application/json")));
+        assert!(!is_event_stream(None));
+        assert!(matches!(
+            read_stream_error(answer(401, r#"{"error":"no","code":"unauthorized"}"#)),
+            Failure::Retry { error, .. } if error.code() == "unauthorized"
+        ));
+    }
+
+    #[test]
+    fn stream_messages_are_records_cursor_moves_or_a_reset() {
+        let good = "0193a5a0-7a4c-7c8e-9d2e-1f0a3b4c5d61";
+        let mut page = Page {
+            events: Vec::new(),
+            cursor: 3,
+            undecodable: Vec::new(),
+        };
+        let record = record(4, good, "{}");
+        assert_eq!(
+            read_message(&message(Some("4"), None, Some(&record)), &mut page),
+            Ok(true)
+        );
+        assert_eq!(
+            read_message(&message(Some("9"), None, None), &mut page),
+            Ok(true)
+        );
+        // Not ours: a kind of message this client does not know, and a comment-only one.
+        assert_eq!(
+            read_message(&message(None, Some("later"), Some("{}")), &mut page),
+            Ok(false)
+        );
+        assert_eq!((page.events.len(), page.cursor), (1, 9));
+        // A record that does not decode is reported; the cursor moves past it.
+        assert_eq!(
+            read_message(
+                &message(Some("10"), None, Some("{\"position\":10}")),
+                &mut page
+            ),
+            Ok(true)
+        );
+        assert_eq!((page.undecodable.len(), page.cursor), (1, 10));
+        assert!(matches!(
+            read_message(&message(Some("x"), None, None), &mut page),
+            Err(Failure::Retry {
+                error: ClientError::InvalidResponse { .. },
+                ..
+            })
+        ));
+        let expired = r#"{"error":"gone","code":"cursor_expired","resumeAfter":17}"#;
+        assert_eq!(
+            read_message(
+                &message(None, Some("cursor_expired"), Some(expired)),
+                &mut page
+            ),
+            Err(Failure::Reset {
+                code: "cursor_expired".into(),
+                resume_after: 17
+            })
+        );
+        assert!(matches!(
+            read_message(
+                &message(None, Some("cursor_expired"), Some("{}")),
+                &mut page
+            ),
+            Err(Failure::Retry { .. })
+        ));
+    }
 }

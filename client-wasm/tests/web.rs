@@ -63,6 +63,11 @@ export function trackFetches() {
 export function fetchesStillRunning() {
   return globalThis.__fetches.filter((f) => !f.request.signal.aborted && !f.settled).length;
 }
+export function openStreams() {
+  return globalThis.__fetches.filter(
+    (f) => f.request.headers.get("accept") === "text/event-stream" && !f.request.signal.aborted,
+  ).length;
+}
 export function fetchesAbortedWhilePending() {
   return globalThis.__fetches.filter((f) => f.abortedPending).length;
 }
@@ -83,6 +88,9 @@ extern "C" {
     fn trackFetches();
     #[wasm_bindgen(js_name = fetchesStillRunning)]
     fn fetches_still_running() -> u32;
+    /// The event-stream fetches since `trackFetches()` not aborted yet.
+    #[wasm_bindgen(js_name = openStreams)]
+    fn open_streams() -> u32;
     #[wasm_bindgen(js_name = fetchesAbortedWhilePending)]
     fn fetches_aborted_while_pending() -> u32;
     #[wasm_bindgen(js_name = lastAuthorization)]
@@ -304,7 +312,8 @@ async fn unsubscribing_stops_a_handler() {
 #[wasm_bindgen_test]
 async fn close_aborts_the_waiting_request_and_ends_everything() {
     trackFetches();
-    let client = js_client(&options(r#", "getToken": null"#)).expect("client");
+    let client =
+        js_client(&options(r#", "getToken": null, "transport": "long-poll""#)).expect("client");
     let statuses = js_sys::Array::new();
     let _keep = client.on_status(handler(&statuses));
     until_live(&client).await;
@@ -335,6 +344,47 @@ async fn close_aborts_the_waiting_request_and_ends_everything() {
     assert_eq!(get(&error, "code"), "closed");
 }
 
+/// By default the browser client streams (fetch and its body's `ReadableStream`); the
+/// status says so, and `close()` aborts the open stream.
+#[wasm_bindgen_test]
+async fn by_default_events_arrive_by_a_stream_that_close_aborts() {
+    trackFetches();
+    let writer = js_client(&options(r#", "autoForward": true"#)).expect("writer");
+    let reader = js_client(&options("")).expect("reader");
+    eventually("the reader to be live by a stream", || {
+        get(&reader.status(), "transport") == "stream"
+    })
+    .await;
+    let event_type = unique("Streamed");
+    let received = js_sys::Array::new();
+    let _keep = reader.on(event_type.clone(), handler(&received));
+    for n in 0..3 {
+        writer
+            .publish(
+                event_type.clone(),
+                n.into(),
+                js_sys::JSON::parse(r#"{"aggregateId": "s-1"}"#).expect("options"),
+            )
+            .expect("publish");
+    }
+    eventually("three events by the stream", || received.length() == 3).await;
+    let payloads: Vec<_> = received
+        .iter()
+        .map(|event| get(&event, "payload").as_f64())
+        .collect();
+    assert_eq!(
+        payloads,
+        [Some(0.0), Some(1.0), Some(2.0)],
+        "once each, in order"
+    );
+    assert_eq!(get(&reader.status(), "transport"), "stream");
+    assert!(open_streams() >= 2, "the writer's and the reader's streams");
+
+    settled(reader.close()).await.expect("close");
+    settled(writer.close()).await.expect("close");
+    assert_eq!(open_streams(), 0, "close aborted the streams");
+}
+
 #[wasm_bindgen_test]
 async fn options_and_arguments_fail_with_js_errors_that_say_what_to_do() {
     for (options, mentions) in [
@@ -350,6 +400,14 @@ async fn options_and_arguments_fail_with_js_errors_that_say_what_to_do() {
         (
             self::options(r#", "live": true, "pollingInterval": 1000"#),
             "set one of them",
+        ),
+        (
+            self::options(r#", "transport": "websocket""#),
+            "transport must be",
+        ),
+        (
+            self::options(r#", "transport": "stream", "pollingInterval": 1000"#),
+            "leave them out",
         ),
         (
             self::options(r#", "initialTimestamp": "yesterday""#),

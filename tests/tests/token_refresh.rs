@@ -68,7 +68,9 @@ async fn next_seq(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_refreshed_without_losing_cursor_or_outbox() {
-    let server = TestServer::start(&["--jwt-secret", SECRET]);
+    // Streams end every second, as they do at a token's `exp`: the reader reconnects with
+    // whatever token its source hands out then.
+    let server = TestServer::start(&["--jwt-secret", SECRET, "--max-stream-duration", "1s"]);
     let (writer_tokens, reader_tokens) = (Tokens::default(), Tokens::default());
     let writer = EventBusClient::builder(server.url())
         .registry(event_registry![Note])
@@ -100,8 +102,8 @@ async fn an_expired_token_is_refreshed_without_losing_cursor_or_outbox() {
     writer_tokens.expired.store(true, Ordering::SeqCst);
     reader_tokens.expired.store(true, Ordering::SeqCst);
     let (mut writer_status, mut reader_status) = (writer.status_changes(), reader.status_changes());
-    // Another caller, with a valid token, posts seq 3: the reader's long-poll (let in
-    // before the expiry) answers with it, and the reader's next poll is refused.
+    // Another caller, with a valid token, posts seq 3: the reader's stream (let in before
+    // the expiry) brings it, and the reader's next stream is refused.
     let posted = reqwest::Client::new()
         .post(format!("{}/events", server.url()))
         .bearer_auth(Tokens::default().source()().into_inner().unwrap().unwrap())

@@ -19,7 +19,7 @@ use wasm_bindgen_futures::JsFuture;
 use super::{error_to_js, event_to_js, js_error, js_message, status_to_js};
 use crate::{
     BoxFuture, ClientError, EventBusClient, LocalStorageCursorStore, Subscription, TokenSource,
-    DEFAULT_POLLING_INTERVAL,
+    Transport, DEFAULT_POLLING_INTERVAL,
 };
 
 thread_local! {
@@ -252,6 +252,8 @@ struct Options {
     #[serde(default)]
     polling_interval: Option<f64>,
     #[serde(default)]
+    transport: Option<String>,
+    #[serde(default)]
     auto_forward: Option<bool>,
     #[serde(default)]
     initial_position: Option<u64>,
@@ -284,10 +286,11 @@ fn invalid_options(message: &str) -> JsValue {
 }
 
 impl Options {
-    const KEYS: [&'static str; 9] = [
+    const KEYS: [&'static str; 10] = [
         "serverUrl",
         "live",
         "pollingInterval",
+        "transport",
         "autoForward",
         "initialPosition",
         "initialTimestamp",
@@ -311,19 +314,39 @@ impl Options {
             .map_err(|message| invalid_options(&message))?;
         let mut builder =
             EventBusClient::builder(server_url).auto_forward(self.auto_forward.unwrap_or(false));
-        // Polling when asked for by `live: false` or by a `pollingInterval` (the seed's
-        // option) alone; long-polling otherwise.
-        let polling = match (self.live, self.polling_interval) {
-            (Some(true), Some(_)) => {
+        let transport = match self.transport.as_deref() {
+            None => None,
+            Some("stream") => Some(Transport::Stream),
+            Some("long-poll") => Some(Transport::LongPoll),
+            Some("poll") => Some(Transport::Poll),
+            Some(_) => {
                 return Err(invalid_options(
-                    "live: true long-polls and pollingInterval polls at a fixed interval; \
-                     set one of them, not both",
+                    "transport must be \"stream\", \"long-poll\" or \"poll\"",
                 ))
             }
-            (Some(false), millis) => Some(millis),
-            (None, Some(millis)) => Some(Some(millis)),
-            (_, None) => None,
         };
+        // Polling when asked for by `transport: "poll"`, `live: false` or a
+        // `pollingInterval` (the seed's options) alone; streaming otherwise.
+        let polling = match (transport, self.live, self.polling_interval) {
+            (Some(Transport::Poll), Some(true), _) | (None, Some(true), Some(_)) => {
+                return Err(invalid_options(
+                    "live: true streams and pollingInterval (or transport: \"poll\") polls at \
+                     a fixed interval; set one of them, not both",
+                ))
+            }
+            (Some(Transport::Poll), _, millis) | (None, Some(false), millis) => Some(millis),
+            (None, None, Some(millis)) => Some(Some(millis)),
+            (Some(_), Some(false), _) | (Some(_), _, Some(_)) => {
+                return Err(invalid_options(
+                    "pollingInterval and live: false poll at a fixed interval; \
+                     with transport \"stream\" or \"long-poll\" leave them out",
+                ))
+            }
+            (_, _, None) => None,
+        };
+        if let (Some(transport), None) = (transport, polling) {
+            builder = builder.transport(transport);
+        }
         if let Some(millis) = polling {
             let interval = match millis {
                 None => DEFAULT_POLLING_INTERVAL,

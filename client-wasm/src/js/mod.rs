@@ -24,10 +24,12 @@ export type JsonValue = string | number | boolean | null | JsonValue[] | { [key:
 export interface EventBusClientOptions {
   /** The server's base URL, such as `"https://events.example.com"` (or `"/api"` for the page's own origin). */
   serverUrl: string;
-  /** Long-poll, so that events arrive within milliseconds (the default, unless `pollingInterval` is set). `false` asks every `pollingInterval` ms instead (default 5000), as the seed did. */
+  /** Follow the server so that events arrive within milliseconds (the default, unless `pollingInterval` is set), by `transport`. `false` asks every `pollingInterval` ms instead (default 5000), as the seed did. */
   live?: boolean;
-  /** Poll every this many milliseconds instead of long-polling, as the seed did; setting it alone is enough. Not together with `live: true` (`invalid_options`). */
+  /** Poll every this many milliseconds instead of streaming, as the seed did; setting it alone is enough. Not together with `live: true` (`invalid_options`). */
   pollingInterval?: number;
+  /** How events arrive. `"stream"` (the default): one open response (Server-Sent Events) that the server writes each event to; when a stream brings no bytes within 10 s (a buffering proxy) the client long-polls instead, and tries streaming again 5 minutes later. `"long-poll"`: one request at a time, held by the server until an event commits. `"poll"`: a request every `pollingInterval` ms. The status says which one is in use. */
+  transport?: EventBusClientTransport;
   /** Whether `publish` also sends events to the server (default `false`). */
   autoForward?: boolean;
   /** Start after this position; `0` replays everything the server kept. Default: the events stored from now on. */
@@ -108,10 +110,14 @@ export interface EventBusClientError extends Error {
   resumeAfter?: number;
 }
 
+/** How events arrive: see `EventBusClientOptions.transport`. */
+export type EventBusClientTransport = "stream" | "long-poll" | "poll";
+
 /** Where the client stands. */
 export type EventBusClientStatus =
   | { state: "connecting" }
-  | { state: "live" }
+  /** Events arrive by `transport`: `"long-poll"` also while a stream falls back to long-polling. */
+  | { state: "live"; transport: EventBusClientTransport }
   /** A request failed; the next attempt starts at `retryAt` (milliseconds since the epoch, as `Date.now()`). */
   | { state: "backingOff"; error: EventBusClientError; retryAt: number }
   | { state: "closed" };
@@ -175,7 +181,10 @@ pub(crate) fn status_to_js(status: &Status) -> JsValue {
     let object: JsValue = Object::new().into();
     let state = match status {
         Status::Connecting => "connecting",
-        Status::Live => "live",
+        Status::Live { transport } => {
+            set(&object, "transport", transport.as_str());
+            "live"
+        }
         Status::BackingOff { error, retry_at } => {
             set(&object, "error", error_to_js(error));
             set(&object, "retryAt", retry_at.timestamp_millis() as f64);
