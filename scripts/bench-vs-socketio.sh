@@ -16,7 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -p distributed-events-server
+# With the bench, as docs/PERFORMANCE.md builds it: the same features, so one build serves both.
+cargo build --release -p distributed-events-server -p distributed-events-bench
 (cd bench/socketio && npm ci --no-audit --no-fund --loglevel=error)
 # 1,000 clients hold 1,000 sockets on each side of loopback.
 ulimit -n "$(ulimit -Hn)"
