@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark scenario of distributed-events-bench in smoke mode (a second or
-# two each, tiny counts) so that the harness keeps working; about 20 s once built. Exits
+# two each, tiny counts) so that the harness keeps working; about 30 s once built. Exits
 # non-zero when the harness fails (the server does not start, a request fails, an event
 # goes missing), never because a target was missed: smoke figures mean nothing.
 #
@@ -23,7 +23,11 @@ if [ -n "${DATABASE_URL_TEST:-}" ]; then databases=sqlite,postgres; fi
 
 for scenario in append batch latency fanout idle ceiling size; do
     extra=()
-    if [ "$scenario" = append ]; then extra=(--database "$databases"); fi
+    case "$scenario" in
+        append) extra=(--database "$databases") ;;
+        # Both ways of following the server: long-polling and Server-Sent Events.
+        latency | fanout | idle) extra=(--transport long-poll,stream) ;;
+    esac
     echo "==> bench smoke: $scenario ${extra[*]}" >&2
     # The harness bounds every wait itself; the timeout only guards against a hang.
     timeout 120 "$bench" "$scenario" --smoke "${extra[@]}"

@@ -43,11 +43,11 @@ enum Scenario {
     Append,
     /// 2. `append_batch` through the library on a SQLite store: events/s.
     Batch,
-    /// 3. Publish-to-handler latency at a steady rate, 100 native clients in live mode.
+    /// 3. Publish-to-handler latency at a steady rate, 100 live clients (per --transport).
     Latency,
-    /// 4. 1,000 live native clients receiving every event: deliveries/s, server CPU, RSS.
+    /// 4. 1,000 live clients receiving every event: deliveries/s, server CPU, RSS.
     Fanout,
-    /// 5. 10,000 parked long-polls: server RSS and CPU while nothing happens.
+    /// 5. 10,000 parked long-polls or open streams: server RSS and CPU while nothing happens.
     Idle,
     /// 6. Empty `GET /events?after=<head>` against a hello-world route of the same server.
     Ceiling,
@@ -58,6 +58,25 @@ enum Scenario {
     /// Internal: the library server plus `/hello`, for `ceiling` (prints `listening on`).
     #[value(hide = true)]
     ServeHello,
+}
+
+/// How the clients of `latency`, `fanout` and `idle` follow the server (docs/PROTOCOL.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// Long-polling: `GET /events?after=N&wait=30`, again after each answer.
+    LongPoll,
+    /// Server-Sent Events: one `GET /events?after=N` with `Accept: text/event-stream`.
+    Stream,
+}
+
+impl Transport {
+    /// How figures name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LongPoll => "long-poll",
+            Self::Stream => "stream",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -93,6 +112,16 @@ pub struct Args {
     #[arg(long)]
     server_bin: Option<PathBuf>,
 
+    /// Transports of `latency`, `fanout` and `idle` (comma-separated): each scenario runs
+    /// once per transport, on a fresh server.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "long-poll,stream"
+    )]
+    transport: Vec<Transport>,
+
     /// Seconds of each timed measurement (append per producer count, ceiling per round,
     /// latency, batch).
     #[arg(long, default_value_t = 10.0)]
@@ -126,7 +155,7 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     fanout_producers: usize,
 
-    /// Parked long-polls in `idle`.
+    /// Parked long-polls (or open streams) in `idle`.
     #[arg(long, default_value_t = 10_000)]
     idle_polls: usize,
 
@@ -251,16 +280,22 @@ async fn run(args: &Args, report: &Report) -> Result<(), BenchError> {
         scenarios::batch::run(args, report).await?;
     }
     if wants(Scenario::Latency) {
-        banner("latency");
-        scenarios::latency::run(args, report).await?;
+        for &transport in &args.transport {
+            banner(&format!("latency ({})", transport.name()));
+            scenarios::latency::run(args, report, transport).await?;
+        }
     }
     if wants(Scenario::Fanout) {
-        banner("fanout");
-        scenarios::fanout::run(args, report).await?;
+        for &transport in &args.transport {
+            banner(&format!("fanout ({})", transport.name()));
+            scenarios::fanout::run(args, report, transport).await?;
+        }
     }
     if wants(Scenario::Idle) {
-        banner("idle");
-        scenarios::idle::run(args, report).await?;
+        for &transport in &args.transport {
+            banner(&format!("idle ({})", transport.name()));
+            scenarios::idle::run(args, report, transport).await?;
+        }
     }
     if wants(Scenario::Ceiling) {
         banner("ceiling");

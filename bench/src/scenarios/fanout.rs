@@ -1,4 +1,5 @@
-//! Scenario 4, fan-out: 1,000 native clients in live mode, each receiving every event.
+//! Scenario 4, fan-out: 1,000 native clients in live mode (streaming or long-polling, per
+//! `--transport`), each receiving every event exactly once.
 //! Producers post a fixed number of events as fast as the server acknowledges them; the
 //! clock runs from the first post to the last delivery. Deliveries per second, and the
 //! server's CPU and peak RSS (VmHWM) over the run.
@@ -14,12 +15,20 @@ use crate::scenarios::{
     head, live_clients, mib, new_event, own_cpu_seconds, post, start_server, wait_until,
 };
 use crate::server::Database;
-use crate::{Args, BenchError};
+use crate::{Args, BenchError, Transport};
 
 const SCENARIO: &str = "fanout";
-const TARGET: f64 = 200_000.0;
 
-pub async fn run(args: &Args, report: &Report) -> Result<(), BenchError> {
+/// Issue 5's targets for long-polling, issue 11's for streaming: deliveries/s at least,
+/// server CPU per delivery at most (µs).
+fn targets(transport: Transport) -> (f64, Option<f64>) {
+    match transport {
+        Transport::LongPoll => (200_000.0, None),
+        Transport::Stream => (500_000.0, Some(0.5)),
+    }
+}
+
+pub async fn run(args: &Args, report: &Report, transport: Transport) -> Result<(), BenchError> {
     let database = Database::sqlite()?;
     let server = start_server(args, &database, &[])?;
     let url = server.url().to_owned();
@@ -28,20 +37,43 @@ pub async fn run(args: &Args, report: &Report) -> Result<(), BenchError> {
     let start = head(&http, &url).await?;
     let n_clients = args.count(args.fanout_clients.max(1), 20);
     let n_events = args.count(args.fanout_events.max(1), 50);
-    let clients = live_clients(&url, n_clients, start).await?;
+    let clients = live_clients(&url, n_clients, start, transport).await?;
 
-    // Every delivery counts once; a client that has all its events counts as finished.
+    // Every delivery counts once; a client that has all its events counts as finished; an
+    // event received twice fails the run (the events are those after `start`, in order).
     let deliveries = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
     let last_delivery = Arc::new(std::sync::Mutex::new(Instant::now()));
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
     for client in &clients {
         let mut events = client.events();
+        let failure = Arc::clone(&failure);
         let deliveries = Arc::clone(&deliveries);
         let finished = Arc::clone(&finished);
         let last_delivery = Arc::clone(&last_delivery);
         tokio::spawn(async move {
             let mut got = 0;
-            while let Some(_event) = events.next().await {
+            let mut seen = vec![false; n_events];
+            while let Some(event) = events.next().await {
+                let index = event
+                    .position
+                    .and_then(|position| position.checked_sub(start + 1))
+                    .and_then(|index| usize::try_from(index).ok());
+                let problem = match index.and_then(|index| seen.get_mut(index)) {
+                    Some(seen) if !*seen => {
+                        *seen = true;
+                        None
+                    }
+                    Some(_) => Some(format!("the event at {:?} came twice", event.position)),
+                    None => Some(format!("an unexpected event at {:?}", event.position)),
+                };
+                if let Some(problem) = problem {
+                    failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_or_insert(problem);
+                    break;
+                }
                 got += 1;
                 deliveries.fetch_add(1, Ordering::Relaxed);
                 if got == n_events {
@@ -80,7 +112,19 @@ pub async fn run(args: &Args, report: &Report) -> Result<(), BenchError> {
     }
     let published = started.elapsed().as_secs_f64();
     let limit = Duration::from_secs(if args.smoke { 30 } else { 300 });
-    let all = wait_until(limit, || finished.load(Ordering::Relaxed) == n_clients).await;
+    let failed = || {
+        failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    };
+    let all = wait_until(limit, || {
+        finished.load(Ordering::Relaxed) == n_clients || failed().is_some()
+    })
+    .await;
+    if let Some(error) = failed() {
+        return Err(BenchError(format!("a client failed: {error}")));
+    }
     if !all {
         return Err(BenchError(format!(
             "after {} s, {} of {n_clients} clients had every event ({} of {} deliveries)",
@@ -102,13 +146,17 @@ pub async fn run(args: &Args, report: &Report) -> Result<(), BenchError> {
         client.close().await;
     }
 
-    let what = format!("{n_clients} live clients, {n_events} events");
+    let what = format!(
+        "{n_clients} live clients ({}), {n_events} events",
+        transport.name()
+    );
+    let (deliveries_target, cpu_target) = targets(transport);
     report.record(
         SCENARIO,
         format!("{what}: deliveries"),
         (n_clients * n_events) as f64 / elapsed,
         "deliveries/s",
-        Some(Target::AtLeast(TARGET)),
+        Some(Target::AtLeast(deliveries_target)),
     );
     report.record(
         SCENARIO,
@@ -129,7 +177,7 @@ pub async fn run(args: &Args, report: &Report) -> Result<(), BenchError> {
         format!("{what}: server CPU per delivery"),
         server_cpu * 1e6 / (n_clients * n_events) as f64,
         "us",
-        None,
+        cpu_target.map(Target::AtMost),
     );
     report.record(
         SCENARIO,

@@ -16,7 +16,7 @@ use distributed_events_client::{Event, StoredEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::server::{Database, ServerProcess};
-use crate::{Args, BenchError};
+use crate::{Args, BenchError, Transport};
 
 /// The event every scenario posts: a sequence number and when it was sent, in
 /// microseconds of [`now_us`] (publisher and receivers share this process's clock).
@@ -148,19 +148,26 @@ pub fn mib(bytes: f64) -> f64 {
     bytes / (1024.0 * 1024.0)
 }
 
-/// `n` native clients of `url` in live mode (long-poll), starting after `head`, once all
-/// of them are live and their first long-poll has had time to reach the server.
+/// `n` native clients of `url` in live mode by `transport`, starting after `head`, once
+/// all of them are live by that transport (a stream that fell back to long-polling does
+/// not count) and their first request has had time to reach the server.
 pub async fn live_clients(
     url: &str,
     n: usize,
     head: u64,
+    transport: Transport,
 ) -> Result<Vec<distributed_events_client::EventBusClient>, BenchError> {
     use distributed_events_client::{event_registry, EventBusClient, Status};
+    let transport = match transport {
+        Transport::LongPoll => distributed_events_client::Transport::LongPoll,
+        Transport::Stream => distributed_events_client::Transport::Stream,
+    };
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         let client = EventBusClient::builder(url)
             .registry(event_registry![BenchEvent])
             .initial_position(head)
+            .transport(transport)
             .build()
             .map_err(|error| BenchError(format!("cannot build a client: {error}")))?;
         clients.push(client);
@@ -172,20 +179,21 @@ pub async fn live_clients(
     let live = wait_until(Duration::from_secs(60), || {
         clients
             .iter()
-            .all(|client| matches!(client.status(), Status::Live { .. }))
+            .all(|client| client.status() == Status::Live { transport })
     })
     .await;
     if !live {
         let stuck = clients
             .iter()
-            .find(|client| !matches!(client.status(), Status::Live { .. }))
+            .find(|client| client.status() != Status::Live { transport })
             .map(|client| format!("{:?}", client.status()))
             .unwrap_or_default();
         return Err(BenchError(format!(
-            "not every client went live within 60 s (one is {stuck})"
+            "not every client went live by {transport:?} within 60 s (one is {stuck})"
         )));
     }
-    // Live means the catch-up read answered; give the long-polls that follow time to park.
+    // Live means the catch-up read answered; give the long-polls (or streams) that follow
+    // time to park.
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(clients)
 }
