@@ -197,6 +197,44 @@ async fn streams_and_producer_state_survive_a_restart_on_mysql() {
     streams_and_producer_state_survive_a_restart(&database).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_values_longer_than_mysql_keeps_are_refused_with_400() {
+    let Some(url) = mysql_url() else { return };
+    let database = fresh_mysql_database(&url).await;
+    let server = ServerProcess::start(&["--database", &database]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/stream/log", server.base);
+    let created = client
+        .put(&url)
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let refused = client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("producer-id", "p".repeat(8193))
+        .header("producer-epoch", "0")
+        .header("producer-seq", "0")
+        .body("a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let kept = client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("producer-id", "p".repeat(8192))
+        .header("producer-epoch", "0")
+        .header("producer-seq", "0")
+        .body("a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 200, "8 KiB is kept");
+}
+
 /// Appends of an idempotent producer, a restart, and its retry: a duplicate. Paths and
 /// producer ids that differ only in case are different (MySQL's default collations would
 /// merge them), and long ones are kept whole.

@@ -257,7 +257,7 @@ fn sqlite_schema() -> &'static str {
 /// must be `VARCHAR`/`VARBINARY` (it reads `TEXT` as bytes); `VARBINARY` compares byte for
 /// byte, as SQLite and PostgreSQL do. Keys cannot hold long text, so the unique keys of
 /// the tenant's path and of a producer are SHA-256 digests in stored generated columns.
-/// Header values longer than their column are refused by the server (strict mode).
+/// Longer values are refused before they reach the database (see [`MYSQL_MAX_TEXT`]).
 const MYSQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS ds_streams (
         id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
         tenant VARBINARY(8192) NOT NULL,
@@ -297,6 +297,10 @@ const MYSQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS ds_streams (
         producer_key BINARY(32) AS (UNHEX(SHA2(producer_id, 256))) STORED,
         UNIQUE KEY ds_producers_key (stream_id, producer_key)
     ) ENGINE = InnoDB;";
+
+/// The most bytes of a tenant, content type, producer id or `Stream-Seq` on MySQL: the
+/// size of their `VARBINARY` columns.
+const MYSQL_MAX_TEXT: usize = 8192;
 
 const STREAM_COLUMNS: &str = "id, content_type, ttl_seconds, expires_at, expires_at_ms, \
     last_access_ms, tail, closed, closed_by_id, closed_by_epoch, closed_by_seq, \
@@ -341,8 +345,11 @@ fn read_committed(
     _: sqlx::pool::PoolConnectionMetadata,
 ) -> futures::future::BoxFuture<'_, Result<(), sqlx::Error>> {
     Box::pin(async move {
-        sqlx::Executor::execute(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .await?;
+        sqlx::Executor::execute(
+            conn,
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
+        .await?;
         Ok(())
     })
 }
@@ -653,6 +660,10 @@ impl DurableStore {
         path: &str,
         request: &CreateRequest,
     ) -> Result<(bool, Meta), DsError> {
+        self.fits(&[
+            ("the tenant", Some(tenant)),
+            ("Content-Type", request.content_type.as_deref()),
+        ])?;
         if let Some(existing) = self.live_row(conn, tenant, path).await? {
             if existing.soft_deleted {
                 return Err(DsError::Conflict(
@@ -795,6 +806,22 @@ impl DurableStore {
         Ok((true, meta))
     }
 
+    /// Refuses text that the dialect's columns cannot hold whole (MySQL's `VARBINARY`).
+    fn fits(&self, values: &[(&str, Option<&str>)]) -> Result<(), DsError> {
+        if self.dialect != Dialect::MySql {
+            return Ok(());
+        }
+        match values
+            .iter()
+            .find(|(_, value)| value.is_some_and(|value| value.len() > MYSQL_MAX_TEXT))
+        {
+            Some((name, _)) => Err(DsError::BadRequest(format!(
+                "{name} is longer than {MYSQL_MAX_TEXT} bytes, the most the MySQL store keeps"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     async fn same_config(
         &self,
         conn: &mut AnyConnection,
@@ -862,6 +889,16 @@ impl DurableStore {
         path: &str,
         request: AppendRequest,
     ) -> Result<Appended, DsError> {
+        self.fits(&[
+            (
+                "Producer-Id",
+                request
+                    .producer
+                    .as_ref()
+                    .map(|producer| producer.id.as_str()),
+            ),
+            ("Stream-Seq", request.stream_seq.as_deref()),
+        ])?;
         let meta = match self.live_row(conn, tenant, path).await? {
             None => return Err(DsError::NotFound),
             Some(meta) if meta.soft_deleted => return Err(DsError::Gone),
