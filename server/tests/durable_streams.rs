@@ -16,11 +16,16 @@ use uuid::Uuid;
 const SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
 
 fn token(tenant: &str) -> String {
+    token_for(tenant, 600)
+}
+
+/// A token of `tenant` that expires in `seconds`.
+fn token_for(tenant: &str, seconds: u64) -> String {
     let exp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 600;
+        + seconds;
     encode(
         &Header::new(Algorithm::HS256),
         &json!({"sub": "someone", "tenant_id": tenant, "exp": exp}),
@@ -320,6 +325,40 @@ async fn streams_and_producer_state_survive_a_restart(database: &str) {
     assert_eq!(read("log").await.unwrap().text().await.unwrap(), "abBlc");
     assert_eq!(read("Log").await.unwrap().text().await.unwrap(), "");
     assert_eq!(read(&long_path).await.unwrap().text().await.unwrap(), "z");
+}
+
+/// An SSE answer lasts 60 s at most; with a token that expires sooner it ends then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_read_ends_when_the_bearer_token_expires() {
+    let server = ServerProcess::start(&["--database", "memory", "--jwt-secret", SECRET]);
+    let client = reqwest::Client::new();
+    let created = client
+        .put(format!("{}/v1/stream/feed", server.base))
+        .bearer_auth(token("a"))
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    for path in ["feed", "_events"] {
+        let response = client
+            .get(format!(
+                "{}/v1/stream/{path}?offset=-1&live=sse",
+                server.base
+            ))
+            .bearer_auth(token_for("a", 2))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        // Well below the 60 s an SSE answer lasts otherwise.
+        let body = tokio::time::timeout(Duration::from_secs(30), response.text())
+            .await
+            .unwrap_or_else(|_| panic!("the SSE answer of {path} outlived its token"))
+            .unwrap();
+        assert!(body.contains("event: control"), "{path}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
