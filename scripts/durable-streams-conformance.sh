@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the Durable Streams conformance suite (npm `@durable-streams/server-conformance-tests`,
 # pinned in tests/durable-streams/package.json) against the real server binary: on a fresh
-# SQLite file, and, when DATABASE_URL_TEST is set, on a fresh PostgreSQL schema. Prints
+# SQLite file, when DATABASE_URL_TEST is set on a fresh PostgreSQL schema, and when
+# MYSQL_URL_TEST is set on a fresh MySQL/MariaDB database (both dropped afterwards). Prints
 # passed/failed/skipped for each and exits non-zero on any failure.
 #
 # Uses $DISTRIBUTED_EVENTS_SERVER when set, else builds and uses the debug binary.
-# DURABLE_STREAMS_BACKENDS (default "sqlite postgres") chooses the runs.
+# DURABLE_STREAMS_BACKENDS (default "sqlite postgres mysql") chooses the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,12 +24,35 @@ fi
 work=$(mktemp -d)
 server_pid=
 schema=
+mysql_database=
 cleanup() {
     if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
     if [[ -n "$schema" ]]; then psql "$DATABASE_URL_TEST" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; fi
+    if [[ -n "$mysql_database" ]]; then mysql_run "DROP DATABASE IF EXISTS \`$mysql_database\`" >/dev/null 2>&1 || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
+
+# MYSQL_URL_TEST (mysql://USER[:PASSWORD]@HOST[:PORT]/DB[?PARAMS]) with database $1, and
+# a statement run by the mariadb (or mysql) client on that server.
+mysql_url_of() {
+    local url=${MYSQL_URL_TEST%%\?*} params=
+    [[ "$MYSQL_URL_TEST" == *\?* ]] && params="?${MYSQL_URL_TEST#*\?}"
+    echo "${url%/*}/$1$params"
+}
+mysql_run() {
+    local authority=${MYSQL_URL_TEST#mysql://}
+    authority=${authority%%/*}
+    local credentials=root host_port=$authority
+    if [[ "$authority" == *@* ]]; then credentials=${authority%@*}; host_port=${authority##*@}; fi
+    local user=${credentials%%:*} password=
+    [[ "$credentials" == *:* ]] && password=${credentials#*:}
+    local host=${host_port%%:*} port=3306
+    [[ "$host_port" == *:* ]] && port=${host_port##*:}
+    local client=mariadb
+    command -v mariadb >/dev/null 2>&1 || client=mysql
+    MYSQL_PWD="$password" "$client" -u"$user" -h"$host" -P"$port" -e "$1"
+}
 
 # Starts the binary on database $1; sets $base.
 start_server() {
@@ -77,7 +101,7 @@ run_suite() {
 }
 
 failures=0
-for backend in ${DURABLE_STREAMS_BACKENDS:-sqlite postgres}; do
+for backend in ${DURABLE_STREAMS_BACKENDS:-sqlite postgres mysql}; do
     case "$backend" in
         sqlite)
             start_server "sqlite://$work/streams.db"
@@ -93,8 +117,17 @@ for backend in ${DURABLE_STREAMS_BACKENDS:-sqlite postgres}; do
             [[ "$DATABASE_URL_TEST" == *\?* ]] && separator='&'
             start_server "${DATABASE_URL_TEST}${separator}options[search_path]=$schema"
             ;;
+        mysql)
+            if [[ -z "${MYSQL_URL_TEST:-}" ]]; then
+                echo "mysql: skipped (MYSQL_URL_TEST is not set)"
+                continue
+            fi
+            mysql_database="ds_conformance_$(date +%s)_$RANDOM"
+            mysql_run "CREATE DATABASE \`$mysql_database\`"
+            start_server "$(mysql_url_of "$mysql_database")"
+            ;;
         *)
-            echo "unknown backend $backend (use sqlite or postgres)" >&2
+            echo "unknown backend $backend (use sqlite, postgres or mysql)" >&2
             exit 2
             ;;
     esac

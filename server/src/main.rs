@@ -228,19 +228,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
     })?;
     let authenticator = jwt_authenticator(&args)?;
-    let durable = if args.database.starts_with("mysql://") {
-        tracing::warn!(
-            "Durable Streams (/v1/stream) need SQLite or PostgreSQL: not served on MySQL"
-        );
-        None
-    } else {
-        Some(DurableStore::open(&args.database).await.map_err(|error| {
-            format!(
-                "cannot open the Durable Streams tables in {}: {error}",
-                redacted(&args.database)
-            )
-        })?)
-    };
+    let durable = DurableStore::open(&args.database).await.map_err(|error| {
+        format!(
+            "cannot open the Durable Streams tables in {}: {error}",
+            redacted(&args.database)
+        )
+    })?;
     let mut builder = EventBusServer::builder(store)
         .retention(args.retention)
         .cleanup_interval(args.cleanup_interval)
@@ -254,10 +247,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             body_read_timeout: args.body_read_timeout,
             max_stream_duration: args.max_stream_duration,
             ..Limits::default()
-        });
-    if let Some(durable) = durable {
-        builder = builder.durable_streams(durable);
-    }
+        })
+        .durable_streams(durable);
     if let Some(authenticator) = authenticator {
         tracing::info!(?authenticator, "requests need a bearer JWT");
         builder = builder.authenticator(authenticator);

@@ -1,12 +1,13 @@
 //! Durable Streams at `/v1/stream/{path}`, on the real binary: what the protocol's own
 //! conformance suite (scripts/durable-streams-conformance.sh) does not cover: tenants,
-//! the event log as a stream, restarts, limits, and several instances on PostgreSQL.
+//! the event log as a stream, restarts (on SQLite and MySQL), limits, and several
+//! instances on PostgreSQL.
 
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::databases::{fresh_postgres_schema, postgres_url};
+use common::databases::{fresh_mysql_database, fresh_postgres_schema, mysql_url, postgres_url};
 use common::ServerProcess;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -15,11 +16,16 @@ use uuid::Uuid;
 const SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
 
 fn token(tenant: &str) -> String {
+    token_for(tenant, 600)
+}
+
+/// A token of `tenant` that expires in `seconds`.
+fn token_for(tenant: &str, seconds: u64) -> String {
     let exp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 600;
+        + seconds;
     encode(
         &Header::new(Algorithm::HS256),
         &json!({"sub": "someone", "tenant_id": tenant, "exp": exp}),
@@ -183,48 +189,176 @@ async fn the_event_log_reads_as_a_read_only_json_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_and_producer_state_survive_a_restart() {
+async fn streams_and_producer_state_survive_a_restart_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("streams.db");
-    let client = reqwest::Client::new();
-    let append = |base: &str, seq: u64, body: &'static str| {
-        client
-            .post(format!("{base}/v1/stream/log"))
-            .header("content-type", "text/plain")
-            .header("producer-id", "writer-1")
-            .header("producer-epoch", "0")
-            .header("producer-seq", seq.to_string())
-            .body(body)
-            .send()
-    };
+    let database = format!("sqlite://{}", dir.path().join("streams.db").display());
+    streams_and_producer_state_survive_a_restart(&database).await;
+}
 
-    let server = ServerProcess::sqlite(&path, &[]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_producer_state_survive_a_restart_on_mysql() {
+    let Some(url) = mysql_url() else { return };
+    let database = fresh_mysql_database(&url).await;
+    streams_and_producer_state_survive_a_restart(&database).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_values_longer_than_mysql_keeps_are_refused_with_400() {
+    let Some(url) = mysql_url() else { return };
+    let database = fresh_mysql_database(&url).await;
+    let server = ServerProcess::start(&["--database", &database]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/stream/log", server.base);
     let created = client
-        .put(format!("{}/v1/stream/log", server.base))
+        .put(&url)
         .header("content-type", "text/plain")
         .send()
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    assert_eq!(append(&server.base, 0, "a").await.unwrap().status(), 200);
-    assert_eq!(append(&server.base, 1, "b").await.unwrap().status(), 200);
+    let refused = client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("producer-id", "p".repeat(8193))
+        .header("producer-epoch", "0")
+        .header("producer-seq", "0")
+        .body("a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let kept = client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("producer-id", "p".repeat(8192))
+        .header("producer-epoch", "0")
+        .header("producer-seq", "0")
+        .body("a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 200, "8 KiB is kept");
+}
+
+/// Appends of an idempotent producer, a restart, and its retry: a duplicate. Paths and
+/// producer ids that differ only in case are different (MySQL's default collations would
+/// merge them), and long ones are kept whole.
+async fn streams_and_producer_state_survive_a_restart(database: &str) {
+    let client = reqwest::Client::new();
+    let long_producer = "p".repeat(3000);
+    let long_path = "x".repeat(1000);
+    let append = |base: &str, path: &str, producer: &str, seq: u64, body: &'static str| {
+        client
+            .post(format!("{base}/v1/stream/{path}"))
+            .header("content-type", "text/plain")
+            .header("producer-id", producer)
+            .header("producer-epoch", "0")
+            .header("producer-seq", seq.to_string())
+            .body(body)
+            .send()
+    };
+    let create = |base: &str, path: &str| {
+        client
+            .put(format!("{base}/v1/stream/{path}"))
+            .header("content-type", "text/plain")
+            .send()
+    };
+
+    let server = ServerProcess::start(&["--database", database]);
+    for path in ["log", "Log", &long_path] {
+        assert_eq!(
+            create(&server.base, path).await.unwrap().status(),
+            201,
+            "{path}"
+        );
+    }
+    for (producer, seq, body) in [
+        ("writer-1", 0, "a"),
+        ("writer-1", 1, "b"),
+        ("Writer-1", 0, "B"),
+        (&long_producer, 0, "l"),
+    ] {
+        let appended = append(&server.base, "log", producer, seq, body)
+            .await
+            .unwrap();
+        assert_eq!(appended.status(), 200, "{producer} {seq}");
+    }
+    assert_eq!(
+        append(&server.base, &long_path, "writer-1", 0, "z")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert!(server.terminate(), "the server stops cleanly");
 
-    let server = ServerProcess::sqlite(&path, &[]);
-    let retry = append(&server.base, 1, "b").await.unwrap();
+    let server = ServerProcess::start(&["--database", database]);
+    let retry = append(&server.base, "log", "writer-1", 1, "b")
+        .await
+        .unwrap();
     assert_eq!(
         retry.status(),
         204,
         "a retry after the restart is a duplicate"
     );
     assert_eq!(retry.headers()["producer-seq"], "1");
-    assert_eq!(append(&server.base, 2, "c").await.unwrap().status(), 200);
-    let read = client
-        .get(format!("{}/v1/stream/log?offset=-1", server.base))
+    let long_retry = append(&server.base, "log", &long_producer, 0, "l")
+        .await
+        .unwrap();
+    assert_eq!(
+        long_retry.status(),
+        204,
+        "the long producer id is kept whole"
+    );
+    assert_eq!(
+        append(&server.base, "log", "writer-1", 2, "c")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let read = |path: &str| {
+        client
+            .get(format!("{}/v1/stream/{path}?offset=-1", server.base))
+            .send()
+    };
+    assert_eq!(read("log").await.unwrap().text().await.unwrap(), "abBlc");
+    assert_eq!(read("Log").await.unwrap().text().await.unwrap(), "");
+    assert_eq!(read(&long_path).await.unwrap().text().await.unwrap(), "z");
+}
+
+/// An SSE answer lasts 60 s at most; with a token that expires sooner it ends then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_read_ends_when_the_bearer_token_expires() {
+    let server = ServerProcess::start(&["--database", "memory", "--jwt-secret", SECRET]);
+    let client = reqwest::Client::new();
+    let created = client
+        .put(format!("{}/v1/stream/feed", server.base))
+        .bearer_auth(token("a"))
+        .header("content-type", "text/plain")
+        .body("hello")
         .send()
         .await
         .unwrap();
-    assert_eq!(read.text().await.unwrap(), "abc");
+    assert_eq!(created.status(), 201);
+    for path in ["feed", "_events"] {
+        let response = client
+            .get(format!(
+                "{}/v1/stream/{path}?offset=-1&live=sse",
+                server.base
+            ))
+            .bearer_auth(token_for("a", 2))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        // Well below the 60 s an SSE answer lasts otherwise.
+        let body = tokio::time::timeout(Duration::from_secs(30), response.text())
+            .await
+            .unwrap_or_else(|_| panic!("the SSE answer of {path} outlived its token"))
+            .unwrap();
+        assert!(body.contains("event: control"), "{path}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

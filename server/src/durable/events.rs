@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{
     format_offset, header_value, read_query, response_cursor, sse_data, text, Live,
-    LONG_POLL_TIMEOUT, SSE_DURATION, STREAM_CURSOR, STREAM_NEXT_OFFSET, STREAM_UP_TO_DATE,
+    LONG_POLL_TIMEOUT, STREAM_CURSOR, STREAM_NEXT_OFFSET, STREAM_UP_TO_DATE,
 };
 use crate::auth::Principal;
 use crate::reads::ReadError;
@@ -135,7 +135,7 @@ fn read_error(error: ReadError) -> Response {
 
 /// `live=sse` on the log: each page of records is a data event (a JSON array) followed
 /// by a control event with the offset after it, until the reader leaves, retention overtakes it, the
-/// server shuts down, or [`SSE_DURATION`] passes.
+/// server shuts down, or [`SSE_DURATION`](super::SSE_DURATION) passes (or the bearer token expires).
 async fn sse(
     server: &EventBusServer,
     principal: &Principal,
@@ -167,9 +167,9 @@ async fn sse(
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
     let server = server.clone();
     let principal = principal.clone();
+    let deadline = super::sse_deadline(principal.expires_at);
     tokio::spawn(async move {
         let _permit = permit;
-        let deadline = Instant::now() + SSE_DURATION;
         let keep_alive = LONG_POLL_TIMEOUT.min(server.limits().max_wait);
         let mut page = first;
         loop {

@@ -171,6 +171,19 @@ impl IntoResponse for DsError {
     }
 }
 
+/// When an SSE answer ends: after [`SSE_DURATION`], and never past the bearer token's
+/// expiry (the client reconnects with a fresh one), as `/events` streams do.
+fn sse_deadline(token_expires_at: Option<chrono::DateTime<chrono::Utc>>) -> Instant {
+    let mut lifetime = SSE_DURATION;
+    if let Some(expires_at) = token_expires_at {
+        let left = (expires_at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        lifetime = lifetime.min(left);
+    }
+    Instant::now() + lifetime
+}
+
 /// One request's context: the stream's store, the caller's tenant and the stream path.
 struct Target {
     store: Arc<DurableStore>,
@@ -178,6 +191,8 @@ struct Target {
     tenant: String,
     /// Whether the caller authenticated (answers are then `private` to caches).
     private: bool,
+    /// When the caller's bearer token expires.
+    token_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     path: String,
 }
 
@@ -220,6 +235,7 @@ async fn handle(State(server): State<EventBusServer>, request: Request) -> Respo
         store,
         tenant: principal.tenant_id.unwrap_or_default(),
         private,
+        token_expires_at: principal.expires_at,
         path,
     };
     let read_body = read_body(
@@ -869,7 +885,8 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// `live=sse`: data events, each followed by a control event, until the stream closes,
-/// the client leaves, the server shuts down, or [`SSE_DURATION`] passes.
+/// the client leaves, the server shuts down, or [`SSE_DURATION`] passes (or the bearer
+/// token expires).
 async fn sse(
     server: &EventBusServer,
     target: &Target,
@@ -901,9 +918,9 @@ async fn sse(
     let store = target.store.clone();
     let (tenant, path) = (target.tenant.clone(), target.path.clone());
     let json = first.meta.is_json();
+    let deadline = sse_deadline(target.token_expires_at);
     tokio::spawn(async move {
         let _permit = permit;
-        let deadline = Instant::now() + SSE_DURATION;
         let keep_alive = LONG_POLL_TIMEOUT.min(server_task.limits().max_wait);
         let mut changes = store.subscribe();
         let mut result = first;

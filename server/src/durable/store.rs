@@ -1,5 +1,5 @@
 //! Where Durable Streams are kept: three tables beside the events, in the same database
-//! (`ds_streams`, `ds_messages`, `ds_producers`), on SQLite or PostgreSQL.
+//! (`ds_streams`, `ds_messages`, `ds_producers`), on SQLite, PostgreSQL or MySQL/MariaDB.
 //!
 //! One append is one row of `ds_messages` (a JSON append keeps its flattened values
 //! together, comma-joined), numbered 1, 2, 3... within its stream; a stream's offsets are
@@ -9,8 +9,8 @@
 //! Every write (create, append, close, delete) is one transaction: the producer's state,
 //! `Stream-Seq` and the closure commit with the append they belong to, so a retry after a
 //! crash is recognised. On SQLite it begins `IMMEDIATE` (the write lock first); on
-//! PostgreSQL it locks the stream's row (`FOR UPDATE`), so instances sharing a database
-//! append to one stream one at a time.
+//! PostgreSQL and MySQL it locks the stream's row (`FOR UPDATE`), so that writers append
+//! to one stream one at a time.
 
 use std::time::Duration;
 
@@ -45,11 +45,12 @@ pub(crate) fn parse_offset(text: &str) -> Option<i64> {
     position.parse().ok()
 }
 
-/// The SQL dialect: where the two databases differ.
+/// The SQL dialect: where the databases differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dialect {
     Sqlite,
     Postgres,
+    MySql,
 }
 
 /// A stream's row.
@@ -124,8 +125,8 @@ pub(crate) enum DsError {
     SequenceGap { expected: i64, received: i64 },
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Another instance created the same stream at the same time (PostgreSQL); the
-    /// create is tried again.
+    /// Another instance (PostgreSQL) or request (MySQL) created the same stream at the
+    /// same time; the create is tried again.
     #[error("the stream was created concurrently; retry")]
     Raced,
 }
@@ -252,6 +253,55 @@ fn sqlite_schema() -> &'static str {
     );"
 }
 
+/// The tables on MySQL and MariaDB. Text that sqlx's `Any` driver reads back as a `String`
+/// must be `VARCHAR`/`VARBINARY` (it reads `TEXT` as bytes); `VARBINARY` compares byte for
+/// byte, as SQLite and PostgreSQL do. Keys cannot hold long text, so the unique keys of
+/// the tenant's path and of a producer are SHA-256 digests in stored generated columns.
+/// Longer values are refused before they reach the database (see [`MYSQL_MAX_TEXT`]).
+const MYSQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS ds_streams (
+        id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+        tenant VARBINARY(8192) NOT NULL,
+        path VARBINARY(1024) NOT NULL, -- MAX_PATH_BYTES
+        content_type VARBINARY(8192) NOT NULL,
+        ttl_seconds BIGINT,
+        expires_at VARBINARY(1024),
+        expires_at_ms BIGINT,
+        last_access_ms BIGINT NOT NULL,
+        tail BIGINT NOT NULL,
+        closed BIGINT NOT NULL DEFAULT 0,
+        closed_by_id VARBINARY(8192),
+        closed_by_epoch BIGINT,
+        closed_by_seq BIGINT,
+        last_stream_seq VARBINARY(8192),
+        forked_from VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin,
+        fork_offset BIGINT NOT NULL DEFAULT 0,
+        fork_sub_offset BIGINT NOT NULL DEFAULT 0,
+        ref_count BIGINT NOT NULL DEFAULT 0,
+        soft_deleted BIGINT NOT NULL DEFAULT 0,
+        tenant_path BINARY(32) AS (UNHEX(SHA2(CONCAT(LENGTH(tenant), ':', tenant, path), 256)))
+            STORED,
+        UNIQUE KEY ds_streams_tenant_path (tenant_path),
+        KEY ds_streams_lookup (tenant(255), path(255))
+    ) ENGINE = InnoDB;
+    CREATE TABLE IF NOT EXISTS ds_messages (
+        stream_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+        position BIGINT NOT NULL,
+        data LONGBLOB NOT NULL,
+        PRIMARY KEY (stream_id, position)
+    ) ENGINE = InnoDB;
+    CREATE TABLE IF NOT EXISTS ds_producers (
+        stream_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+        producer_id VARBINARY(8192) NOT NULL,
+        epoch BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        producer_key BINARY(32) AS (UNHEX(SHA2(producer_id, 256))) STORED,
+        UNIQUE KEY ds_producers_key (stream_id, producer_key)
+    ) ENGINE = InnoDB;";
+
+/// The most bytes of a tenant, content type, producer id or `Stream-Seq` on MySQL: the
+/// size of their `VARBINARY` columns.
+const MYSQL_MAX_TEXT: usize = 8192;
+
 const STREAM_COLUMNS: &str = "id, content_type, ttl_seconds, expires_at, expires_at_ms, \
     last_access_ms, tail, closed, closed_by_id, closed_by_epoch, closed_by_seq, \
     last_stream_seq, forked_from, fork_offset, fork_sub_offset, ref_count, soft_deleted";
@@ -287,6 +337,23 @@ fn meta_from_row(row: &AnyRow) -> Result<Meta, sqlx::Error> {
     })
 }
 
+/// Sets a MySQL session to `READ COMMITTED`: without gap locks, a `FOR UPDATE` that finds
+/// no stream locks nothing, so that creates of different paths never wait on (or deadlock
+/// with) each other; two creates of one path meet at its unique key.
+fn read_committed(
+    conn: &mut AnyConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures::future::BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        sqlx::Executor::execute(
+            conn,
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
+        .await?;
+        Ok(())
+    })
+}
+
 fn now_ms() -> i64 {
     distributed_events_shared::now().timestamp_millis()
 }
@@ -318,8 +385,9 @@ pub(crate) fn json_row_values(row: &[u8]) -> Vec<String> {
 }
 
 impl DurableStore {
-    /// Opens the store of a `--database` value (`sqlite://PATH`, `postgres://...`, or
-    /// `memory`: an SQLite database in memory), creating its tables if needed.
+    /// Opens the store of a `--database` value (`sqlite://PATH`, `postgres://...`,
+    /// `mysql://...`, or `memory`: an SQLite database in memory), creating its tables if
+    /// needed.
     pub async fn open(database: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let (url, dialect, max) = if database == "memory" {
@@ -328,13 +396,19 @@ impl DurableStore {
             (format!("sqlite://{path}"), Dialect::Sqlite, 4)
         } else if database.starts_with("postgres://") || database.starts_with("postgresql://") {
             (database.to_owned(), Dialect::Postgres, 8)
+        } else if database.starts_with("mysql://") {
+            (database.to_owned(), Dialect::MySql, 8)
         } else {
             return Err(StoreError::Unavailable(format!(
-                "Durable Streams need SQLite or PostgreSQL, not `{database}`"
+                "Durable Streams need SQLite, PostgreSQL or MySQL, not `{database}`"
             )));
         };
         let options: AnyConnectOptions = url.parse()?;
-        let pool = AnyPoolOptions::new()
+        let mut pool = AnyPoolOptions::new();
+        if dialect == Dialect::MySql {
+            pool = pool.after_connect(read_committed);
+        }
+        let pool = pool
             .max_connections(max)
             .min_connections(if database == "memory" { 1 } else { 0 })
             // An in-memory SQLite database lives as long as its one connection.
@@ -368,6 +442,10 @@ impl DurableStore {
                     .await?;
                 tx.commit().await?;
             }
+            Dialect::MySql => {
+                // One instance per database: the events store's owner lock is held already.
+                sqlx::raw_sql(MYSQL_SCHEMA).execute(&mut *conn).await?;
+            }
         }
         Ok(())
     }
@@ -375,7 +453,7 @@ impl DurableStore {
     /// `?` placeholders as the dialect wants them (`$1`, `$2`... on PostgreSQL).
     fn sql(&self, text: &str) -> String {
         match self.dialect {
-            Dialect::Sqlite => text.to_owned(),
+            Dialect::Sqlite | Dialect::MySql => text.to_owned(),
             Dialect::Postgres => {
                 let mut out = String::with_capacity(text.len() + 8);
                 let mut n = 0;
@@ -412,7 +490,7 @@ impl DurableStore {
     async fn begin(&self) -> Result<sqlx::Transaction<'_, sqlx::Any>, DsError> {
         Ok(match self.dialect {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
+            Dialect::Postgres | Dialect::MySql => self.pool.begin().await?,
         })
     }
 
@@ -436,7 +514,7 @@ impl DurableStore {
         }
     }
 
-    /// The stream's row, locked for the transaction on PostgreSQL.
+    /// The stream's row, locked for the transaction on PostgreSQL and MySQL.
     async fn row(
         &self,
         conn: &mut AnyConnection,
@@ -444,7 +522,7 @@ impl DurableStore {
         path: &str,
         lock: bool,
     ) -> Result<Option<Meta>, DsError> {
-        let lock = if lock && self.dialect == Dialect::Postgres {
+        let lock = if lock && self.dialect != Dialect::Sqlite {
             " FOR UPDATE"
         } else {
             ""
@@ -582,6 +660,10 @@ impl DurableStore {
         path: &str,
         request: &CreateRequest,
     ) -> Result<(bool, Meta), DsError> {
+        self.fits(&[
+            ("the tenant", Some(tenant)),
+            ("Content-Type", request.content_type.as_deref()),
+        ])?;
         if let Some(existing) = self.live_row(conn, tenant, path).await? {
             if existing.soft_deleted {
                 return Err(DsError::Conflict(
@@ -724,6 +806,22 @@ impl DurableStore {
         Ok((true, meta))
     }
 
+    /// Refuses text that the dialect's columns cannot hold whole (MySQL's `VARBINARY`).
+    fn fits(&self, values: &[(&str, Option<&str>)]) -> Result<(), DsError> {
+        if self.dialect != Dialect::MySql {
+            return Ok(());
+        }
+        match values
+            .iter()
+            .find(|(_, value)| value.is_some_and(|value| value.len() > MYSQL_MAX_TEXT))
+        {
+            Some((name, _)) => Err(DsError::BadRequest(format!(
+                "{name} is longer than {MYSQL_MAX_TEXT} bytes, the most the MySQL store keeps"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     async fn same_config(
         &self,
         conn: &mut AnyConnection,
@@ -791,6 +889,16 @@ impl DurableStore {
         path: &str,
         request: AppendRequest,
     ) -> Result<Appended, DsError> {
+        self.fits(&[
+            (
+                "Producer-Id",
+                request
+                    .producer
+                    .as_ref()
+                    .map(|producer| producer.id.as_str()),
+            ),
+            ("Stream-Seq", request.stream_seq.as_deref()),
+        ])?;
         let meta = match self.live_row(conn, tenant, path).await? {
             None => return Err(DsError::NotFound),
             Some(meta) if meta.soft_deleted => return Err(DsError::Gone),
