@@ -51,6 +51,15 @@ pub(crate) enum ReadError {
     Overloaded(&'static str),
 }
 
+/// What a cursor-mode read must include.
+#[derive(Clone, Copy)]
+enum Freshness {
+    /// Everything acknowledged before the read (read your own writes).
+    Acknowledged,
+    /// What the tail holds, when it covers the cursor.
+    Tail,
+}
+
 impl EventBusServer {
     /// The page `query` asks for: after a cursor (long-polling with `wait`) or since a
     /// time, of the events its filter (`eventType`, `aggregateId`) takes, `limit` and
@@ -59,6 +68,27 @@ impl EventBusServer {
         &self,
         principal: &Principal,
         query: &EventsQuery,
+    ) -> Result<EventsPage, ReadError> {
+        self.read(principal, query, Freshness::Acknowledged).await
+    }
+
+    /// The next page of an open stream: as [`read_events`](Self::read_events), but
+    /// from the tail as far as it goes, without waiting for it to take in commits it has
+    /// not seen yet. The stream sends those as soon as the tail has them, so a stream's
+    /// wake-up never waits on the store while producers keep committing.
+    pub(crate) async fn read_stream_page(
+        &self,
+        principal: &Principal,
+        query: &EventsQuery,
+    ) -> Result<EventsPage, ReadError> {
+        self.read(principal, query, Freshness::Tail).await
+    }
+
+    async fn read(
+        &self,
+        principal: &Principal,
+        query: &EventsQuery,
+        freshness: Freshness,
     ) -> Result<EventsPage, ReadError> {
         let limits = &self.inner.limits;
         let limit = query.limit.map_or(limits.max_page, |limit| {
@@ -76,7 +106,8 @@ impl EventBusServer {
             (None, Some(since)) => self.page_since(principal, query, since, limit).await,
             (Some(after), None) => {
                 let wait = query.wait.unwrap_or_default().min(limits.max_wait);
-                self.read_after(principal, query, after, limit, wait).await
+                self.read_after(principal, query, after, limit, wait, freshness)
+                    .await
             }
         }
     }
@@ -92,6 +123,7 @@ impl EventBusServer {
         after: u64,
         limit: usize,
         wait: Duration,
+        freshness: Freshness,
     ) -> Result<EventsPage, ReadError> {
         let inner = &self.inner;
         let store = &inner.store;
@@ -110,7 +142,10 @@ impl EventBusServer {
         let mut end = tail.watch_end();
         // What was acknowledged before this request: its answer must not leave any of it
         // out (read your own writes), even while the tail is still taking it in.
-        let acknowledged = *store.watch_head().borrow();
+        let acknowledged = match freshness {
+            Freshness::Acknowledged => *store.watch_head().borrow(),
+            Freshness::Tail => 0,
+        };
         let deadline = tokio::time::Instant::now() + wait;
         let mut cursor = after;
         let mut checked_ahead = false;

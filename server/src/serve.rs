@@ -141,6 +141,7 @@ pub async fn serve(
         let io = TokioIo::new(Watched {
             stream: stream.clone(),
             activity: activity.clone(),
+            read_size: READ_SIZES.0,
         });
         let app = TowerToHyperService::new(app.clone());
         let service = hyper::service::service_fn(move |request| {
@@ -325,7 +326,15 @@ impl hyper::body::Body for WhileBusy {
 struct Watched {
     stream: Arc<TcpStream>,
     activity: Arc<Activity>,
+    /// How much of the reader's buffer the next read zeroes (`try_read` needs initialized
+    /// memory): small after a read that did not fill it, so that an idle connection
+    /// touches (and keeps resident) little of hyper's buffer; doubled after a full one,
+    /// so that a large body is still read in large pieces.
+    read_size: usize,
 }
+
+/// The smallest and the largest [`Watched::read_size`].
+const READ_SIZES: (usize, usize) = (1024, 64 * 1024);
 
 /// Calls `io` once `ready` says the socket is ready, again until it does not block.
 fn poll_io<T>(
@@ -352,14 +361,18 @@ impl AsyncRead for Watched {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let stream = &this.stream;
-        // `try_read` needs initialized memory: zero at most this much per read.
-        let room = buf.remaining().min(64 * 1024);
+        let room = buf.remaining().min(this.read_size);
         let read = std::task::ready!(poll_io(
             cx,
             |cx| stream.poll_read_ready(cx),
             || stream.try_read(buf.initialize_unfilled_to(room)),
         ))?;
         buf.advance(read);
+        this.read_size = if read == room {
+            (this.read_size * 2).min(READ_SIZES.1)
+        } else {
+            READ_SIZES.0
+        };
         if read > 0 {
             this.activity.set(|state| match state {
                 State::Idle(_) => Some(State::Reading(Instant::now())),

@@ -139,7 +139,11 @@ impl Reader {
             // From here on the query reads after the cursor, even if it began with `since`.
             self.query.since = None;
             self.query.after = Some(cursor);
-            match self.server.read_events(&self.principal, &self.query).await {
+            match self
+                .server
+                .read_stream_page(&self.principal, &self.query)
+                .await
+            {
                 Ok(page) if page.cursor > cursor => {
                     let mut chunk = Vec::new();
                     append_frames(&mut chunk, &page, cursor);
