@@ -22,11 +22,12 @@ if [[ ! -x "$suite/node_modules/.bin/vitest" ]]; then
 fi
 
 work=$(mktemp -d)
-server_pid=
+# shellcheck source=scripts/server-process.sh
+source scripts/server-process.sh
 schema=
 mysql_database=
 cleanup() {
-    if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+    stop_binary
     if [[ -n "$schema" ]]; then psql "$DATABASE_URL_TEST" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; fi
     if [[ -n "$mysql_database" ]]; then mysql_run "DROP DATABASE IF EXISTS \`$mysql_database\`" >/dev/null 2>&1 || true; fi
     rm -rf "$work"
@@ -56,26 +57,7 @@ mysql_run() {
 
 # Starts the binary on database $1; sets $base.
 start_server() {
-    local log="$work/server.log"
-    : >"$log"
-    "$binary" --bind 127.0.0.1:0 --database "$1" --static-dir "$work/no-static" 2>"$log" &
-    server_pid=$!
-    base=
-    for _ in $(seq 1 300); do
-        base=$(sed -n 's/^listening on //p' "$log" | head -n 1)
-        [[ -n "$base" ]] && return 0
-        if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
-        sleep 0.1
-    done
-    echo "the server did not start; its log:" >&2
-    cat "$log" >&2
-    exit 1
-}
-
-stop_server() {
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
+    start_binary "$work/server.log" --database "$1" --static-dir "$work/no-static"
 }
 
 # Runs the suite against $base; prints the counts; returns non-zero on a failure.
@@ -132,6 +114,6 @@ for backend in ${DURABLE_STREAMS_BACKENDS:-sqlite postgres mysql}; do
             ;;
     esac
     run_suite "$backend" || failures=$((failures + 1))
-    stop_server
+    stop_binary
 done
 exit $((failures > 0))

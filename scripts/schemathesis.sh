@@ -27,37 +27,19 @@ if ! "$venv/bin/st" --version >/dev/null 2>&1; then
 fi
 
 work=$(mktemp -d)
-server_pid=
+# shellcheck source=scripts/server-process.sh
+source scripts/server-process.sh
 cleanup() {
-    if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+    stop_binary
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 # Starts the binary on a fresh SQLite file with extra flags; sets $base.
 start_server() {
-    local log="$work/server.log"
-    : >"$log"
     # A short --max-wait: generated `wait`s would otherwise hold each poll for up to 30 s.
-    "$binary" --bind 127.0.0.1:0 --database "sqlite://$work/events-$RANDOM.db" \
-        --max-wait 200ms --static-dir "$work/no-static" "$@" 2>"$log" &
-    server_pid=$!
-    base=
-    for _ in $(seq 1 300); do
-        base=$(sed -n 's/^listening on //p' "$log" | head -n 1)
-        [[ -n "$base" ]] && return 0
-        if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
-        sleep 0.1
-    done
-    echo "the server did not start; its log:" >&2
-    cat "$log" >&2
-    exit 1
-}
-
-stop_server() {
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
+    start_binary "$work/server.log" --database "sqlite://$work/events-$RANDOM.db" \
+        --max-wait 200ms --static-dir "$work/no-static" "$@"
 }
 
 # Runs Schemathesis against $base with extra options; prints the server's log on failure.
@@ -80,7 +62,7 @@ run_schemathesis() {
 
 start_server
 run_schemathesis "no authentication"
-stop_server
+stop_binary
 
 # An HS256 token that the server accepts: tenant claim, subject, an hour to live.
 secret="schemathesis-secret-of-at-least-32-bytes"
@@ -96,5 +78,5 @@ EOF
 )
 start_server --jwt-secret "$secret"
 run_schemathesis "JWT authentication" --header "Authorization: Bearer $token"
-stop_server
+stop_binary
 echo "schemathesis: no findings" >&2

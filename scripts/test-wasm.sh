@@ -9,29 +9,18 @@ cd "$(dirname "$0")/.."
 
 cargo build -p distributed-events-server
 work=$(mktemp -d)
-server_pid=""
+# shellcheck source=scripts/server-process.sh
+source scripts/server-process.sh
 cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  stop_binary
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-RUST_LOG="${RUST_LOG:-warn}" target/debug/distributed-events-server \
-  --bind 127.0.0.1:0 --database "sqlite://$work/events.db" --static-dir /nonexistent \
-  --cors-origin '*' 2>"$work/server.log" &
-server_pid=$!
-url=""
-for _ in $(seq 1 300); do
-  url=$(sed -n 's/^listening on \(http:[^ ]*\).*/\1/p' "$work/server.log" | head -n 1)
-  [ -n "$url" ] && break
-  kill -0 "$server_pid" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$url" ]; then
-  echo "the server did not start; its log:" >&2
-  cat "$work/server.log" >&2
-  exit 1
-fi
+binary=target/debug/distributed-events-server
+RUST_LOG="${RUST_LOG:-warn}" start_binary "$work/server.log" \
+  --database "sqlite://$work/events.db" --static-dir /nonexistent --cors-origin '*'
+url=$base
 echo "test server at $url" >&2
 
 export DISTRIBUTED_EVENTS_TEST_SERVER="$url"
