@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use distributed_events_shared::sse::{Frame, SseParser};
 use distributed_events_shared::{
     AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, EventsQuery,
-    Receipt, StoredEvent, MAX_FILTER_VALUES,
+    Receipt, StoredEvent, MAX_FILTER_VALUES, MAX_FILTER_VALUE_BYTES,
 };
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::channel::oneshot;
@@ -373,9 +373,16 @@ impl Inner {
         handled.widened = Some(widened);
         let mut types = settings.event_types.clone();
         if settings.handled_types {
+            // A filter the server would refuse (too many types, or a type name it does not
+            // take as a filter value) asks for every type instead: the handlers still get
+            // only theirs, and the server never answers `400` to every request.
             let all = handled.all
                 || handled.types.is_empty()
-                || handled.types.len() + types.len() > MAX_FILTER_VALUES;
+                || handled.types.len() + types.len() > MAX_FILTER_VALUES
+                || handled
+                    .types
+                    .iter()
+                    .any(|t| t.is_empty() || t.len() > MAX_FILTER_VALUE_BYTES);
             if all {
                 // Every type: no type filter (an empty list).
                 types.clear();

@@ -1254,3 +1254,27 @@ fn without_opting_in_handlers_do_not_filter_and_bad_filters_are_refused() {
         "{error}"
     );
 }
+
+/// A handled type that the server does not take as a filter value (empty, or longer than
+/// 200 bytes) makes the client ask for every type, not a filter every request would have
+/// refused with `400`.
+#[test]
+fn a_handled_type_the_server_cannot_filter_on_asks_for_every_type() {
+    let fake = Fake::default();
+    let mut pool = LocalPool::new();
+    let client = fake.client(|b| b.initial_position(0).subscribe_to_handled_types());
+    let _pings = client.on::<Ping>();
+    fake.settle(&mut pool);
+    let last = fake.state().requests.last().cloned().unwrap();
+    assert!(last.contains("eventType=Ping"), "{last}");
+
+    client
+        .inner()
+        .handle_type(&"T".repeat(MAX_FILTER_VALUE_BYTES + 1));
+    fake.settle(&mut pool);
+    let last = fake.state().requests.last().cloned().unwrap();
+    assert!(
+        !last.contains("eventType"),
+        "every type once a handled type cannot be a filter value: {last}"
+    );
+}
