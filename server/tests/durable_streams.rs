@@ -477,3 +477,50 @@ async fn a_read_stops_at_max_page_bytes_and_the_next_goes_on() {
         "one 6-byte append per 10-byte page"
     );
 }
+
+/// An SSE reader of the event log holds one parked-connection slot for its whole life:
+/// with as many readers as slots, each still gets the next event (a reader that asked
+/// for a second slot at each wait would be refused, and its answer would end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_log_sse_readers_hold_one_slot_each() {
+    let server = ServerProcess::start(&["--database", "memory", "--max-long-polls", "2"]);
+    let client = reqwest::Client::new();
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let response = client
+            .get(format!(
+                "{}/v1/stream/_events?offset=-1&live=sse",
+                server.base
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        readers.push(response);
+    }
+    let posted = client
+        .post(format!("{}/events", server.base))
+        .json(&event(7))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    for (i, mut reader) in readers.into_iter().enumerate() {
+        let mut seen = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), async {
+            while !seen.contains(r#"{\"n\":7}"#) {
+                match reader.chunk().await.unwrap() {
+                    Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                    None => return false,
+                }
+            }
+            true
+        })
+        .await;
+        assert_eq!(
+            read,
+            Ok(true),
+            "reader {i} did not get the event before its answer ended; it read: {seen}"
+        );
+    }
+}

@@ -170,6 +170,7 @@ async fn sse(
     let deadline = super::sse_deadline(principal.expires_at);
     tokio::spawn(async move {
         let _permit = permit;
+        let mut end = server.inner.tail.watch_end();
         let keep_alive = LONG_POLL_TIMEOUT.min(server.limits().max_wait);
         let mut page = first;
         loop {
@@ -199,13 +200,20 @@ async fn sse(
             {
                 return;
             }
+            // Waits here, on the permit this stream holds (a long-poll read would take
+            // a second one), until the tail passes the cursor, the keep-alive is due, or
+            // the client leaves.
             let wait = keep_alive.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                _ = tokio::time::timeout(wait, end.wait_for(|&end| end > page.cursor)) => {}
+                () = sender.closed() => return,
+                () = server.inner.shutdown.cancelled() => {}
+            }
             let query = EventsQuery {
                 after: Some(page.cursor),
-                wait: Some(wait),
                 ..EventsQuery::default()
             };
-            page = match server.read_events(&principal, &query).await {
+            page = match server.read_stream_page(&principal, &query).await {
                 Ok(next) => next,
                 // Retention overtook the reader: it reconnects and learns so (410).
                 Err(_) => return,
