@@ -25,6 +25,8 @@ use crate::EventBusServer;
 const OPENING: &[u8] = b": ok\n\nretry: 1000\n\n";
 /// Written when nothing else was for [`Limits::stream_keep_alive`](crate::Limits).
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+/// The shortest keep-alive interval, whatever [`Limits::stream_keep_alive`](crate::Limits) says.
+const MIN_KEEP_ALIVE: Duration = Duration::from_millis(10);
 
 impl EventBusServer {
     /// The stream `query` asks for, resuming after `last_event_id` when given (it wins
@@ -56,7 +58,12 @@ impl EventBusServer {
                 .unwrap_or_default();
             lifetime = lifetime.min(left);
         }
-        let ends_at = Instant::now() + lifetime;
+        // A lifetime past what an `Instant` holds is no end at all: a year is as good.
+        let ends_at = Instant::now()
+            .checked_add(lifetime)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        // A keep-alive of zero would write comments in a loop.
+        let keep_alive = limits.stream_keep_alive.max(MIN_KEEP_ALIVE);
         // Subscribed before the first read, so that no commit after it is missed.
         let end = inner.tail.watch_end();
         let first = self.read_events(&principal, &query).await?;
@@ -70,8 +77,8 @@ impl EventBusServer {
             query,
             end,
             ends: Box::pin(tokio::time::sleep_until(ends_at)),
-            keep_alive: limits.stream_keep_alive,
-            silence: Box::pin(tokio::time::sleep(limits.stream_keep_alive)),
+            keep_alive,
+            silence: Box::pin(tokio::time::sleep(keep_alive)),
             next: Some(Bytes::from(opening)),
             ended: false,
             _permit: LivePoll::stream(permit),

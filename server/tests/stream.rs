@@ -302,6 +302,21 @@ async fn a_silent_stream_sends_keep_alive_comments() {
     assert_eq!(stream.next_event().await.position, Some(position));
 }
 
+/// Limits past what a clock holds or of zero (a library user's `Limits`) neither panic nor
+/// spin: the stream opens and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_stream_limits_neither_panic_nor_spin() {
+    let limits = Limits {
+        max_stream_duration: Duration::MAX,
+        stream_keep_alive: Duration::ZERO,
+        ..Limits::default()
+    };
+    let running = start(memory_server(limits), ServeOptions::default()).await;
+    let mut stream = Stream::open(&running.base, "/events?after=0", &[]).await;
+    let position = post_now(&reqwest::Client::new(), &running.base).await;
+    assert_eq!(stream.next_event().await.position, Some(position));
+}
+
 /// The server ends streams after their longest life; a client that reconnects each time
 /// with `Last-Event-ID` sees every event once, in order, while a publisher posts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
