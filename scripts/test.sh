@@ -31,7 +31,7 @@ step "Rust tests (unit, store conformance, HTTP, binary, cross-crate; a 3-minute
 # The soak runs for 20 s in a plain `cargo test`; here for minutes, as issue 6 asks.
 SOAK_SECONDS="${SOAK_SECONDS:-180}" cargo test --workspace
 
-step "Durable Streams: the protocol's conformance suite against the server binary (SQLite, PostgreSQL)"
+step "Durable Streams: the protocol's conformance suite against the server binary (SQLite, PostgreSQL, MySQL)"
 ./scripts/durable-streams-conformance.sh
 
 step "examples: the server, client and end-to-end examples, each briefly"
