@@ -5,3 +5,9 @@
 // The binding's #[wasm_bindgen] exports are linked from the dependency; naming the crate
 // makes sure it is linked even though nothing here calls it.
 pub use distributed_events_client;
+
+// Talc replaces Rust's default allocator (dlmalloc) in the browser: fewer bytes of wasm,
+// and its single-threaded set-up needs no `unsafe`. Without atomics, wasm is single-threaded.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
