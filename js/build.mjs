@@ -33,7 +33,7 @@ const NAME = 'distributed_events_client';
 const WASM = `${NAME}_bg.wasm`;
 // Measured in README.md's table (gzip -9 of the .wasm); binaryen reads the wasm features to
 // allow from the module's target_features section.
-const WASM_OPT = ['-Oz', '--converge', '--strip-debug', '--strip-producers'];
+const WASM_OPT = ['-Oz', '--converge', '--strip-debug', '--strip-producers', '--strip-target-features'];
 
 const manifest = path('Cargo.toml');
 const { target_directory: targetDir } = JSON.parse(
