@@ -127,7 +127,8 @@ export class EventBusClient {
       page.bad.forEach((error) => report(error));
       const from = core.cursor;
       apply(page.events, page.cursor);
-      if (leading) post({ t: 'page', from, to: core.cursor, events: page.events, bad: page.bad.map(plain), types: core.eventTypes() });
+      if (leading && (page.events.length || page.bad.length || from !== core.cursor))
+        post({ t: 'page', from, to: core.cursor, events: page.events, bad: page.bad.map(plain), types: core.eventTypes() });
       return true;
     };
     const reset = ({ code, resumeAfter }) => {
