@@ -369,7 +369,7 @@ export class EventBusClient {
           if (answer.status >= 200 && answer.status < 300) {
             const receipt = readReceipt(answer);
             // Deleted before it leaves the queue: a read of the store in between finds it still queued.
-            await outbox?.remove(item.k);
+            await drop(item);
             core.settle(false);
             sync();
             if (item.tab === me) emit(receipts, receipt);
@@ -389,7 +389,7 @@ export class EventBusClient {
         const { id } = item.r;
         const code = failed.code ?? 'http_error';
         const error = fail(code, `the server refused event ${id} (${code}): ${failed.message ?? 'unexpected answer to a post'}`, { status: failed.error?.status ?? 410, event: item.r });
-        await outbox?.remove(item.k);
+        await drop(item);
         core.settle(true);
         sync();
         if (item.tab === me) report(error);
@@ -397,6 +397,8 @@ export class EventBusClient {
       }
     };
 
+    /** Removes a sent (or refused) event from the persisted outbox. */
+    const drop = (item) => item.k !== undefined && outbox.remove(item.k);
     /** Reads the persisted outbox into the Core's queue (it ignores what it holds already). */
     const readOutbox = async () => {
       for (const [k, { r, tab }] of (await outbox?.read(name).catch(() => [])) ?? []) if (leading) core.enqueue(r.id, { k, r, tab });
