@@ -430,8 +430,10 @@ export class EventBusClient {
           const page = readPage(await ask(eventsUrl([`limit=${PAGE}`]), {}, BEYOND));
           if (version !== filter) continue;
           page.bad.forEach((error) => report(error));
+          const before = core.cursor;
           apply(page.events, page.cursor);
-          if (page.events.length + page.bad.length < PAGE) break;
+          // A page may be short of PAGE events (a cap in bytes) and more follow; one that moves nothing ends it.
+          if (core.cursor === before) break;
         } catch (error) {
           const failed = asFailure(error);
           if (closed || leading || error === STOP) break;
@@ -464,7 +466,7 @@ export class EventBusClient {
         if ((t === 'hello' || t === 'types') && message.types.map((type) => core.handleType(type)).includes(true)) widen();
         if (t === 'outbox') readOutbox();
         if (t === 'send') {
-          core.enqueue(message.r.id, { r: message.r, tab: message.from });
+          core.enqueue(message.r.id, { r: message.r, tab: message.sender });
           kick();
         }
         return;

@@ -6,7 +6,7 @@
 /**
  * Joins the group `name` as `me`. `lead()` is called whenever this client becomes the
  * leader and returns the function that stops leading (resolving once stopped);
- * `onMessage` gets the other members' messages. Returns `{ post, close }`.
+ * `onMessage` gets the other members' messages, each with its `sender`. Returns `{ post, close }`.
  */
 export function join(name, me, lead, onMessage) {
   const locks = globalThis.navigator?.locks;
@@ -25,7 +25,7 @@ export function join(name, me, lead, onMessage) {
   let leftAlone = false; // stepped down, and nobody else has led since
   let closed = false;
 
-  const post = (message) => channel.postMessage({ ...message, from: me });
+  const post = (message) => channel.postMessage({ ...message, sender: me });
   const announce = () => post({ t: 'vis', v: !hidden() });
 
   function queue() {
@@ -56,8 +56,8 @@ export function join(name, me, lead, onMessage) {
   }
 
   channel.onmessage = ({ data }) => {
-    if (data.t === 'vis') visible.set(data.from, data.v);
-    if (data.t === 'bye') visible.delete(data.from);
+    if (data.t === 'vis') visible.set(data.sender, data.v);
+    if (data.t === 'bye') visible.delete(data.sender);
     if (data.t === 'hello') announce();
     if (data.t === 'lead') leftAlone = false;
     check();
