@@ -164,11 +164,11 @@ impl ClientError {
     /// on [`EventBusClient::errors`](crate::EventBusClient::errors), because the app may
     /// have to act.
     pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Network { .. } | Self::Timeout { .. } | Self::InvalidResponse { .. } => true,
-            Self::Http { status, .. } => *status >= 500 || *status == 408 || *status == 429,
-            _ => false,
-        }
+        let status = match self {
+            Self::Http { status, .. } => Some(*status),
+            _ => None,
+        };
+        crate::delivery::is_transient(self.code(), status)
     }
 
     /// The event the error is about, for [`Decode`](Self::Decode) and

@@ -29,6 +29,15 @@ pub fn classify(status: u16, code: Option<&str>, has_resume_after: bool) -> Answ
     }
 }
 
+/// Whether an error with this `code` (and the HTTP `status` of the answer, if any) goes
+/// away by itself: no answer, a timeout, an unreadable answer (a proxy's page), or a
+/// server in trouble (`5xx`, `408`, `429`). Such errors only show in the status; the others
+/// are reported to the app too.
+pub fn is_transient(code: &str, status: Option<u16>) -> bool {
+    matches!(code, "network_error" | "timeout" | "invalid_response")
+        || status.is_some_and(|status| status >= 500 || status == 408 || status == 429)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +58,24 @@ mod tests {
         for status in [401, 404, 405, 429, 500, 503] {
             assert_eq!(classify(status, None, false), Answer::Retry);
         }
+    }
+
+    #[test]
+    fn no_answer_and_server_trouble_are_transient_refusals_are_not() {
+        for code in ["network_error", "timeout", "invalid_response"] {
+            assert!(is_transient(code, None));
+        }
+        for status in [500, 503, 408, 429] {
+            assert!(is_transient("unavailable", Some(status)));
+        }
+        for (code, status) in [
+            ("unauthorized", 401),
+            ("wrong_server_url", 404),
+            ("bad_request", 400),
+        ] {
+            assert!(!is_transient(code, Some(status)));
+        }
+        assert!(!is_transient("token_failed", None));
     }
 
     #[cfg(feature = "client")]

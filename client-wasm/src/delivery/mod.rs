@@ -11,7 +11,8 @@
 //! - backoff with jitter ([`Backoff`]);
 //! - the status that both sides' outcomes make ([`StatusParts`]);
 //! - the type filter a subscription asks with ([`TypeFilter`]);
-//! - what a server's answer means ([`classify`]).
+//! - what a server's answer means ([`classify`]), and which errors pass by themselves
+//!   ([`is_transient`]).
 //!
 //! It needs nothing beyond `core` and `alloc`: no std, serde, clock or randomness of its
 //! own (the caller passes times and a seed), so the browser build stays small.
@@ -23,7 +24,7 @@ mod outbox;
 mod receive;
 mod status;
 
-pub use answer::{classify, Answer};
+pub use answer::{classify, is_transient, Answer};
 pub use backoff::{Backoff, Jitter};
 pub use filter::{TypeFilter, MAX_FILTER_VALUES, MAX_FILTER_VALUE_BYTES};
 pub use outbox::Outbox;

@@ -10,7 +10,8 @@ use core::time::Duration;
 use wasm_bindgen::prelude::*;
 
 use crate::delivery::{
-    classify, Answer, Backoff, Delivery, Jitter, Outbox, Phase, StatusParts, Transport, TypeFilter,
+    classify, is_transient, Answer, Backoff, Delivery, Jitter, Outbox, Phase, StatusParts,
+    Transport, TypeFilter,
 };
 
 /// The delivery rules of one client, with no I/O: see `crate::delivery`.
@@ -154,6 +155,12 @@ impl Core {
             Answer::Retry => "retry",
         }
         .into()
+    }
+
+    /// Whether an error with `code` (and the answer's HTTP `status`) goes away by itself:
+    /// shown in the status only, not reported to `onError`.
+    pub fn transient(code: &str, status: Option<u16>) -> bool {
+        is_transient(code, status)
     }
 
     /// Receiving works, by `transport` (`"stream"`, `"long-poll"`, `"poll"`).
