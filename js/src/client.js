@@ -3,7 +3,7 @@
 // reach handlers, where the cursor stands, the outbox's order and retries, backoff and
 // the status.
 import { Core } from '../pkg/distributed_events_client.js';
-import { addRecord, fail, failure, readHead, readMessage, readPage, readReceipt, sseParser, transient } from './http.js';
+import { fail, failure, readHead, readMessage, readPage, readReceipt, sseParser } from './http.js';
 import { parseOptions } from './options.js';
 import { join, openOutbox } from './tabs.js';
 
@@ -217,7 +217,8 @@ export class EventBusClient {
     const asFailure = (error) => (error?.kind ? error : { kind: 'retry', error });
     /** Backs off after a failed receive (or, with `send`, a failed post): reports what is not transient, shows it, waits. */
     const backOff = async ({ error, retryAfter }, send, tab) => {
-      if (!transient(error)) {
+      // Errors that go away by themselves only show in the status.
+      if (!Core.transient(error.code ?? '', error.status)) {
         report(error, tab);
         // The other members hear of what stops receiving (a refused token, say) too.
         if (!send && leading) post({ t: 'error', e: plain(error) });

@@ -7,14 +7,6 @@ export const fail = (code, message, extra) => Object.assign(new Error(message), 
 
 export const invalid = (message) => fail('invalid_response', `the server's answer could not be read: ${message}`);
 
-/**
- * Errors that go away by themselves: they only show in the status, not on `onError`.
- * STOPGAP: a rule of the Rust client (`ClientError::is_transient`) that `Core` does not
- * expose yet; it belongs in Core (say, `Core.transient(code, status)`).
- */
-export const transient = ({ code, status }) =>
-  /^(network_error|timeout|invalid_response)$/.test(code) || status >= 500 || status === 408 || status === 429;
-
 /** A JSON value, or undefined when `text` is not JSON. */
 const json = (text) => {
   try {
