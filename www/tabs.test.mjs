@@ -1,0 +1,170 @@
+// Tabs of one app in real headless Chromium (Debian's, driven by playwright-core), served
+// with the package by the real server binary over HTTP/1.1: eight tabs share one live
+// connection and each receives every event once, in order; when the tab that holds the
+// connection closes, another takes over with nothing lost or repeated.
+// Build first: scripts/build-web.sh, and the server (see browser.mjs for which binary).
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { TIMEOUT, launchBrowser, openWindow, post, receivedOf, record, spread, startServer, staticDir, unique } from './browser.mjs';
+
+/** A generous bound on an event's way from the server to every tab; the figures are printed. */
+const LATENCY_BOUND = 10_000;
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer(staticDir());
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+/** Checks `condition()` every 50 ms until it is truthy; throws `explain()` after `timeout` ms. */
+async function until(condition, explain, timeout = TIMEOUT) {
+  const end = Date.now() + timeout;
+  while (!(await condition())) {
+    if (Date.now() > end) throw new Error(`${await explain()} (waited ${timeout} ms)`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** The last status each tab heard, as "tab 1: live (stream)". */
+async function states(win) {
+  const all = await Promise.all(
+    win.tabs.map(async (page) => `${win.name(page)}: ${await page.evaluate(() => { const s = window.statuses.at(-1); return s ? `${s.state}${s.transport ? ` (${s.transport})` : ''}${s.code ? ` ${s.code}` : ''}` : 'no status'; })}`),
+  );
+  return all.join(', ');
+}
+
+function describeReads(win) {
+  const reads = win.openReads();
+  return `${reads.length} open GET /events: ${reads.map((read) => `${read.tab} ${read.stream ? 'stream' : 'poll'}`).join(', ') || 'none'}`;
+}
+
+/** Asserts the tab received `ids` exactly once each and in this order; returns its events of them. */
+async function assertOnceInOrder(win, page, ids) {
+  const got = await receivedOf(page, ids);
+  assert.deepEqual(
+    got.map((event) => event.id),
+    ids,
+    `${win.name(page)} received ${got.length} of the ${ids.length} events, in this order (a repeat or a gap shows here)`,
+  );
+  return got;
+}
+
+/** Posts `count` events of `eventType` from Node; returns their ids and when each was posted. */
+async function publishFromNode(count, eventType, { between } = {}) {
+  const ids = [];
+  const postedAt = new Map();
+  for (let n = 0; n < count; n++) {
+    const event = record(eventType, { n }, 'tabs');
+    postedAt.set(event.id, Date.now());
+    await post(server, event);
+    ids.push(event.id);
+    await between?.(n);
+  }
+  return { ids, postedAt };
+}
+
+/** Prints each tab's latency (max and median, ms) for `ids`, and asserts the bound. */
+async function latencies(win, what, ids, sentAt) {
+  for (const page of win.tabs) {
+    const got = await receivedOf(page, ids);
+    const { max, median } = spread(got.map((event) => event.receivedAt - sentAt.get(event.id)));
+    console.log(`${what}: ${win.name(page)}: max ${max} ms, median ${median} ms over ${got.length} events`);
+    assert.ok(max < LATENCY_BOUND, `${win.name(page)} received an event ${max} ms after it was published (${what})`);
+  }
+}
+
+/** @type {Awaited<ReturnType<typeof openWindow>>} */
+let eight;
+
+test('eight tabs of one app hold ONE live connection between them', async () => {
+  eight = await openWindow(browser, server);
+  // Default options (streaming, from now on); autoForward so that a tab can publish too.
+  for (let n = 0; n < 8; n++) await eight.openTab({ autoForward: true });
+  // Chromium opens at most 6 HTTP/1.1 connections per host: with a stream per tab the 7th
+  // and 8th tabs wait for a connection that never frees, and they never go live.
+  await until(
+    async () => eight.openReads().length === 1 && (await states(eight)).split(', ').every((state) => state.includes('live')),
+    async () => `the eight tabs should share one live connection; ${describeReads(eight)}; statuses: ${await states(eight)}`,
+  );
+  console.log(`eight tabs: ${describeReads(eight)}`);
+});
+
+test('every tab receives every event from elsewhere once and in order; one published in the eighth reaches all eight', async () => {
+  await Promise.all(eight.tabs.map((page) => eight.waitForState(page, 'live')));
+  const eventType = unique('Tabs');
+  const { ids, postedAt } = await publishFromNode(20, eventType);
+  for (const page of eight.tabs) {
+    await eight.waitForEvents(page, ids);
+    await assertOnceInOrder(eight, page, ids);
+  }
+  await latencies(eight, 'from Node', ids, postedAt);
+
+  const eighth = eight.tabs[7];
+  const { id, at } = await eighth.evaluate((type) => {
+    const at = Date.now();
+    return { id: window.client.publish(type, { from: 'tab 8' }, { aggregateId: 'tabs' }), at };
+  }, eventType);
+  // Stored before the next one is posted, so every tab has the same order.
+  await eight.waitInTab(eighth, 'the receipt of its own event', (own) => window.stored.some((receipt) => receipt.id === own), id);
+  // A last event from Node: once it is in, a repeat of the ones before would be too.
+  const { ids: [last], postedAt: lastAt } = await publishFromNode(1, eventType);
+  for (const page of eight.tabs) {
+    await eight.waitForEvents(page, [id, last]);
+    // The eighth tab included: its own event once, from its publish.
+    await assertOnceInOrder(eight, page, [...ids, id, last]);
+  }
+  await latencies(eight, 'from tab 8', [id], new Map([[id, at]]));
+  await latencies(eight, 'from Node, after', [last], lastAt);
+  assert.deepEqual(eight.pageErrors, []);
+  await eight.close();
+});
+
+test("when the tab that holds the connection closes, another takes over: nothing lost, nothing twice", async () => {
+  const win = await openWindow(browser, server);
+  for (let n = 0; n < 4; n++) await win.openTab({});
+  await Promise.all(win.tabs.map((page) => win.waitForState(page, 'live')));
+  // The leader is the tab whose client holds the stream.
+  await until(
+    () => win.readers().length >= 1,
+    () => `no tab holds a GET /events; ${describeReads(win)}`,
+  );
+  const readers = win.readers();
+  if (readers.length > 1) console.log(`takeover: ${readers.length} tabs hold a read (no single leader); closing the first`);
+  const leader = readers[0];
+  const leaderName = win.name(leader);
+  const others = win.tabs.filter((page) => page !== leader);
+
+  const eventType = unique('Takeover');
+  let closedAt = 0;
+  // Events go on being published while the leader's tab closes.
+  const { ids, postedAt } = await publishFromNode(40, eventType, {
+    between: async (n) => {
+      if (n === 9) {
+        closedAt = Date.now();
+        await leader.close();
+      }
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    },
+  });
+  for (const page of others) {
+    await win.waitForEvents(page, ids);
+    await assertOnceInOrder(win, page, ids);
+  }
+  await until(
+    () => win.readers().some((page) => others.includes(page)),
+    () => `no other tab took the connection over after ${leaderName} closed; ${describeReads(win)}`,
+  );
+  console.log(`takeover: ${leaderName} closed; now ${describeReads(win)}`);
+  const afterClose = ids.filter((id) => postedAt.get(id) >= closedAt);
+  await latencies(win, 'posted after the leader closed', afterClose, postedAt);
+  assert.deepEqual(win.pageErrors, []);
+  await win.close();
+});
