@@ -107,17 +107,42 @@ export async function openWindow(browser, server) {
     tabs,
     pageErrors,
     server,
-    /** Opens a tab of the test page; with `options`, the page starts a client with them at load. */
-    async openTab(options) {
+    /**
+     * Opens a tab of the test page; with `options`, the page starts a client with them at
+     * load. With `load: false` it does not wait for the page: a tab may wait for a
+     * connection forever (the browser's six per host, all held).
+     */
+    async openTab(options, { load = true } = {}) {
       const page = await context.newPage();
       page.setDefaultTimeout(TIMEOUT);
       logs.set(page, recordPage(page, pageErrors));
       tabs.push(page);
-      page.on('close', () => tabs.splice(tabs.indexOf(page), 1));
+      page.on('close', () => {
+        tabs.splice(tabs.indexOf(page), 1);
+        // A closed tab's requests end with it, whether or not an event says so.
+        for (const [request, owner] of open) if (owner === page) open.delete(request);
+      });
       const query = options ? `?client=${encodeURIComponent(JSON.stringify(options))}` : '';
-      await page.goto(`${win.server.url}/${query}`);
-      await page.waitForFunction(() => window.harnessReady === true, null, { timeout: TIMEOUT, polling: 50 });
+      const loaded = page.goto(`${win.server.url}/${query}`, { timeout: load ? TIMEOUT : 0 });
+      if (!load) {
+        loaded.catch(() => {}); // the tab closes before it loads, or the test ends first
+        return page;
+      }
+      await loaded;
+      await win.waitInTab(page, 'loading the page', () => window.harnessReady === true);
       return page;
+    },
+    /** The last status the tab's client heard, as "live (stream)"; "not loaded" when the page is not (yet). */
+    async state(page) {
+      const read = page.evaluate(() => {
+        if (window.harnessReady !== true) return 'not loaded';
+        const status = window.statuses.at(-1);
+        if (!status) return 'no status';
+        return `${status.state}${status.transport ? ` (${status.transport})` : ''}${status.code ? ` ${status.code}` : ''}`;
+      });
+      // A tab waiting for its document has no context to evaluate in yet.
+      const timeout = new Promise((resolve) => setTimeout(resolve, 1000, 'not loaded'));
+      return Promise.race([read.catch(() => 'not loaded'), timeout]);
     },
     /** The tab's number (1-based, in the order opened) for messages. */
     name(page) {
@@ -145,9 +170,11 @@ export async function openWindow(browser, server) {
       try {
         return await (await page.waitForFunction(predicate, arg, { timeout, polling: 50 })).jsonValue();
       } catch (error) {
-        const shown = await page
+        const read = page
           .evaluate(describe ?? (() => JSON.stringify({ statuses: window.statuses.slice(-5), received: window.received.length, errors: window.errors })), arg)
           .catch((unreadable) => `nothing readable (${unreadable.message})`);
+        // A tab still waiting for its document cannot answer.
+        const shown = await Promise.race([read, new Promise((resolve) => setTimeout(resolve, 2000, 'nothing (the page is not loaded)'))]);
         throw new Error(
           `${win.name(page)}: ${what} did not happen within ${timeout} ms; the tab shows ${shown}\n` +
             `what the tab logged:\n${logs.get(page)?.join('\n') || '(nothing)'}\n` +
@@ -175,11 +202,28 @@ export async function openWindow(browser, server) {
       });
       return receivedOf(page, ids);
     },
+    /**
+     * From now on the tabs load the page's own files (not the API) from `dir` instead of
+     * the server, as an app whose shell a service worker caches: a tab loads while the
+     * server is down.
+     */
+    async cacheShell(dir) {
+      await context.route(
+        (url) => url.origin === new URL(win.server.url).origin && existsSync(shellFile(dir, url)),
+        (route) => route.fulfill({ path: shellFile(dir, new URL(route.request().url())) }),
+      );
+    },
     async close() {
       await context.close();
     },
   };
   return win;
+}
+
+/** The file of `dir` that `url` names ('/' is index.html); only files, never the API. */
+function shellFile(dir, url) {
+  const path = url.pathname === '/' ? '/index.html' : decodeURIComponent(url.pathname);
+  return path.includes('..') || !/\.(html|js|wasm|json)$/.test(path) ? join(dir, 'no such file') : join(dir, path);
 }
 
 /** The events among `ids` that the tab received, in the order it received them (repeats too). */

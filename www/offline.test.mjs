@@ -53,24 +53,31 @@ async function assertOnceInStoredOrder(win, page, ids) {
   assert.deepEqual(got.map((event) => event.id), byPosition.map((event) => event.id), `${win.name(page)} received them in the stored order`);
 }
 
-test('events published while the server is down survive a reload, and are stored and delivered once', async () => {
+test('events published while the server is down survive a reload, and are stored and delivered once', { timeout: 120_000 }, async () => {
   const win = await openWindow(browser, server);
   const publisher = await win.openTab({ autoForward: true });
   const watchers = [await win.openTab({}), await win.openTab({})];
   await Promise.all(win.tabs.map((page) => win.waitForState(page, 'live')));
 
+  // The app's shell comes from a cache (a service worker's, in a real app), so that a
+  // page loads while the server is down.
+  await win.cacheShell(dir);
   await server.stop();
-  await Promise.all(win.tabs.map((page) => win.waitForState(page, 'backingOff')));
+  let newcomer;
+  let ids;
   const eventType = unique('Outbox');
-  const ids = await publishIn(publisher, eventType, 3);
-  // The page goes away before anything could be sent: reloaded, then closed for good.
-  await publisher.reload();
-  await win.waitInTab(publisher, 'the reloaded page', () => window.harnessReady === true);
-  await publisher.close();
-  const newcomer = await win.openTab({ autoForward: true });
-
-  // The same port and SQLite file: the server the pages knew, restarted.
-  server = win.server = await startServer(dir, { bind: server.bind, database: server.database });
+  try {
+    await Promise.all(win.tabs.map((page) => win.waitForState(page, 'backingOff')));
+    ids = await publishIn(publisher, eventType, 3);
+    // The page goes away before anything could be sent: reloaded, then closed for good.
+    await publisher.reload();
+    await win.waitInTab(publisher, 'the reloaded page', () => window.harnessReady === true);
+    await publisher.close();
+    newcomer = await win.openTab({ autoForward: true });
+  } finally {
+    // The same port and SQLite file: the server the pages knew, restarted.
+    server = win.server = await startServer(dir, { bind: server.bind, database: server.database });
+  }
   await Promise.all(win.tabs.map((page) => win.waitForState(page, 'live', RECOVERY_TIMEOUT)));
   let stored = [];
   await until(
@@ -96,7 +103,7 @@ test('events published while the server is down survive a reload, and are stored
   await win.close();
 });
 
-test('offline then online: backingOff, then live again at once; nothing lost', async () => {
+test('offline then online: backingOff, then live again at once; nothing lost', { timeout: 90_000 }, async () => {
   const win = await openWindow(browser, server);
   const [writer, reader] = [await win.openTab({ autoForward: true }), await win.openTab({})];
   await Promise.all(win.tabs.map((page) => win.waitForState(page, 'live')));
@@ -147,7 +154,7 @@ test('offline then online: backingOff, then live again at once; nothing lost', a
   await win.close();
 });
 
-test('a hidden leader hands the connection to a visible tab', async () => {
+test('a hidden leader hands the connection to a visible tab', { timeout: 60_000 }, async () => {
   const win = await openWindow(browser, server);
   for (let n = 0; n < 3; n++) await win.openTab({});
   await Promise.all(win.tabs.map((page) => win.waitForState(page, 'live')));
