@@ -29,7 +29,7 @@ export CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}"
 export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-120}"
 # From the crate's folder, so that the runner finds webdriver.json.
 status=0
-(cd client-wasm && cargo test --target wasm32-unknown-unknown --features js "$@") || status=$?
+(cd client-wasm && cargo test --target wasm32-unknown-unknown "$@") || status=$?
 if [ "$status" -ne 0 ]; then
   echo "wasm tests failed; the server's log:" >&2
   cat "$work/server.log" >&2

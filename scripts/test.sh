@@ -39,9 +39,9 @@ step "examples: the server, client and end-to-end examples, each briefly"
 
 # --- client-wasm: the Rust client on wasm32, in headless Chromium ----------------------
 # (Its native unit tests and tests/tests/client.rs ran with `cargo test --workspace`.)
-step "client-wasm: lints for wasm32, without and with the JS binding"
-cargo clippy -p distributed-events-client --target wasm32-unknown-unknown -- -D warnings
-cargo clippy -p distributed-events-client --target wasm32-unknown-unknown --features js --all-targets -- -D warnings
+step "client-wasm: lints for wasm32: the Rust client, and the npm package's no_std core"
+cargo clippy -p distributed-events-client --target wasm32-unknown-unknown --all-targets -- -D warnings
+cargo clippy -p distributed-events-js --target wasm32-unknown-unknown -- -D warnings
 
 step "client-wasm: browser tests in headless Chromium, against the server binary"
 ./scripts/test-wasm.sh

@@ -1,7 +1,6 @@
-//! The client: two loops (receive, send) over a [`Platform`], around the pure
-//! [`Delivery`] core.
+//! The client: two loops (receive, send) over a [`Platform`], around the delivery core
+//! ([`crate::delivery`]), which the npm package's JS drives too.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -11,7 +10,7 @@ use chrono::{DateTime, Utc};
 use distributed_events_shared::sse::{Frame, SseParser};
 use distributed_events_shared::{
     AnyEvent, DecodeError, DomainEvent, Event, EventBus, EventRegistry, EventStream, EventsQuery,
-    Receipt, StoredEvent, MAX_FILTER_VALUES, MAX_FILTER_VALUE_BYTES,
+    Receipt, StoredEvent,
 };
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::channel::oneshot;
@@ -19,13 +18,12 @@ use futures::future::{select, AbortHandle, Abortable, Either, FutureExt, Shared}
 use futures::StreamExt;
 use uuid::Uuid;
 
-use crate::backoff::{Backoff, Jitter};
 use crate::broadcast::{Broadcast, Subscription};
 use crate::config::{ClientBuilder, Mode, Settings, Start};
-use crate::delivery::Delivery;
+use crate::delivery::{Backoff, Delivery, Jitter, Outbox, StatusParts, Transport, TypeFilter};
 use crate::platform::{HttpRequest, HttpResponse, MaybeSend, Platform, StreamingResponse};
 use crate::protocol::{self, Failure, Page};
-use crate::status::{Status, StatusParts, Transport};
+use crate::status::Status;
 use crate::ClientError;
 
 /// A local [`EventBus`] kept in sync with a distributed-events server.
@@ -64,47 +62,29 @@ pub(crate) struct Inner {
     status: Broadcast<Status>,
 }
 
-struct State {
-    delivery: Delivery,
-    status: StatusParts,
-    /// `None` once closed.
-    outbox: Option<UnboundedSender<StoredEvent>>,
-    tasks: Vec<Task>,
-    next_task: u64,
-    jitter: Jitter,
-    handled: Handled,
-}
+/// The status of a Rust client: its errors, at its times.
+type Parts = StatusParts<ClientError, DateTime<Utc>>;
 
-/// The event types the app handles, for [`ClientBuilder::subscribe_to_handled_types`].
-#[derive(Default)]
-struct Handled {
-    types: BTreeSet<String>,
-    /// A handler of every type (`"*"` in JS): no type filter.
-    all: bool,
-    /// Raised each time the set grows: a page asked for with an older filter is dropped.
-    version: u64,
-    /// Wakes the poll in flight when the set grows, so that it asks again at once.
+struct State {
+    delivery: Delivery<Uuid>,
+    status: Parts,
+    outbox: Outbox<Uuid, StoredEvent>,
+    /// Wakes the sending loop when an event is queued; `None` once closed.
+    outbox_queued: Option<UnboundedSender<()>>,
+    tasks: Vec<Task>,
+    jitter: Jitter,
+    /// The `eventType` filter ([`ClientBuilder::subscribe_to_handled_types`]).
+    filter: TypeFilter,
+    /// Wakes the poll in flight when the filter widens, so that it asks again at once.
     widened: Option<oneshot::Sender<()>>,
 }
 
 struct Task {
-    #[cfg_attr(
-        not(all(feature = "js", target_arch = "wasm32")),
-        allow(dead_code, reason = "used by the JS binding")
-    )]
-    id: u64,
     abort: AbortHandle,
     /// Loops stop at close; a listener ends by itself once its subscription has ended.
     abort_on_close: bool,
     /// Completes when the task's future has been dropped.
     done: Shared<oneshot::Receiver<()>>,
-}
-
-/// Which loop a status change comes from.
-#[derive(Clone, Copy)]
-enum Side {
-    Receive,
-    Send,
 }
 
 impl EventBusClient {
@@ -118,8 +98,15 @@ impl EventBusClient {
     // which are neither, and everything runs on one thread anyway.
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub(crate) fn start(config: ClientBuilder, platform: Box<dyn Platform>) -> Self {
-        let (outbox, outbox_receiver) = unbounded();
-        let handled = config.registry.event_types().map(str::to_owned).collect();
+        let (outbox_queued, outbox_wake) = unbounded();
+        let mut filter = TypeFilter::new(
+            config.settings.event_types.clone(),
+            config.settings.handled_types,
+        );
+        for event_type in config.registry.event_types() {
+            filter.handle(event_type);
+        }
+        let (initial, max) = config.settings.backoff;
         let inner = Arc::new(Inner {
             settings: config.settings,
             bus: config.bus,
@@ -128,14 +115,13 @@ impl EventBusClient {
             state: Mutex::new(State {
                 delivery: Delivery::new(None, config.dedup_capacity),
                 status: StatusParts::default(),
-                outbox: Some(outbox),
+                outbox: Outbox::new(initial, max),
+                outbox_queued: Some(outbox_queued),
                 tasks: Vec::new(),
-                next_task: 0,
-                jitter: Jitter::from_entropy(),
-                handled: Handled {
-                    types: handled,
-                    ..Handled::default()
-                },
+                // The low 64 bits of a v7 UUID are random apart from the two variant bits.
+                jitter: Jitter::new(Uuid::now_v7().as_u128() as u64),
+                filter,
+                widened: None,
             }),
             events: Broadcast::new(),
             errors: Broadcast::new(),
@@ -143,7 +129,7 @@ impl EventBusClient {
             status: Broadcast::watch(Status::Connecting),
         });
         inner.spawn_task(receive(Arc::clone(&inner)), true);
-        inner.spawn_task(send(Arc::clone(&inner), outbox_receiver), true);
+        inner.spawn_task(send(Arc::clone(&inner), outbox_wake), true);
         Self {
             handle: Arc::new(Handle { inner }),
         }
@@ -272,67 +258,44 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    #[cfg_attr(
-        not(all(feature = "js", target_arch = "wasm32")),
-        allow(dead_code, reason = "used by the JS binding")
-    )]
-    pub(crate) fn is_closed(&self) -> bool {
-        self.lock().status.closed
-    }
-
-    /// Runs `task` until it ends, [`abort_task`](Self::abort_task) is called with the
-    /// returned id, or (with `abort_on_close`) the client closes. `None` when the client
-    /// is closed already. [`EventBusClient::close`] waits for every task to be gone.
+    /// Runs `task` until it ends or (with `abort_on_close`) the client closes. Nothing
+    /// when the client is closed already. [`EventBusClient::close`] waits for every task
+    /// to be gone.
     pub(crate) fn spawn_task(
         &self,
         task: impl Future<Output = ()> + MaybeSend + 'static,
         abort_on_close: bool,
-    ) -> Option<u64> {
+    ) {
         let (abort, registration) = AbortHandle::new_pair();
         let (done_sender, done) = oneshot::channel::<()>();
-        let id = {
+        {
             let mut state = self.lock();
-            if state.status.closed {
-                return None;
+            if state.status.is_closed() {
+                return;
             }
-            state.next_task += 1;
-            let id = state.next_task;
             state.tasks.push(Task {
-                id,
                 abort,
                 abort_on_close,
                 done: done.shared(),
             });
-            id
-        };
+        }
         self.platform.spawn(Box::pin(async move {
             // Dropped with this future, after `task` was: that is what `close` awaits.
             let _done = done_sender;
             let _ = Abortable::new(task, registration).await;
         }));
-        Some(id)
-    }
-
-    #[cfg_attr(
-        not(all(feature = "js", target_arch = "wasm32")),
-        allow(dead_code, reason = "used by the JS binding")
-    )]
-    pub(crate) fn abort_task(&self, id: u64) {
-        let mut state = self.lock();
-        if let Some(index) = state.tasks.iter().position(|task| task.id == id) {
-            state.tasks.swap_remove(index).abort.abort();
-        }
     }
 
     /// Closes the client (once) and returns what to await for every task to be gone.
     fn shutdown(&self) -> Vec<Shared<oneshot::Receiver<()>>> {
         let mut state = self.lock();
-        if !state.status.closed {
-            state.status.closed = true;
+        if !state.status.is_closed() {
+            state.status.close();
             for task in state.tasks.iter().filter(|task| task.abort_on_close) {
                 task.abort.abort();
             }
-            state.outbox = None;
+            state.outbox.clear();
+            state.outbox_queued = None;
             self.status.close_with(Some(Status::Closed));
             self.events.close_with(None);
             self.errors.close_with(None);
@@ -345,61 +308,24 @@ impl Inner {
     /// `subscribe_to_handled_types`, a type new to the subscription widens it: the poll in
     /// flight is dropped, unanswered, and the next one asks from the cursor for it too.
     pub(crate) fn handle_type(&self, event_type: &str) {
-        if !self.settings.handled_types {
-            return;
-        }
         let mut state = self.lock();
-        let handled = &mut state.handled;
-        let new = if event_type == "*" {
-            !std::mem::replace(&mut handled.all, true)
-        } else {
-            handled.types.insert(event_type.to_owned())
-        };
-        if new {
-            handled.version += 1;
-            if let Some(widened) = handled.widened.take() {
+        if state.filter.handle(event_type) {
+            if let Some(widened) = state.widened.take() {
                 let _ = widened.send(());
             }
         }
     }
 
     /// The `eventType` and `aggregateId` filter to ask with, its version (see
-    /// [`Handled`]), and what wakes the poll when it widens.
+    /// [`TypeFilter::version`]), and what wakes the poll when it widens.
     fn subscription(&self) -> (Vec<String>, Vec<String>, u64, oneshot::Receiver<()>) {
-        let settings = &self.settings;
         let mut state = self.lock();
-        let handled = &mut state.handled;
         let (widened, receiver) = oneshot::channel();
-        handled.widened = Some(widened);
-        let mut types = settings.event_types.clone();
-        if settings.handled_types {
-            // A filter the server would refuse (too many types, or a type name it does not
-            // take as a filter value) asks for every type instead: the handlers still get
-            // only theirs, and the server never answers `400` to every request.
-            let all = handled.all
-                || handled.types.is_empty()
-                || handled.types.len() + types.len() > MAX_FILTER_VALUES
-                || handled
-                    .types
-                    .iter()
-                    .any(|t| t.is_empty() || t.len() > MAX_FILTER_VALUE_BYTES);
-            if all {
-                // Every type: no type filter (an empty list).
-                types.clear();
-            } else {
-                types.extend(
-                    handled
-                        .types
-                        .iter()
-                        .filter(|t| !settings.event_types.contains(t))
-                        .cloned(),
-                );
-            }
-        }
+        state.widened = Some(widened);
         (
-            types,
-            settings.aggregate_ids.clone(),
-            handled.version,
+            state.filter.event_types(),
+            self.settings.aggregate_ids.clone(),
+            state.filter.version(),
             receiver,
         )
     }
@@ -408,22 +334,18 @@ impl Inner {
         self.errors.send(error);
     }
 
-    /// The receiving side's status; or, for the sending side, whether it backs off
-    /// (any other status clears that).
-    fn set_status(&self, side: Side, status: Status) {
+    /// Applies one side's outcome to the status, and tells the change, if any.
+    fn update_status(&self, outcome: impl FnOnce(&mut Parts)) {
         let mut state = self.lock();
-        match (side, status) {
-            (Side::Send, Status::BackingOff { error, retry_at }) => {
-                state.status.send = Some((error, retry_at))
-            }
-            (Side::Send, _) => state.status.send = None,
-            (Side::Receive, status) => state.status.receive = status,
-        }
+        outcome(&mut state.status);
         // Under the lock, so that concurrent changes are sent in the order they happened.
-        let current = state.status.current();
-        if !state.status.closed {
-            self.status.send_if_changed(current);
+        if state.status.take_change() && !state.status.is_closed() {
+            self.status.send_if_changed(state.status.current().into());
         }
+    }
+
+    fn receiving(&self, transport: Transport) {
+        self.update_status(|status| status.receiving(transport));
     }
 
     fn publish(&self, event: StoredEvent, typed: Option<AnyEvent>) -> Result<(), ClientError> {
@@ -433,20 +355,21 @@ impl Inner {
             });
         }
         let mut state = self.lock();
-        if state.status.closed {
+        if state.status.is_closed() {
             return Err(ClientError::Closed);
         }
         if let Some(typed) = typed {
             self.bus.publish_any(typed);
         }
         let state = &mut *state;
-        match &state.outbox {
-            Some(outbox) if self.settings.auto_forward => {
+        match &state.outbox_queued {
+            Some(queued) if self.settings.auto_forward => {
                 // Under the lock, before the event can reach the server, so that its echo
                 // is recognised.
                 state.delivery.expect_echo(event.id);
+                state.outbox.enqueue(event.id, event.clone());
                 // The receiver lives as long as the client is open.
-                let _ = outbox.unbounded_send(event.clone());
+                let _ = queued.unbounded_send(());
             }
             // Not sent from here, but the app may store it another way (its own backend):
             // then it arrives like any other event, already dispatched.
@@ -463,7 +386,7 @@ impl Inner {
     fn deliver(&self, page: Page, filter: u64) -> bool {
         let cursor = {
             let mut state = self.lock();
-            if state.status.closed || state.handled.version != filter {
+            if state.status.is_closed() || state.filter.version() != filter {
                 return false;
             }
             // Only for a page that is kept: a dropped one is asked for again.
@@ -471,9 +394,12 @@ impl Inner {
                 self.report(error);
             }
             let before = state.delivery.cursor();
-            state
-                .delivery
-                .apply_page(page.events, page.cursor, |event| self.dispatch(event));
+            state.delivery.apply_page(
+                page.events,
+                page.cursor,
+                |event| (event.id, event.position),
+                |event| self.dispatch(event),
+            );
             let after = state.delivery.cursor();
             after.filter(|_| after != before)
         };
@@ -483,10 +409,18 @@ impl Inner {
         true
     }
 
-    /// An own event that will not come back from the server: it was refused, or could
-    /// not be sent at all.
-    fn forget_echo(&self, id: Uuid) {
-        self.lock().delivery.forget_echo(id);
+    /// The outbox's oldest event was stored, or `refused` for good (or could not be sent
+    /// at all): then it will not come back from the server.
+    fn settle_oldest(&self, refused: bool) {
+        {
+            let mut state = self.lock();
+            if let Some((id, _)) = state.outbox.settle() {
+                if refused {
+                    state.delivery.forget_echo(&id);
+                }
+            }
+        }
+        self.update_status(Parts::sending);
     }
 
     /// Hands one received event to the subscribers.
@@ -558,13 +492,19 @@ impl Inner {
         }
     }
 
-    /// Shows `error` in the status, reports it unless transient, and waits `delay`.
-    async fn back_off(&self, side: Side, error: ClientError, delay: Duration) {
+    /// Shows `error` in the status (`show`: which side failed), reports it unless
+    /// transient, and waits `delay`.
+    async fn back_off(
+        &self,
+        error: ClientError,
+        delay: Duration,
+        show: fn(&mut Parts, ClientError, DateTime<Utc>),
+    ) {
         let retry_at = retry_time(Utc::now(), delay);
         if !error.is_transient() {
             self.report(error.clone());
         }
-        self.set_status(side, Status::BackingOff { error, retry_at });
+        self.update_status(|status| show(status, error, retry_at));
         self.platform.sleep(delay).await;
     }
 
@@ -583,13 +523,13 @@ impl Inner {
             }
             Failure::Retry { error, retry_after } => {
                 let delay = self.next_delay(backoff, retry_after);
-                self.back_off(Side::Receive, error, delay).await;
+                self.back_off(error, delay, Parts::receive_failed).await;
             }
             Failure::Rejected(error) => {
                 // A query the server will not take: the app hears of it; retrying slowly
                 // lets a fixed server pick up again.
                 let delay = self.next_delay(backoff, None);
-                self.back_off(Side::Receive, error, delay).await;
+                self.back_off(error, delay, Parts::receive_failed).await;
             }
         }
     }
@@ -690,12 +630,7 @@ async fn resolve_start(inner: &Inner, backoff: &mut Backoff) -> Option<DateTime<
                     Ok(head) => {
                         inner.lock().delivery.start_at(head);
                         inner.save_cursor(head);
-                        inner.set_status(
-                            Side::Receive,
-                            Status::Live {
-                                transport: inner.settings.mode.transport(),
-                            },
-                        );
+                        inner.receiving(inner.settings.mode.transport());
                         backoff.reset();
                     }
                     Err(failure) => inner.recover_receiving(failure, backoff).await,
@@ -744,12 +679,7 @@ async fn poll(
         match result {
             Ok(page) => {
                 backoff.reset();
-                inner.set_status(
-                    Side::Receive,
-                    Status::Live {
-                        transport: mode.transport(),
-                    },
-                );
+                inner.receiving(mode.transport());
                 let count = page.events.len() + page.undecodable.len();
                 if !inner.deliver(page, filter) {
                     // Asked for with a narrower filter than now: ask again.
@@ -923,12 +853,7 @@ async fn follow(
         }
         if !std::mem::replace(&mut got_bytes, true) {
             backoff.reset();
-            inner.set_status(
-                Side::Receive,
-                Status::Live {
-                    transport: Transport::Stream,
-                },
-            );
+            inner.receiving(Transport::Stream);
         }
         frames.clear();
         let parsed = parser.feed(&chunk, &mut frames);
@@ -969,14 +894,21 @@ async fn follow(
     }
 }
 
-/// The sending loop: post each outbox event, in order, until the server has it.
-async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
-    let mut backoff = Backoff::new(inner.settings.backoff.0, inner.settings.backoff.1);
-    while let Some(event) = outbox.next().await {
+/// The sending loop: posts the outbox's oldest event until the server stored or refused
+/// it, then the next; waits for a publish while the outbox is empty.
+async fn send(inner: Arc<Inner>, mut queued: UnboundedReceiver<()>) {
+    loop {
+        let Some(event) = inner.lock().outbox.next().cloned() else {
+            // The sender goes when the client closes.
+            if queued.next().await.is_none() {
+                return;
+            }
+            continue;
+        };
         let request = match protocol::post_request(&inner.settings.server_url, &event) {
             Ok(request) => request,
             Err(error) => {
-                inner.forget_echo(event.id);
+                inner.settle_oldest(true);
                 inner.report(error);
                 continue;
             }
@@ -989,18 +921,19 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
                 .and_then(protocol::read_receipt);
             match result {
                 Ok(receipt) => {
-                    backoff.reset();
-                    inner.set_status(Side::Send, Status::Connecting);
+                    inner.settle_oldest(false);
                     inner.stored.send(receipt);
                     break;
                 }
                 Err(Failure::Retry { error, retry_after }) => {
-                    let delay = inner.next_delay(&mut backoff, retry_after);
-                    inner.back_off(Side::Send, error, delay).await;
+                    let delay = {
+                        let state = &mut *inner.lock();
+                        state.outbox.retry_delay(retry_after, &mut state.jitter)
+                    };
+                    inner.back_off(error, delay, Parts::send_failed).await;
                 }
                 Err(Failure::Rejected(error)) => {
-                    inner.forget_echo(event.id);
-                    inner.set_status(Side::Send, Status::Connecting);
+                    inner.settle_oldest(true);
                     inner.report(match error {
                         ClientError::Http {
                             status,
@@ -1018,8 +951,7 @@ async fn send(inner: Arc<Inner>, mut outbox: UnboundedReceiver<StoredEvent>) {
                 }
                 Err(Failure::Reset { code, .. }) => {
                     // Not an answer a post can get; treat it as a refusal.
-                    inner.forget_echo(event.id);
-                    inner.set_status(Side::Send, Status::Connecting);
+                    inner.settle_oldest(true);
                     inner.report(ClientError::Rejected {
                         event: Box::new(event),
                         status: 410,

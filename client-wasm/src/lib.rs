@@ -51,42 +51,67 @@
 //! - Network errors and `5xx` are retried with exponential backoff and jitter, honouring
 //!   `Retry-After`; [`EventBusClient::status`] shows it.
 //!
+//! The rules of delivery (the cursor, dedupe, the outbox's order and retries, backoff,
+//! the status) live in [`delivery`], a core with no I/O that the npm package's JS drives
+//! too, so that both clients follow one implementation.
+//!
 //! # Feature flags
 //! | feature | what it adds |
 //! |---|---|
-//! | *(wasm32 target)* | the browser transport: gloo-net fetch, gloo-timers, `spawn_local`, `LocalStorageCursorStore` |
+//! | `client` *(default)* | the Rust client; in the browser (wasm32): gloo-net fetch, gloo-timers, `spawn_local`, `LocalStorageCursorStore` |
 //! | `native` | the native transport: reqwest on the current tokio runtime |
-//! | `js` | the JS binding: the `EventBusClient` class and its TypeScript types (wasm32 only) |
+//! | `js` | the delivery core as the JS class `Core`, for the npm package (wasm32 only; build it with `--no-default-features`) |
 #![deny(missing_docs)]
+// The browser build of the npm package (`js` without `client`) has no std: its panics and
+// formatting machinery would weigh more than the whole delivery core.
+#![cfg_attr(not(feature = "client"), no_std)]
 
-mod backoff;
+extern crate alloc;
+
+pub mod delivery;
+
+#[cfg(feature = "client")]
 mod broadcast;
+#[cfg(feature = "client")]
 mod client;
+#[cfg(feature = "client")]
 mod config;
+#[cfg(feature = "client")]
 mod cursor;
-mod delivery;
+#[cfg(feature = "client")]
 mod error;
+#[cfg(feature = "client")]
 mod platform;
+#[cfg(feature = "client")]
 mod protocol;
+#[cfg(feature = "client")]
 mod status;
 
-/// The JS binding (feature `js`, wasm32): what JS sees as `EventBusClient`, named here
-/// for Rust code and tests that hand it to JS.
+/// The delivery core as the JS class `Core` (feature `js`, wasm32), for the npm package.
 #[cfg(all(feature = "js", target_arch = "wasm32"))]
 pub mod js;
 
+#[cfg(feature = "client")]
 pub use broadcast::Subscription;
+#[cfg(feature = "client")]
 pub use client::EventBusClient;
+#[cfg(feature = "client")]
 pub use config::{ClientBuilder, TokenSource, DEFAULT_POLLING_INTERVAL, DEFAULT_WAIT};
+#[cfg(feature = "client")]
 pub use cursor::{CursorStore, MemoryCursorStore};
+pub use delivery::Transport;
+#[cfg(feature = "client")]
 pub use error::ClientError;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(feature = "client", target_arch = "wasm32"))]
 pub use platform::web::LocalStorageCursorStore;
+#[cfg(feature = "client")]
 pub use platform::{BoxFuture, MaybeSend, MaybeSync};
-pub use status::{Status, Transport};
+#[cfg(feature = "client")]
+pub use status::Status;
 
 // The shared crate's items at the root, so that an app depending on this crate alone can
 // `#[derive(Event)]` (the derive names `::distributed_events_client::Event`).
+#[cfg(feature = "client")]
 pub use distributed_events_shared::*;
 
 /// Entry points for the fuzz targets in `fuzz/` and the server's property tests; not

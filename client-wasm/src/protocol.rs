@@ -8,6 +8,7 @@ use distributed_events_shared::wire::{codes, CURSOR_HEADER};
 use distributed_events_shared::{ErrorBody, EventsQuery, Receipt, StoredEvent};
 use serde::Deserialize;
 
+use crate::delivery::{classify, Answer};
 use crate::platform::{HttpRequest, HttpResponse, Method};
 use crate::ClientError;
 
@@ -276,27 +277,23 @@ fn invalid(message: String) -> Failure {
     }
 }
 
-/// The response when it is a success; else what its error status means.
+/// The response when it is a success; else what its error status means
+/// ([`classify`](crate::delivery::classify)).
 fn success(response: HttpResponse) -> Result<HttpResponse, Failure> {
-    if (200..300).contains(&response.status) {
-        return Ok(response);
-    }
     let status = response.status;
     let body: Option<ErrorBody> = serde_json::from_str(&response.body).ok();
-    if status == 410 {
-        if let Some(ErrorBody {
-            code,
-            resume_after: Some(resume_after),
-            ..
-        }) = &body
-        {
-            if code == codes::CURSOR_EXPIRED || code == codes::CURSOR_AHEAD {
-                return Err(Failure::Reset {
-                    code: code.clone(),
-                    resume_after: *resume_after,
-                });
-            }
+    let code = body.as_ref().map(|body| body.code.as_str());
+    let resume_after = body.as_ref().and_then(|body| body.resume_after);
+    let answer = classify(status, code, resume_after.is_some());
+    match (answer, resume_after) {
+        (Answer::Ok, _) => return Ok(response),
+        (Answer::Reset, Some(resume_after)) => {
+            return Err(Failure::Reset {
+                code: code.unwrap_or_default().to_owned(),
+                resume_after,
+            })
         }
+        _ => {}
     }
     let (code, message) = match body {
         Some(body) => (body.code, body.error),
@@ -313,11 +310,9 @@ fn success(response: HttpResponse) -> Result<HttpResponse, Failure> {
             message,
         },
     };
-    if matches!(status, 400 | 409 | 413) {
+    if answer == Answer::Refused {
         return Err(Failure::Rejected(error));
     }
-    // Anything else may pass: the server recovers, the token source has a fresh token
-    // (401), the address or a proxy is fixed (404, 405).
     let retry_after = response
         .retry_after
         .as_deref()

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::platform::{Method, StreamingResponse};
 use crate::{CursorStore, MemoryCursorStore, Receipt};
+use distributed_events_shared::MAX_FILTER_VALUE_BYTES;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, distributed_events_shared::Event)]
 struct Ping {

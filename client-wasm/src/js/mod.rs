@@ -1,270 +1,254 @@
-//! The JS binding: it only translates between JS values and the Rust client. One file
-//! per exported class; the conversions and TypeScript types every class shares are here.
+//! The delivery core as the JS class `Core`: what the npm package's `EventBusClient`
+//! (js/src) asks every delivery question of. It only translates: ids are the events' id
+//! strings, times and positions JS numbers (positions stay below 2^53), and the outbox's
+//! events and the status's error stay the JS values they are.
 
-mod event_bus_client;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
 
-pub use event_bus_client::JsEventBusClient;
-
-use chrono::{DateTime, Utc};
-use distributed_events_shared::{Context, StoredEvent};
-use js_sys::{Object, Reflect};
-use serde::Serialize;
-use uuid::Uuid;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen::JsCast;
 
-use crate::{ClientError, Status};
+use crate::delivery::{
+    classify, Answer, Backoff, Delivery, Jitter, Outbox, Phase, StatusParts, Transport, TypeFilter,
+};
 
-#[wasm_bindgen(typescript_custom_section)]
-const TYPES: &'static str = r#"
-/** Any JSON value. */
-export type JsonValue = string | number | boolean | null | JsonValue[] | JsonObject;
-
-/** A JSON object: the usual shape of a payload, and its type in `on` handlers unless you name one. */
-export type JsonObject = { [key: string]: JsonValue };
-
-/**
- * Typed payloads: name the payload's type on `on` and `publish`, or annotate the handler.
- *
- * ```ts
- * interface Order { customer: string; item: string; quantity?: number }
- * client.on<Order>('OrderPlaced', (event) => console.log(event.payload.customer));
- * client.on('OrderPlaced', (event: ClientEvent<Order>) => console.log(event.payload.item));
- * client.publish<Order>('OrderPlaced', { customer: 'Ada', item: 'Latte' }, { aggregateId: 'order-1' });
- * ```
- *
- * The type is a promise the app makes, not a check: events of another shape (from an older
- * version of the app, say) arrive as they were published.
- */
-export interface EventBusClient {
-  /** `on`, with the payload typed as `P`. */
-  on<P = JsonObject>(eventType: string, handler: (event: ClientEvent<P>) => void): () => void;
-  /** `publish`, with the payload checked against `P` (TypeScript 5.4 or later). */
-  publish<P = JsonValue>(eventType: string, payload: NoInfer<P>, options: PublishOptions): string;
+/// The delivery rules of one client, with no I/O: see `crate::delivery`.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Core {
+    delivery: Delivery<String>,
+    outbox: Outbox<String, JsValue>,
+    receive_backoff: Backoff,
+    jitter: Jitter,
+    status: StatusParts<JsValue, f64>,
+    filter: TypeFilter,
 }
 
-/** Options of `new EventBusClient(options)`. */
-export interface EventBusClientOptions {
-  /** The server's base URL, such as `"https://events.example.com"` (or `"/api"` for the page's own origin). */
-  serverUrl: string;
-  /** Follow the server so that events arrive within milliseconds (the default, unless `pollingInterval` is set), by `transport`. `false` asks every `pollingInterval` ms instead (default 5000), as the seed did. */
-  live?: boolean;
-  /** Poll every this many milliseconds instead of streaming, as the seed did; setting it alone is enough. Not together with `live: true` (`invalid_options`). */
-  pollingInterval?: number;
-  /** How events arrive. `"stream"` (the default): one open response (Server-Sent Events) that the server writes each event to; when a stream brings no bytes within 10 s (a buffering proxy) the client long-polls instead, and tries streaming again 5 minutes later. `"long-poll"`: one request at a time, held by the server until an event commits. `"poll"`: a request every `pollingInterval` ms. The status says which one is in use. */
-  transport?: EventBusClientTransport;
-  /** Whether `publish` also sends events to the server (default `false`). */
-  autoForward?: boolean;
-  /** Start after this position; `0` replays everything the server kept. Default: the events stored from now on. */
-  initialPosition?: number;
-  /** Start at the events created at or after this time (an RFC 3339 string or a Date). */
-  initialTimestamp?: string | Date;
-  /** Headers sent with every request. */
-  headers?: Record<string, string>;
-  /** The bearer token for the next request, or `null` for none. Called before every request, so it may refresh. */
-  getToken?: () => string | null | undefined | Promise<string | null | undefined>;
-  /** Keep the cursor in localStorage (key `distributed-events:cursor:<serverUrl>`), so that a reload resumes with nothing lost and nothing repeated (default `false`). */
-  persistCursor?: boolean;
-  /** Receive only events of these types; the server leaves the others out (default: every type). At most 100 names. */
-  eventTypes?: string[];
-  /** Receive only events of these aggregates (default: every aggregate). With `eventTypes`, an event must match both. */
-  aggregateIds?: string[];
-  /** Receive only the types this client has handlers for (`on(type, ...)`; `on("*", ...)` means every type), plus `eventTypes`. A handler for a new type widens the subscription at once, with nothing of that type lost after the cursor. Until the first handler, every event is received (default `false`). */
-  subscribeToHandledTypes?: boolean;
-}
-
-/** An event as handlers receive it. */
-export interface ClientEvent<P = JsonValue> {
-  /** Unique id (a UUID); the same on every client. */
-  id: string;
-  eventType: string;
-  aggregateId: string;
-  /** When it happened: RFC 3339, UTC (the record's `createdAt`). */
-  occurredAt: string;
-  /** Where the server stored it; `null` for an event published by this client (it is not delivered again when it comes back; `onStored` tells its position). */
-  position: number | null;
-  /** `userId`, `tenantId`, `sessionId` and the app's own context entries. */
-  context: Record<string, JsonValue>;
-  /** The event's data. */
-  payload: P;
-}
-
-/** The third argument of `publish`. */
-export interface PublishOptions {
-  /** The aggregate the event belongs to (required, non-empty). */
-  aggregateId: string;
-  /** `userId`, `tenantId`, `sessionId` and any further entries the server's authorization needs. */
-  context?: Record<string, JsonValue>;
-}
-
-/** An event record exactly as it travels over HTTP (see docs/PROTOCOL.md). */
-export interface StoredEventRecord {
-  id: string;
-  createdAt: string;
-  aggregateId: string;
-  eventType: string;
-  /** The payload as a string of JSON (possibly not valid JSON, for an `undecodable_payload` error). */
-  eventJson: string;
-  userId: string | null;
-  tenantId: string | null;
-  sessionId: string | null;
-  context?: Record<string, JsonValue>;
-  position?: number;
-}
-
-/** The `code` of an `EventBusClientError`: the server's code, or one of the client's. */
-export type EventBusClientErrorCode =
-  | "network_error" | "timeout" | "wrong_server_url" | "invalid_response" | "http_error" | "token_failed"
-  | "bad_request" | "unauthorized" | "id_conflict" | "payload_too_large" | "unsupported_media_type"
-  | "unavailable" | "overloaded" | "internal"
-  | "cursor_expired" | "cursor_ahead"
-  | "unknown_event_type" | "undecodable_payload" | "undecodable_record"
-  | "cursor_store_failed" | "invalid_config" | "invalid_options" | "invalid_event" | "closed";
-
-/** The errors the client throws and hands to `onError` handlers: real `Error`s with a `code`. */
-export interface EventBusClientError extends Error {
-  name: "EventBusClientError";
-  code: EventBusClientErrorCode;
-  /** The HTTP status, when the server answered. */
-  status?: number;
-  /** The event concerned: one that could not be decoded, or one the server refused for good (it was dropped from the outbox). */
-  event?: StoredEventRecord;
-  /** `undecodable_record`: the skipped record's position, when it could be read. */
-  position?: number;
-  /** `undecodable_record`: the skipped record's id, when it could be read. */
-  eventId?: string;
-  /** `cursor_expired` / `cursor_ahead`: the cursor the client had. */
-  from?: number;
-  /** `cursor_expired` / `cursor_ahead`: where delivery resumed. Events in between were missed: reload state that depends on them. */
-  resumeAfter?: number;
-}
-
-/** How events arrive: see `EventBusClientOptions.transport`. */
-export type EventBusClientTransport = "stream" | "long-poll" | "poll";
-
-/** Where the client stands. `status.error?.message` reads the error of any state (`undefined` but when backing off). */
-export type EventBusClientStatus =
-  | { state: "connecting"; error?: undefined }
-  /** Events arrive by `transport`: `"long-poll"` also while a stream falls back to long-polling. */
-  | { state: "live"; transport: EventBusClientTransport; error?: undefined }
-  /** A request failed; the next attempt starts at `retryAt` (milliseconds since the epoch, as `Date.now()`). */
-  | { state: "backingOff"; error: EventBusClientError; retryAt: number }
-  | { state: "closed"; error?: undefined };
-
-/** The server's answer for an event this client sent: where it was stored (`onStored`). */
-export interface EventReceipt {
-  /** The event's id, as `publish` returned it. */
-  id: string;
-  /** The position the server stored it at. */
-  position: number;
-  /** The event's `createdAt` as stored (RFC 3339, UTC): its `occurredAt`. */
-  createdAt: string;
-}
-"#;
-
-/// Sets a property on an object this binding just created, where it cannot fail.
-fn set(target: &JsValue, key: &str, value: impl Into<JsValue>) {
-    let _ = Reflect::set(target, &JsValue::from_str(key), &value.into());
-}
-
-/// The one serializer configuration: JS values shaped like the JSON wire format.
-fn to_js(value: &impl Serialize) -> Result<JsValue, JsValue> {
-    value
-        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-        .map_err(JsValue::from)
-}
-
-/// A JS `Error` named `EventBusClientError`, with a `code`.
-fn js_error(message: &str, code: &str) -> js_sys::Error {
-    let error = js_sys::Error::new(message);
-    error.set_name("EventBusClientError");
-    set(&error, "code", code);
-    error
-}
-
-pub(crate) fn error_to_js(error: &ClientError) -> JsValue {
-    let js = js_error(&error.to_string(), error.code());
-    match error {
-        ClientError::Http { status, .. } | ClientError::WrongServerUrl { status, .. } => {
-            set(&js, "status", *status)
+#[wasm_bindgen]
+impl Core {
+    /// Remembers the last `dedup_capacity` ids; backs off from `backoff_initial_ms` up to
+    /// `backoff_max_ms`, jittered from `seed`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        dedup_capacity: u32,
+        backoff_initial_ms: f64,
+        backoff_max_ms: f64,
+        seed: u32,
+    ) -> Core {
+        let initial = millis(backoff_initial_ms);
+        let max = millis(backoff_max_ms);
+        Core {
+            delivery: Delivery::new(None, dedup_capacity as usize),
+            outbox: Outbox::new(initial, max),
+            receive_backoff: Backoff::new(initial, max),
+            jitter: Jitter::new(seed.into()),
+            status: StatusParts::default(),
+            filter: TypeFilter::default(),
         }
-        ClientError::Rejected { status, .. } => set(&js, "status", *status),
-        ClientError::CursorReset {
-            from, resume_after, ..
-        } => {
-            // Positions stay below 2^53, so a JS number holds them exactly.
-            set(&js, "from", *from as f64);
-            set(&js, "resumeAfter", *resume_after as f64);
-        }
-        ClientError::UndecodableRecord {
-            position, event_id, ..
-        } => {
-            if let Some(position) = position {
-                set(&js, "position", *position as f64);
-            }
-            if let Some(event_id) = event_id {
-                set(&js, "eventId", event_id.to_string());
+    }
+
+    /// After which position to ask next; `undefined` until known.
+    #[wasm_bindgen(getter)]
+    pub fn cursor(&self) -> Option<f64> {
+        self.delivery.cursor().map(|cursor| cursor as f64)
+    }
+
+    /// Sets the cursor unless one is known.
+    #[wasm_bindgen(js_name = startAt)]
+    pub fn start_at(&mut self, position: f64) {
+        self.delivery.start_at(position as u64);
+    }
+
+    /// Whether a received event goes to the handlers (then call `advance` after them).
+    pub fn admit(&mut self, id: String, position: Option<f64>) -> bool {
+        self.delivery.admit(id, position.map(|p| p as u64))
+    }
+
+    /// Moves the cursor forward to `position`, never back.
+    pub fn advance(&mut self, position: f64) {
+        self.delivery.advance(position as u64);
+    }
+
+    /// Continues after `resume_after` (a `410` reset); returns the cursor before.
+    pub fn reset(&mut self, resume_after: f64) -> Option<f64> {
+        self.delivery
+            .reset(resume_after as u64)
+            .map(|cursor| cursor as f64)
+    }
+
+    /// Published here and queued for the server: its echo is not dispatched again.
+    #[wasm_bindgen(js_name = expectEcho)]
+    pub fn expect_echo(&mut self, id: String) {
+        self.delivery.expect_echo(id);
+    }
+
+    /// Dispatched here, not sent from here.
+    #[wasm_bindgen(js_name = recordDispatched)]
+    pub fn record_dispatched(&mut self, id: String) {
+        self.delivery.record_dispatched(id);
+    }
+
+    /// An own event that will not come back.
+    #[wasm_bindgen(js_name = forgetEcho)]
+    pub fn forget_echo(&mut self, id: String) {
+        self.delivery.forget_echo(&id);
+    }
+
+    /// The `eventTypes` option (empty: every type) and `subscribeToHandledTypes`.
+    #[wasm_bindgen(js_name = setTypes)]
+    pub fn set_types(&mut self, event_types: Vec<String>, handled_only: bool) {
+        self.filter = TypeFilter::new(event_types, handled_only);
+    }
+
+    /// A handler for `event_type` (`"*"`: every type) was added; whether the filter widened.
+    #[wasm_bindgen(js_name = handleType)]
+    pub fn handle_type(&mut self, event_type: &str) -> bool {
+        self.filter.handle(event_type)
+    }
+
+    /// The `eventType` values to ask with; empty: every type.
+    #[wasm_bindgen(js_name = eventTypes)]
+    pub fn event_types(&self) -> Vec<String> {
+        self.filter.event_types()
+    }
+
+    /// Queues `event` after the others unless an event with `id` is queued already.
+    pub fn enqueue(&mut self, id: String, event: JsValue) {
+        self.outbox.enqueue(id, event);
+    }
+
+    /// The event to send now: the oldest queued.
+    #[wasm_bindgen(getter)]
+    pub fn next(&self) -> JsValue {
+        self.outbox.next().cloned().unwrap_or(JsValue::UNDEFINED)
+    }
+
+    /// How many events are queued.
+    #[wasm_bindgen(getter)]
+    pub fn queued(&self) -> u32 {
+        self.outbox.len() as u32
+    }
+
+    /// The oldest event was stored, or `refused` for good: it leaves the queue.
+    pub fn settle(&mut self, refused: bool) {
+        if let Some((id, _)) = self.outbox.settle() {
+            if refused {
+                self.delivery.forget_echo(&id);
             }
         }
-        _ => {}
+        self.status.sending();
     }
-    if let Some(event) = error.event() {
-        if let Ok(record) = to_js(event) {
-            set(&js, "event", record);
+
+    /// Empties the outbox.
+    pub fn clear(&mut self) {
+        self.outbox.clear();
+    }
+
+    /// What an answer means: `"ok"`, `"reset"`, `"refused"` or `"retry"`.
+    pub fn classify(status: u16, code: Option<String>, has_resume_after: bool) -> String {
+        match classify(status, code.as_deref(), has_resume_after) {
+            Answer::Ok => "ok",
+            Answer::Reset => "reset",
+            Answer::Refused => "refused",
+            Answer::Retry => "retry",
+        }
+        .into()
+    }
+
+    /// Receiving works, by `transport` (`"stream"`, `"long-poll"`, `"poll"`).
+    pub fn receiving(&mut self, transport: &str) {
+        self.receive_backoff.reset();
+        self.status
+            .receiving(Transport::from_name(transport).unwrap_or(Transport::Stream));
+    }
+
+    /// Receiving failed with `error`: the ms to wait, shown in the status.
+    #[wasm_bindgen(js_name = receiveFailed)]
+    pub fn receive_failed(
+        &mut self,
+        error: JsValue,
+        retry_after_ms: Option<f64>,
+        now_ms: f64,
+    ) -> f64 {
+        let delay = self
+            .receive_backoff
+            .next(retry_after_ms.map(millis), &mut self.jitter);
+        let wait = delay.as_millis() as f64;
+        self.status.receive_failed(error, now_ms + wait);
+        wait
+    }
+
+    /// Sending the oldest event failed with `error`: the ms to wait, shown in the status.
+    #[wasm_bindgen(js_name = sendFailed)]
+    pub fn send_failed(&mut self, error: JsValue, retry_after_ms: Option<f64>, now_ms: f64) -> f64 {
+        let delay = self
+            .outbox
+            .retry_delay(retry_after_ms.map(millis), &mut self.jitter);
+        let wait = delay.as_millis() as f64;
+        self.status.send_failed(error, now_ms + wait);
+        wait
+    }
+
+    /// The network is back: the next failures wait the initial delay.
+    #[wasm_bindgen(js_name = resetBackoff)]
+    pub fn reset_backoff(&mut self) {
+        self.receive_backoff.reset();
+        self.outbox.reset_backoff();
+    }
+
+    /// Closed, for good.
+    pub fn close(&mut self) {
+        self.status.close();
+    }
+
+    /// Whether the status changed since the last call.
+    #[wasm_bindgen(js_name = statusChanged)]
+    pub fn status_changed(&mut self) -> bool {
+        self.status.take_change()
+    }
+
+    /// `"connecting"`, `"live"`, `"backingOff"` or `"closed"`.
+    #[wasm_bindgen(getter)]
+    pub fn state(&self) -> String {
+        match self.status.current() {
+            Phase::Connecting => "connecting",
+            Phase::Live(_) => "live",
+            Phase::BackingOff(..) => "backingOff",
+            Phase::Closed => "closed",
+        }
+        .into()
+    }
+
+    /// Live: by which transport.
+    #[wasm_bindgen(getter)]
+    pub fn transport(&self) -> Option<String> {
+        match self.status.current() {
+            Phase::Live(transport) => Some(transport.as_str().into()),
+            _ => None,
         }
     }
-    js.into()
-}
 
-pub(crate) fn status_to_js(status: &Status) -> JsValue {
-    let object: JsValue = Object::new().into();
-    let state = match status {
-        Status::Connecting => "connecting",
-        Status::Live { transport } => {
-            set(&object, "transport", transport.as_str());
-            "live"
+    /// Backing off: why.
+    #[wasm_bindgen(getter)]
+    pub fn error(&self) -> JsValue {
+        match self.status.current() {
+            Phase::BackingOff(error, _) => error,
+            _ => JsValue::UNDEFINED,
         }
-        Status::BackingOff { error, retry_at } => {
-            set(&object, "error", error_to_js(error));
-            set(&object, "retryAt", retry_at.timestamp_millis() as f64);
-            "backingOff"
-        }
-        Status::Closed => "closed",
-    };
-    set(&object, "state", state);
-    object
-}
-
-/// A `ClientEvent`: the envelope through serde, the payload through `JSON.parse`, which
-/// is smaller and faster here than going through a Rust JSON value.
-pub(crate) fn event_to_js(event: &StoredEvent) -> Result<JsValue, JsValue> {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Envelope<'a> {
-        id: &'a Uuid,
-        event_type: &'a str,
-        aggregate_id: &'a str,
-        occurred_at: &'a DateTime<Utc>,
-        position: Option<u64>,
-        context: Context,
     }
-    let value = to_js(&Envelope {
-        id: &event.id,
-        event_type: &event.event_type,
-        aggregate_id: &event.aggregate_id,
-        occurred_at: &event.created_at,
-        position: event.position,
-        context: event.full_context(),
-    })?;
-    set(&value, "payload", js_sys::JSON::parse(&event.event_json)?);
-    Ok(value)
+
+    /// Backing off: when the next attempt starts (ms since the epoch).
+    #[wasm_bindgen(getter, js_name = retryAt)]
+    pub fn retry_at(&self) -> Option<f64> {
+        match self.status.current() {
+            Phase::BackingOff(_, retry_at) => Some(retry_at),
+            _ => None,
+        }
+    }
 }
 
-/// The text of a thrown JS value.
-fn js_message(value: &JsValue) -> String {
-    value
-        .dyn_ref::<js_sys::Error>()
-        .map(|error| String::from(error.message()))
-        .or_else(|| value.as_string())
-        .unwrap_or_else(|| format!("{value:?}"))
+/// `ms` milliseconds; a negative or NaN number is none.
+fn millis(ms: f64) -> Duration {
+    Duration::from_millis(ms as u64)
 }

@@ -1,33 +1,36 @@
-//! The delivery core: which received events reach the application, and where the cursor
-//! stands. Pure state, no I/O, so that every rule is tested here directly.
+//! The receiving side: which received events reach the application, and where the
+//! cursor stands.
 
-use std::collections::{HashSet, VecDeque};
-
-use distributed_events_shared::StoredEvent;
-use uuid::Uuid;
+use alloc::collections::{BTreeSet, VecDeque};
+use alloc::vec::Vec;
 
 /// At most this many own events are remembered as sent but not back from the server yet
 /// (under 1 MiB of ids). An echo comes back unless the server refuses the
 /// event (that id is forgotten at once) or hides it from this client, so the bound is
 /// reached only by that or by a very long outage; past it, the oldest id moves to the
-/// recent ids, where `dedup_capacity` other events evict it.
-pub(crate) const AWAITING_ECHO_CAPACITY: usize = 16_384;
+/// recent ids, where `capacity` other events evict it.
+pub const AWAITING_ECHO_CAPACITY: usize = 16_384;
 
 /// The cursor, the ids recently dispatched, and the own events still to come back.
+///
+/// Generic over the id (`Uuid` in Rust, the id's text in JS); an event is known to it
+/// only by its id and its position.
 #[derive(Debug)]
-pub(crate) struct Delivery {
+pub struct Delivery<I> {
     /// The `after` of the next poll: every event at or below it was dispatched (or the
     /// server said it may be skipped). `None` before the start position is known.
     cursor: Option<u64>,
-    recent: IdRing,
+    recent: IdRing<I>,
     /// Own events sent to the server, kept apart from `recent` so that other traffic
     /// (a long catch-up, or others publishing while the outbox waits out an outage)
     /// cannot evict them before their echo arrives.
-    awaiting_echo: IdRing,
+    awaiting_echo: IdRing<I>,
 }
 
-impl Delivery {
-    pub(crate) fn new(cursor: Option<u64>, capacity: usize) -> Self {
+impl<I: Clone + Ord> Delivery<I> {
+    /// Starts after `cursor` (`None`: not known yet), remembering the last `capacity`
+    /// ids dispatched.
+    pub fn new(cursor: Option<u64>, capacity: usize) -> Self {
         Self {
             cursor,
             recent: IdRing::new(capacity),
@@ -35,19 +38,20 @@ impl Delivery {
         }
     }
 
-    pub(crate) fn cursor(&self) -> Option<u64> {
+    /// The position after which the next request asks; `None` until known.
+    pub fn cursor(&self) -> Option<u64> {
         self.cursor
     }
 
     /// Starts at `cursor` (the server's head) when no start position was known.
-    pub(crate) fn start_at(&mut self, cursor: u64) {
+    pub fn start_at(&mut self, cursor: u64) {
         self.cursor.get_or_insert(cursor);
     }
 
     /// Records an event this client dispatched itself (a local publish) and sends to the
     /// server, so that its echo is not dispatched a second time, however many other
     /// events arrive before it.
-    pub(crate) fn expect_echo(&mut self, id: Uuid) {
+    pub fn expect_echo(&mut self, id: I) {
         // Already dispatched (an app republishing a received event): nothing to wait for.
         if self.recent.contains(&id) {
             return;
@@ -59,22 +63,49 @@ impl Delivery {
 
     /// Records an event dispatched here that is not sent from here, so that it is not
     /// dispatched again if it arrives from the server soon after.
-    pub(crate) fn record_dispatched(&mut self, id: Uuid) {
+    pub fn record_dispatched(&mut self, id: I) {
         self.recent.insert(id);
     }
 
     /// The server refused an event recorded with [`expect_echo`](Self::expect_echo): it
     /// will not come back. Its id stays among the recent ones, as a dispatched id does.
-    pub(crate) fn forget_echo(&mut self, id: Uuid) {
-        if self.awaiting_echo.remove(&id) {
-            self.recent.insert(id);
+    pub fn forget_echo(&mut self, id: &I) {
+        if self.awaiting_echo.remove(id) {
+            self.recent.insert(id.clone());
         }
     }
 
     /// How many own events are still to come back.
-    #[cfg(test)]
-    pub(crate) fn awaiting_echoes(&self) -> usize {
+    pub fn awaiting_echoes(&self) -> usize {
         self.awaiting_echo.len()
+    }
+
+    /// Whether a received event goes to the application: not when it lies at or below
+    /// the cursor, its id was dispatched recently, or it is the echo of an own event
+    /// (which is then no longer awaited). Records nothing else: the caller records the id
+    /// once it has dispatched the event.
+    fn is_new(&mut self, id: &I, position: Option<u64>) -> bool {
+        if self.awaiting_echo.remove(id) {
+            // Dispatched when it was published; from now on its repeats are dropped
+            // like those of any dispatched event.
+            self.recent.insert(id.clone());
+            return false;
+        }
+        let behind =
+            matches!((position, self.cursor), (Some(position), Some(cursor)) if position <= cursor);
+        !behind && !self.recent.contains(id)
+    }
+
+    /// One received event, for a caller that cannot be interrupted while dispatching
+    /// (the JS binding, whose handlers' exceptions are caught): whether to dispatch it,
+    /// its id recorded either way. Call [`advance`](Self::advance) with its position
+    /// after dispatching it.
+    pub fn admit(&mut self, id: I, position: Option<u64>) -> bool {
+        let new = self.is_new(&id, position);
+        if new {
+            self.recent.insert(id);
+        }
+        new
     }
 
     /// Hands the new events of a page to `dispatch`, in order, then moves the cursor to
@@ -84,21 +115,16 @@ impl Delivery {
     /// fetched again from that event on.
     ///
     /// The cursor never moves back here; only [`Delivery::reset`] does that.
-    pub(crate) fn apply_page(
+    pub fn apply_page<E>(
         &mut self,
-        events: Vec<StoredEvent>,
+        events: Vec<E>,
         next: u64,
-        mut dispatch: impl FnMut(StoredEvent),
+        key: impl Fn(&E) -> (I, Option<u64>),
+        mut dispatch: impl FnMut(E),
     ) {
         for event in events {
-            let position = event.position;
-            let behind = matches!((position, self.cursor), (Some(position), Some(cursor)) if position <= cursor);
-            let id = event.id;
-            if self.awaiting_echo.remove(&id) {
-                // Dispatched when it was published; from now on its repeats are dropped
-                // like those of any dispatched event.
-                self.recent.insert(id);
-            } else if !behind && !self.recent.contains(&id) {
+            let (id, position) = key(&event);
+            if self.is_new(&id, position) {
                 dispatch(event);
                 self.recent.insert(id);
             }
@@ -112,11 +138,12 @@ impl Delivery {
     /// The server lost the events after the cursor (`410`); continue at `resume_after`.
     /// Returns the cursor before the reset. Recent ids stay, so events the server still
     /// had are not dispatched twice.
-    pub(crate) fn reset(&mut self, resume_after: u64) -> Option<u64> {
+    pub fn reset(&mut self, resume_after: u64) -> Option<u64> {
         self.cursor.replace(resume_after)
     }
 
-    fn advance(&mut self, to: u64) {
+    /// Moves the cursor to `to` unless it stands there or further already.
+    pub fn advance(&mut self, to: u64) {
         if self.cursor.is_none_or(|cursor| to > cursor) {
             self.cursor = Some(to);
         }
@@ -126,35 +153,34 @@ impl Delivery {
 /// The last `capacity` ids inserted, in bounded memory: the recent ids (duplicate
 /// detection) and the own events still to come back (which also removes ids).
 #[derive(Debug)]
-struct IdRing {
+struct IdRing<I> {
     /// Insertion order. A removed id stays here until it reaches the front; it still
     /// counts against `capacity`, so memory stays bounded.
-    order: VecDeque<Uuid>,
-    set: HashSet<Uuid>,
+    order: VecDeque<I>,
+    set: BTreeSet<I>,
     capacity: usize,
 }
 
-impl IdRing {
+impl<I: Clone + Ord> IdRing<I> {
     fn new(capacity: usize) -> Self {
         Self {
             order: VecDeque::new(),
-            set: HashSet::new(),
+            set: BTreeSet::new(),
             capacity: capacity.max(1),
         }
     }
 
-    fn contains(&self, id: &Uuid) -> bool {
+    fn contains(&self, id: &I) -> bool {
         self.set.contains(id)
     }
 
-    #[cfg(test)]
     fn len(&self) -> usize {
         self.set.len()
     }
 
     /// Adds `id`; returns the oldest id still held when it had to go to keep the bound.
-    fn insert(&mut self, id: Uuid) -> Option<Uuid> {
-        if !self.set.insert(id) {
+    fn insert(&mut self, id: I) -> Option<I> {
+        if !self.set.insert(id.clone()) {
             return None;
         }
         self.order.push_back(id);
@@ -168,7 +194,7 @@ impl IdRing {
     }
 
     /// Whether `id` was there.
-    fn remove(&mut self, id: &Uuid) -> bool {
+    fn remove(&mut self, id: &I) -> bool {
         self.set.remove(id)
     }
 }
@@ -179,61 +205,66 @@ mod tests {
 
     use super::*;
 
-    fn event(position: u64) -> StoredEvent {
-        StoredEvent {
-            id: Uuid::now_v7(),
-            created_at: distributed_events_shared::now(),
-            aggregate_id: "a".into(),
-            event_type: "E".into(),
-            event_json: format!("{{\"n\":{position}}}"),
-            user_id: None,
-            tenant_id: None,
-            session_id: None,
-            context: Default::default(),
+    /// An event as the core sees it: an id and a position.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Event {
+        id: u64,
+        position: Option<u64>,
+    }
+
+    /// A fresh id for each event, whatever its position.
+    fn event(position: u64) -> Event {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Event {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             position: Some(position),
         }
     }
 
-    fn positions(events: &[StoredEvent]) -> Vec<u64> {
+    fn key(event: &Event) -> (u64, Option<u64>) {
+        (event.id, event.position)
+    }
+
+    fn positions(events: &[Event]) -> Vec<u64> {
         events.iter().filter_map(|e| e.position).collect()
     }
 
     #[test]
     fn pages_are_dispatched_in_order_and_the_cursor_follows_the_server() {
-        let mut delivery = Delivery::new(Some(0), 100);
+        let mut delivery = Delivery::<u64>::new(Some(0), 100);
         let page: Vec<_> = (1..=3).map(event).collect();
         let mut seen = Vec::new();
         // The server skipped events 4..=9 this caller may not see: the cursor says 9.
-        delivery.apply_page(page, 9, |e| seen.push(e));
+        delivery.apply_page(page, 9, key, |e| seen.push(e));
         assert_eq!(positions(&seen), [1, 2, 3]);
         assert_eq!(delivery.cursor(), Some(9));
     }
 
     #[test]
     fn repeats_are_dropped_by_position_and_by_id() {
-        let mut delivery = Delivery::new(Some(0), 100);
+        let mut delivery = Delivery::<u64>::new(Some(0), 100);
         let first: Vec<_> = (1..=3).map(event).collect();
         let mut seen = Vec::new();
-        delivery.apply_page(first.clone(), 3, |e| seen.push(e));
+        delivery.apply_page(first.clone(), 3, key, |e| seen.push(e));
         // An overlapping answer (same events again, plus one new).
         let mut overlap = first.clone();
         overlap.push(event(4));
-        delivery.apply_page(overlap, 4, |e| seen.push(e));
+        delivery.apply_page(overlap, 4, key, |e| seen.push(e));
         // The same ids at new positions, as when a store is restored from a backup.
         let mut moved = first[0].clone();
         moved.position = Some(10);
-        delivery.apply_page(vec![moved], 10, |e| seen.push(e));
+        delivery.apply_page(vec![moved], 10, key, |e| seen.push(e));
         assert_eq!(positions(&seen), [1, 2, 3, 4]);
         assert_eq!(delivery.cursor(), Some(10));
     }
 
     #[test]
     fn the_cursor_moves_only_after_an_event_was_dispatched() {
-        let mut delivery = Delivery::new(Some(0), 100);
+        let mut delivery = Delivery::<u64>::new(Some(0), 100);
         let page: Vec<_> = (1..=3).map(event).collect();
         let mut seen = Vec::new();
         let interrupted = catch_unwind(AssertUnwindSafe(|| {
-            delivery.apply_page(page.clone(), 3, |e| {
+            delivery.apply_page(page.clone(), 3, key, |e| {
                 assert!(e.position != Some(2), "the handler of event 2 fails");
                 seen.push(e);
             });
@@ -245,27 +276,24 @@ mod tests {
             "event 2 was not dispatched, so the cursor stays before it"
         );
         // The next poll fetches from event 2 on, and it is not mistaken for a repeat.
-        delivery.apply_page(page[1..].to_vec(), 3, |e| seen.push(e));
+        delivery.apply_page(page[1..].to_vec(), 3, key, |e| seen.push(e));
         assert_eq!(positions(&seen), [1, 2, 3]);
     }
 
     #[test]
     fn a_local_event_is_not_dispatched_again_when_it_comes_back() {
-        let mut delivery = Delivery::new(Some(0), 100);
+        let mut delivery = Delivery::<u64>::new(Some(0), 100);
         let own = event(1);
         delivery.expect_echo(own.id);
         let mut seen = Vec::new();
-        delivery.apply_page(vec![own, event(2)], 2, |e| seen.push(e));
+        delivery.apply_page(vec![own, event(2)], 2, key, |e| seen.push(e));
         assert_eq!(positions(&seen), [2]);
         assert_eq!(
             delivery.cursor(),
             Some(2),
             "the echo still moves the cursor"
         );
-        assert!(
-            delivery.awaiting_echo.len() == 0,
-            "nothing left to wait for"
-        );
+        assert!(delivery.awaiting_echoes() == 0, "nothing left to wait for");
     }
 
     #[test]
@@ -273,16 +301,18 @@ mod tests {
         // Published during a catch-up, or while the outbox waited out an outage: far more
         // than `dedup_capacity` other events are dispatched before the echo.
         let capacity = 100;
-        let mut delivery = Delivery::new(Some(0), capacity);
+        let mut delivery = Delivery::<u64>::new(Some(0), capacity);
         let own = event(3 * capacity as u64 + 1);
         delivery.expect_echo(own.id);
         let others: Vec<_> = (1..=3 * capacity as u64).map(event).collect();
         let mut seen = Vec::new();
         for page in others.chunks(capacity / 2) {
             let next = page.last().and_then(|e| e.position).unwrap_or_default();
-            delivery.apply_page(page.to_vec(), next, |e| seen.push(e));
+            delivery.apply_page(page.to_vec(), next, key, |e| seen.push(e));
         }
-        delivery.apply_page(vec![own.clone()], 3 * capacity as u64 + 1, |e| seen.push(e));
+        delivery.apply_page(vec![own.clone()], 3 * capacity as u64 + 1, key, |e| {
+            seen.push(e)
+        });
         assert_eq!(seen.len(), others.len(), "only the others were dispatched");
         assert!(
             seen.iter().all(|e| e.id != own.id),
@@ -291,26 +321,28 @@ mod tests {
         assert_eq!(delivery.cursor(), own.position);
         // A repeat of the echo (the server replays after a reset) is dropped as well.
         delivery.reset(3 * capacity as u64);
-        delivery.apply_page(vec![own.clone()], 3 * capacity as u64 + 1, |e| seen.push(e));
+        delivery.apply_page(vec![own.clone()], 3 * capacity as u64 + 1, key, |e| {
+            seen.push(e)
+        });
         assert!(seen.iter().all(|e| e.id != own.id), "nor its repeat");
     }
 
     #[test]
     fn an_own_event_the_server_refused_is_no_longer_awaited() {
-        let mut delivery = Delivery::new(Some(0), 100);
+        let mut delivery = Delivery::<u64>::new(Some(0), 100);
         let refused = event(1);
         delivery.expect_echo(refused.id);
-        delivery.forget_echo(refused.id);
-        assert!(delivery.awaiting_echo.len() == 0);
+        delivery.forget_echo(&refused.id);
+        assert!(delivery.awaiting_echoes() == 0);
         // Its id counts as recently dispatched, as before it was sent.
         let mut seen = Vec::new();
-        delivery.apply_page(vec![refused], 1, |e| seen.push(e));
+        delivery.apply_page(vec![refused], 1, key, |e| seen.push(e));
         assert!(seen.is_empty());
     }
 
     #[test]
     fn own_events_awaited_are_bounded_and_the_oldest_moves_to_the_recent_ids() {
-        let mut delivery = Delivery::new(Some(0), 100);
+        let mut delivery = Delivery::<u64>::new(Some(0), 100);
         delivery.awaiting_echo = IdRing::new(2);
         let own: Vec<_> = (1..=3).map(event).collect();
         for event in &own {
@@ -325,42 +357,58 @@ mod tests {
             "still dropped for a while"
         );
         let mut seen = Vec::new();
-        delivery.apply_page(own, 3, |e| seen.push(e));
+        delivery.apply_page(own, 3, key, |e| seen.push(e));
         assert!(seen.is_empty());
         assert_eq!(delivery.awaiting_echo.len(), 0);
     }
 
     #[test]
     fn a_received_event_published_again_is_not_awaited() {
-        let mut delivery = Delivery::new(Some(0), 100);
+        let mut delivery = Delivery::<u64>::new(Some(0), 100);
         let received = event(1);
-        delivery.apply_page(vec![received.clone()], 1, |_| {});
+        delivery.apply_page(vec![received.clone()], 1, key, |_| {});
         delivery.expect_echo(received.id);
         assert!(
-            delivery.awaiting_echo.len() == 0,
+            delivery.awaiting_echoes() == 0,
             "its echo would lie behind the cursor and never come"
         );
     }
 
     #[test]
     fn a_reset_moves_the_cursor_back_without_repeating_what_was_dispatched() {
-        let mut delivery = Delivery::new(Some(0), 100);
+        let mut delivery = Delivery::<u64>::new(Some(0), 100);
         let page: Vec<_> = (1..=5).map(event).collect();
         let mut seen = Vec::new();
-        delivery.apply_page(page.clone(), 5, |e| seen.push(e));
+        delivery.apply_page(page.clone(), 5, key, |e| seen.push(e));
         // The store was replaced: it answers cursor_ahead and has the old events again.
         assert_eq!(delivery.reset(2), Some(5));
         assert_eq!(delivery.cursor(), Some(2));
         let mut replayed = page[2..].to_vec();
         replayed.push(event(6));
-        delivery.apply_page(replayed, 6, |e| seen.push(e));
+        delivery.apply_page(replayed, 6, key, |e| seen.push(e));
         assert_eq!(positions(&seen), [1, 2, 3, 4, 5, 6]);
     }
 
     #[test]
+    fn admit_dispatches_each_event_once_and_drops_echoes_and_repeats() {
+        let mut delivery = Delivery::<u64>::new(Some(0), 100);
+        delivery.expect_echo(7);
+        assert!(delivery.admit(1, Some(1)));
+        delivery.advance(1);
+        assert!(!delivery.admit(1, Some(1)), "a repeat");
+        assert!(!delivery.admit(7, Some(2)), "the echo of an own event");
+        delivery.advance(2);
+        assert_eq!(delivery.awaiting_echoes(), 0);
+        assert!(!delivery.admit(7, Some(3)), "nor a repeat of the echo");
+        assert!(!delivery.admit(9, Some(2)), "behind the cursor");
+        assert!(delivery.admit(10, None), "no position: by id alone");
+        assert!(!delivery.admit(10, None));
+    }
+
+    #[test]
     fn the_cursor_never_moves_back_on_a_page() {
-        let mut delivery = Delivery::new(Some(7), 100);
-        delivery.apply_page(Vec::new(), 3, |_| unreachable!());
+        let mut delivery = Delivery::<u64>::new(Some(7), 100);
+        delivery.apply_page(Vec::new(), 3, key, |_| unreachable!());
         assert_eq!(delivery.cursor(), Some(7));
         delivery.start_at(1);
         assert_eq!(
@@ -368,7 +416,7 @@ mod tests {
             Some(7),
             "a known cursor wins over the server's head"
         );
-        let mut fresh = Delivery::new(None, 100);
+        let mut fresh = Delivery::<u64>::new(None, 100);
         fresh.start_at(4);
         assert_eq!(fresh.cursor(), Some(4));
     }
@@ -376,7 +424,7 @@ mod tests {
     #[test]
     fn recent_ids_are_bounded_and_forget_the_oldest() {
         let mut recent = IdRing::new(3);
-        let ids: Vec<_> = (0..5).map(|_| Uuid::now_v7()).collect();
+        let ids: Vec<u64> = (0..5).collect();
         for id in &ids {
             recent.insert(*id);
             recent.insert(*id);

@@ -1,11 +1,11 @@
-use std::time::Duration;
+use core::time::Duration;
 
 /// Exponential backoff with "equal jitter": attempt `n` waits between half and all of
 /// `min(max, initial * 2^n)`. The jitter spreads out clients that failed together (a
 /// server restart) so they do not come back in one burst; the fixed half keeps a lower
 /// bound, so a failing server is never hammered.
 #[derive(Clone, Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     initial: Duration,
     max: Duration,
     attempt: u32,
@@ -16,7 +16,8 @@ pub(crate) struct Backoff {
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+    /// Waits from `initial` up to `max`, doubling with each failure.
+    pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
             max: max.max(initial),
@@ -25,7 +26,7 @@ impl Backoff {
     }
 
     /// The wait before the next attempt; at least `retry_after` when the server sent one.
-    pub(crate) fn next(&mut self, retry_after: Option<Duration>, jitter: &mut Jitter) -> Duration {
+    pub fn next(&mut self, retry_after: Option<Duration>, jitter: &mut Jitter) -> Duration {
         let ceiling = self
             .initial
             .checked_mul(1u32.checked_shl(self.attempt).unwrap_or(u32::MAX))
@@ -37,28 +38,25 @@ impl Backoff {
     }
 
     /// After a success: the next failure waits the initial delay again.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.attempt = 0;
     }
 }
 
-/// A small PRNG (splitmix64) for jitter, which needs spread, not secrecy; seeded from
-/// the random bits of a v7 UUID, so no extra randomness dependency reaches the browser.
+/// A small PRNG (splitmix64) for jitter, which needs spread, not secrecy. The caller
+/// seeds it (the Rust client from a v7 UUID's random bits, JS from `Math.random`), so no
+/// randomness dependency reaches the browser build.
 #[derive(Clone, Debug)]
-pub(crate) struct Jitter(u64);
+pub struct Jitter(u64);
 
 impl Jitter {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// A sequence that starts from `seed`: clients must be seeded differently to spread.
+    pub fn new(seed: u64) -> Self {
         Self(seed)
     }
 
-    pub(crate) fn from_entropy() -> Self {
-        // The low 64 bits of a v7 UUID are random apart from the two variant bits.
-        Self::new(uuid::Uuid::now_v7().as_u128() as u64)
-    }
-
     /// A number in `[0, 1)`.
-    pub(crate) fn next_unit(&mut self) -> f64 {
+    pub fn next_unit(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
