@@ -3,7 +3,7 @@
 // HTTP/1.1), real headless Chromium, tabs of one browser, and waits that say what the
 // tabs and the server said when they give up.
 import { randomUUID } from 'node:crypto';
-import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -13,7 +13,8 @@ import { recordPage } from './page-log.mjs';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const testPage = fileURLToPath(new URL('test-page', import.meta.url));
-const packageDir = join(repo, 'js');
+// The package's folder: js/ (built), or $DISTRIBUTED_EVENTS_PACKAGE (an unpacked tarball, say).
+const packageDir = process.env.DISTRIBUTED_EVENTS_PACKAGE ?? join(repo, 'js');
 
 // The server binary: $DISTRIBUTED_EVENTS_SERVER, else the release build, else the debug
 // build of this worktree (js/test/server.mjs reads the variable when it is imported).
@@ -43,6 +44,15 @@ export function staticDir() {
   const dir = tempDir();
   for (const file of ['package.json', ...manifest.files]) {
     cpSync(join(packageDir, file), join(dir, 'vendor', 'distributed-events', file), { recursive: true });
+  }
+  // Stopgap: the JS driver's modules (js/src/*.js), which the unbundled entry imports but
+  // `files` does not list yet (the bundled build ships them inside dist/ instead).
+  const driver = join(packageDir, 'src');
+  const listed = (name) => manifest.files.some((file) => file === `src/${name}` || file === 'src' || file === 'src/');
+  if (existsSync(driver) && !manifest.files.some((file) => file.startsWith('dist'))) {
+    for (const name of readdirSync(driver).filter((name) => name.endsWith('.js') && !listed(name))) {
+      cpSync(join(driver, name), join(dir, 'vendor', 'distributed-events', 'src', name));
+    }
   }
   for (const file of ['harness.js', 'track-fetches.js']) cpSync(join(testPage, file), join(dir, file));
   const html = readFileSync(join(testPage, 'index.html'), 'utf8');

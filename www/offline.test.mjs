@@ -119,17 +119,18 @@ test('offline then online: backingOff, then live again at once; nothing lost', {
     fromNode.push(event.id);
   }
   const fromTab = await publishIn(writer, eventType, 2);
-  // Offline long enough for a backoff to grow past the bound (or until it is clear that
-  // the client waits for `online` instead of retrying).
+  // Offline long enough for the backoff to grow past the bound, so that waiting it out
+  // would show (or until it is clear that the client does not back off while offline).
   const { retryAt } = await win.waitInTab(
     writer,
-    'a long backoff, or 10 s offline',
+    'a long backoff, or 20 s offline',
     ({ bound, since }) => {
       const status = window.statuses.at(-1);
-      const long = status?.retryAt - Date.now() > bound || Date.now() - since > 10_000;
+      const long = status?.retryAt - Date.now() > bound || Date.now() - since > 20_000;
       return status?.state === 'backingOff' && long && { retryAt: status.retryAt ?? Date.now() };
     },
     { bound: ONLINE_BOUND, since: offlineAt },
+    { timeout: 30_000 },
   );
 
   const onlineAt = Date.now();
