@@ -127,11 +127,15 @@ export async function openWindow(browser, server) {
       page.setDefaultTimeout(TIMEOUT);
       logs.set(page, recordPage(page, pageErrors));
       tabs.push(page);
+      // A closed or crashed tab's requests end with it, whether or not an event says so.
+      const gone = () => {
+        for (const [request, owner] of open) if (owner === page) open.delete(request);
+      };
       page.on('close', () => {
         tabs.splice(tabs.indexOf(page), 1);
-        // A closed tab's requests end with it, whether or not an event says so.
-        for (const [request, owner] of open) if (owner === page) open.delete(request);
+        gone();
       });
+      page.on('crash', gone);
       const query = options ? `?client=${encodeURIComponent(JSON.stringify(options))}` : '';
       const loaded = page.goto(`${win.server.url}/${query}`, { timeout: load ? TIMEOUT : 0 });
       if (!load) {

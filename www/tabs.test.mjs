@@ -70,8 +70,8 @@ async function publishFromNode(count, eventType, { between } = {}) {
 }
 
 /** Prints each tab's latency (max and median, ms) for `ids`, and asserts the bound. */
-async function latencies(win, what, ids, sentAt) {
-  for (const page of win.tabs) {
+async function latencies(win, what, ids, sentAt, pages = win.tabs) {
+  for (const page of pages) {
     const got = await receivedOf(page, ids);
     const { max, median } = spread(got.map((event) => event.receivedAt - sentAt.get(event.id)));
     console.log(`${what}: ${win.name(page)}: max ${max} ms, median ${median} ms over ${got.length} events`);
@@ -126,31 +126,34 @@ test('every tab receives every event from elsewhere once and in order; one publi
   await eight.close();
 });
 
-test('when the tab that holds the connection closes, another takes over: nothing lost, nothing twice', { timeout: 60_000 }, async () => {
+/**
+ * Four tabs; the leader (the tab whose client holds the stream) goes by `end(page)` while
+ * events are being published: the others receive every event once, in order.
+ */
+async function takeover(how, end) {
   await eight?.close(); // whatever the tests before left open
   const win = await openWindow(browser, server);
   for (let n = 0; n < 4; n++) await win.openTab({});
   await Promise.all(win.tabs.map((page) => win.waitForState(page, 'live')));
-  // The leader is the tab whose client holds the stream.
   await until(
     () => win.readers().length >= 1,
     () => `no tab holds a GET /events; ${describeReads(win)}`,
   );
   const readers = win.readers();
-  if (readers.length > 1) console.log(`takeover: ${readers.length} tabs hold a read (no single leader); closing the first`);
+  if (readers.length > 1) console.log(`takeover: ${readers.length} tabs hold a read (no single leader); the first ${how}`);
   const leader = readers[0];
   const leaderName = win.name(leader);
   const others = win.tabs.filter((page) => page !== leader);
 
   const eventType = unique('Takeover');
-  let closedAt = 0;
-  // Events go on being published while the leader's tab closes.
+  let endedAt = 0;
   const { ids, postedAt } = await publishFromNode(40, eventType, {
     between: async (n) => {
       if (n === 9) {
-        closedAt = Date.now();
-        await leader.close();
+        endedAt = Date.now();
+        await end(leader);
       }
+      // Paced, so that the handover falls among the events.
       await new Promise((resolve) => setTimeout(resolve, 25));
     },
   });
@@ -160,11 +163,25 @@ test('when the tab that holds the connection closes, another takes over: nothing
   }
   await until(
     () => win.readers().some((page) => others.includes(page)),
-    () => `no other tab took the connection over after ${leaderName} closed; ${describeReads(win)}`,
+    () => `no other tab took the connection over after ${leaderName} ${how}; ${describeReads(win)}`,
   );
-  console.log(`takeover: ${leaderName} closed; now ${describeReads(win)}`);
-  const afterClose = ids.filter((id) => postedAt.get(id) >= closedAt);
-  await latencies(win, 'posted after the leader closed', afterClose, postedAt);
+  console.log(`takeover: ${leaderName} ${how}; now ${describeReads(win)}`);
+  const afterEnd = ids.filter((id) => postedAt.get(id) >= endedAt);
+  await latencies(win, `posted after the leader ${how}`, afterEnd, postedAt, others);
   assert.deepEqual(win.pageErrors, []);
   await win.close();
-});
+}
+
+test('when the tab that holds the connection closes, another takes over: nothing lost, nothing twice', { timeout: 60_000 }, () =>
+  takeover('closed', (page) => page.close()),
+);
+
+test('when the tab that holds the connection crashes, another takes over: nothing lost, nothing twice', { timeout: 60_000 }, () =>
+  takeover('crashed', async (page) => {
+    // No pagehide, no goodbye: the renderer is gone, and with it the lock it held.
+    const crashed = new Promise((resolve) => page.once('crash', resolve));
+    const cdp = await page.context().newCDPSession(page);
+    cdp.send('Page.crash').catch(() => {}); // never answers: the page is gone
+    await crashed;
+  }),
+);
