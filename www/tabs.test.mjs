@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { TIMEOUT, launchBrowser, openWindow, post, receivedOf, record, spread, startServer, staticDir, unique } from './browser.mjs';
+import { TIMEOUT, launchBrowser, openWindow, post, receivedOf, record, spread, startServer, staticDir, storedEvents, unique } from './browser.mjs';
 
 /** A generous bound on an event's way from the server to every tab; the figures are printed. */
 const LATENCY_BOUND = 10_000;
@@ -185,3 +185,60 @@ test('when the tab that holds the connection crashes, another takes over: nothin
     await crashed;
   }),
 );
+
+/**
+ * Six tabs with `options`: one, then five at once while events are published as fast as
+ * the server takes them (the leader's pages keep coming while a tab joins). Returns the
+ * server's whole log (ending with a last event) and each tab's received ids.
+ */
+async function joinWhileEventsCome(options) {
+  const win = await openWindow(browser, server);
+  const eventType = unique('Join');
+  let publishing = true;
+  let posted = 0;
+  const publisher = (async () => {
+    while (publishing) await post(server, record(eventType, { n: posted++ }, 'join'));
+  })();
+  await win.waitForState(await win.openTab(options), 'live');
+  const joining = await Promise.all([1, 2, 3, 4, 5].map(() => win.openTab(options)));
+  await Promise.all(joining.map((page) => win.waitForState(page, 'live')));
+  publishing = false;
+  await publisher;
+  const last = record(eventType, { last: true }, 'join');
+  await post(server, last);
+
+  const log = (await storedEvents(server)).map((event) => event.id);
+  assert.equal(log.at(-1), last.id);
+  const received = new Map();
+  for (const page of win.tabs) {
+    await win.waitForEvents(page, [last.id]);
+    received.set(win.name(page), await page.evaluate(() => window.received.map((event) => event.id)));
+  }
+  assert.deepEqual(win.pageErrors, []);
+  await win.close();
+  return { log, received, posted };
+}
+
+test('tabs that replay the log from position 0, joining while events come, each get the whole log once, in order', { timeout: 60_000 }, async () => {
+  // As the demo does: each tab replays everything stored, then follows live. A tab that
+  // joins behind the leader catches up by itself.
+  const { log, received, posted } = await joinWhileEventsCome({ initialPosition: 0 });
+  for (const [tab, got] of received) {
+    const missing = log.filter((id) => !got.includes(id)).length;
+    assert.equal(got.length, log.length, `${tab} received ${got.length} events of the ${log.length} stored (${missing} missing)`);
+    assert.deepEqual(got, log, `${tab} received the whole log in the stored order`);
+  }
+  console.log(`replay: ${received.size} tabs each received the ${log.length} stored events once (${posted} posted while they joined)`);
+});
+
+test('tabs that follow from now on, joining while events come, get nothing from before and no gap after', { timeout: 60_000 }, async () => {
+  const before = record(unique('Before'), {}, 'join');
+  await post(server, before);
+  const { log, received, posted } = await joinWhileEventsCome({});
+  for (const [tab, got] of received) {
+    assert.ok(!got.includes(before.id), `${tab} (from now on, the default) received an event stored before it started: ${got.length} events in all, the log holds ${log.length}`);
+    // From where it started to the end, every event once, in order: a tail of the log.
+    assert.deepEqual(got, log.slice(log.length - got.length), `${tab} received a gapless tail of the log, in order`);
+  }
+  console.log(`now: ${[...received].map(([tab, got]) => `${tab} ${got.length}`).join(', ')} of ${log.length} stored (${posted} posted while they joined)`);
+});
