@@ -165,11 +165,10 @@ export class EventBusClient {
         let token;
         try {
           token = await o.getToken();
+          if (token != null && typeof token !== 'string') throw new Error('it must return a string, null or undefined (or a Promise of one)');
         } catch (error) {
-          throw fail('token_failed', `getting an access token failed: getToken failed: ${error?.message ?? error}`);
+          throw fail('token_failed', `getting an access token failed: getToken: ${error?.message ?? error}`);
         }
-        if (token != null && typeof token !== 'string')
-          throw fail('token_failed', 'getting an access token failed: getToken must return a string, null or undefined (or a Promise of one)');
         if (token) headers.authorization = `Bearer ${token}`;
       }
       const controller = new AbortController();
@@ -200,20 +199,13 @@ export class EventBusClient {
         controller.abort(STOP);
       }
     };
-    /** A plain exchange: the status, body and the headers the protocol uses. */
-    const exchange = (url, init, timeout) =>
-      request(url, init, timeout, async (response) => ({
-        status: response.status,
-        text: await response.text(),
-        cursor: response.headers.get('x-events-cursor'),
-        retryAfter: response.headers.get('retry-after'),
-      }));
-    /** `exchange`, then what it means: the answer when 2xx, else throws its failure. */
-    const ask = async (url, init, timeout) => {
-      const answer = await exchange(url, init, timeout);
-      if (answer.status >= 300 || answer.status < 200) throw failure(answer);
-      return answer;
-    };
+    /** A plain exchange: a 2xx answer (its body and the headers the protocol uses), else throws what it means. */
+    const ask = (url, init, timeout) =>
+      request(url, init, timeout, async (response) => {
+        const answer = { status: response.status, text: await response.text(), cursor: response.headers.get('x-events-cursor'), retryAfter: response.headers.get('retry-after') };
+        if (response.ok) return answer;
+        throw failure(answer);
+      });
     /** The URL of `GET /events` after the cursor (by `since` while there is none), with the filter. */
     const eventsUrl = (extra = []) => {
       const cursor = core.cursor;
@@ -282,8 +274,7 @@ export class EventBusClient {
       return request(eventsUrl(), { headers: { accept: 'text/event-stream' }, receiving: true }, FIRST_BYTES, async (response, deadline) => {
         if (!response.ok) {
           deadline(BEYOND, TIMEOUT);
-          const answer = { status: response.status, text: await response.text(), retryAfter: response.headers.get('retry-after') };
-          throw failure(answer);
+          throw failure({ status: response.status, text: await response.text(), retryAfter: response.headers.get('retry-after') });
         }
         // A server (or proxy) that does not stream answered with a page.
         if (!/^text\/event-stream\s*(;|$)/i.test(response.headers.get('content-type') ?? '')) throw FALLBACK;
@@ -365,18 +356,14 @@ export class EventBusClient {
         let failed;
         try {
           // The same body each time: the event id makes a retry idempotent.
-          const answer = await exchange(`${o.url}/events`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(item.r) }, BEYOND);
-          if (answer.status >= 200 && answer.status < 300) {
-            const receipt = readReceipt(answer);
-            // Deleted before it leaves the queue: a read of the store in between finds it still queued.
-            await drop(item);
-            core.settle(false);
-            sync();
-            if (item.tab === me) emit(receipts, receipt);
-            else post({ t: 'stored', tab: item.tab, r: receipt });
-            continue;
-          }
-          failed = failure(answer);
+          const receipt = readReceipt(await ask(`${o.url}/events`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(item.r) }, BEYOND));
+          // Deleted before it leaves the queue: a read of the store in between finds it still queued.
+          await drop(item);
+          core.settle(false);
+          sync();
+          if (item.tab === me) emit(receipts, receipt);
+          else post({ t: 'stored', tab: item.tab, r: receipt });
+          continue;
         } catch (error) {
           if (mine !== term || closed || error === STOP) return;
           failed = asFailure(error);

@@ -40,25 +40,21 @@ export function failure({ status, text, retryAfter }) {
   return { kind, error, code: error.code, message, retryAfter: /^\s*\d+\s*$/.test(retryAfter ?? '') ? retryAfter * 1000 : undefined };
 }
 
-const UUID = /^[\da-f]{8}-([\da-f]{4}-){3}[\da-f]{12}$/i;
 const text = (value) => typeof value === 'string';
 const position = (value) => (Number.isSafeInteger(value) && value >= 0 ? value : undefined);
+
+const REQUIRED = ['id', 'createdAt', 'aggregateId', 'eventType', 'eventJson'];
 
 /** Adds one record of a page to it: the event, or (when it is no event record) the error that reports it. */
 export function addRecord(page, record) {
   const r = record ?? {};
-  if (
-    UUID.test(r.id) && text(r.createdAt) && !Number.isNaN(Date.parse(r.createdAt)) && text(r.aggregateId) && text(r.eventType) &&
-    text(r.eventJson) && (r.position === undefined || position(r.position) !== undefined) &&
-    ['userId', 'tenantId', 'sessionId'].every((key) => r[key] == null || text(r[key])) &&
-    (r.context == null || (typeof r.context === 'object' && !Array.isArray(r.context)))
-  )
+  if (REQUIRED.every((key) => text(r[key])) && (r.position === undefined || position(r.position) !== undefined) && typeof (r.context ?? {}) === 'object')
     return page.events.push(r);
   const at = position(r.position);
   if (at > (page.cursor ?? -1)) page.cursor = at;
   page.bad.push(
     fail('undecodable_record',
-      `the server sent a record that cannot be decoded${at === undefined ? '' : ` at position ${at}`}${text(r.id) ? ` (event ${r.id})` : ''}; it was skipped: it is not an event record (id, createdAt, aggregateId, eventType and eventJson are required)`,
+      `the server sent a record that cannot be decoded${at === undefined ? '' : ` at position ${at}`}${text(r.id) ? ` (event ${r.id})` : ''}; it was skipped: it lacks one of ${REQUIRED.join(', ')}`,
       { position: at, eventId: text(r.id) ? r.id : undefined }),
   );
 }

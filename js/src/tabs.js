@@ -103,6 +103,7 @@ export function openOutbox() {
     request.onsuccess = () => resolve(request.result);
     request.onerror = () => reject(request.error);
   });
+  db.catch(() => {}); // no IndexedDB (a private window, say): publish keeps events in memory instead
   /** Runs `work(store)` in a transaction; resolves with its result once committed. */
   const run = async (mode, work) => {
     const transaction = (await db).transaction('outbox', mode);
