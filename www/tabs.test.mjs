@@ -1,7 +1,8 @@
 // Tabs of one app in real headless Chromium (Debian's, driven by playwright-core), served
 // with the package by the real server binary over HTTP/1.1: eight tabs share one live
 // connection and each receives every event once, in order; when the tab that holds the
-// connection closes, another takes over with nothing lost or repeated.
+// connection closes or crashes, another takes over with nothing lost or repeated; tabs
+// that join while events come miss nothing and repeat nothing.
 // Build first: scripts/build-web.sh, and the server (see browser.mjs for which binary).
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
