@@ -400,6 +400,8 @@ export class EventBusClient {
       if (core.cursor !== undefined) post({ t: 'cursor', c: core.cursor });
       // What the last leader said stays shown until this Core has news.
       post({ t: 'status', s: { ...shown, error: plain(shown.error) } });
+      unsent.forEach((r) => core.enqueue(r.id, { r, tab: me }));
+      unsent.clear();
       readOutbox();
       const loops = Promise.all([receive(mine), send(mine)]);
       return async () => {
@@ -451,12 +453,21 @@ export class EventBusClient {
       return !types.length || (mine.length > 0 && mine.every((type) => types.includes(type)));
     };
     const handled = [];
+    // Events handed to the leader without IndexedDB, until it says they were stored or
+    // refused: a leader that goes first leaves them to the next one.
+    const unsent = new Map();
     const onMessage = (message) => {
       if (closed) return;
       const { t } = message;
-      if (t === 'stored' && message.tab === me) emit(receipts, message.r);
+      if (t === 'stored' && message.tab === me) {
+        unsent.delete(message.r.id);
+        emit(receipts, message.r);
+      }
       if (t === 'error' && (message.tab === me || !message.tab)) {
-        if (message.id) core.forgetEcho(message.id);
+        if (message.id) {
+          unsent.delete(message.id);
+          core.forgetEcho(message.id);
+        }
         emit(errors, revive(message.e));
       }
       if (leading) {
@@ -472,7 +483,11 @@ export class EventBusClient {
         }
         return;
       }
-      if (t === 'lead' && handled.length) post({ t: 'types', types: handled });
+      if (t === 'lead') {
+        if (handled.length) post({ t: 'types', types: handled });
+        // The leader's queue ignores what it holds already, and the ids make a resend idempotent.
+        unsent.forEach((r) => post({ t: 'send', r }));
+      }
       if (t === 'status') show({ ...message.s, error: revive(message.s.error) });
       if (t === 'cursor') {
         if (core.cursor === undefined && !o.since) core.startAt(message.c);
@@ -564,7 +579,10 @@ export class EventBusClient {
         // Before the event can reach the server, so that its echo is recognised.
         core.expectEcho(id);
         const inMemory = () => {
-          if (!leading) return post({ t: 'send', r: record });
+          if (!leading) {
+            unsent.set(id, record);
+            return post({ t: 'send', r: record });
+          }
           core.enqueue(id, { r: record, tab: me });
           kick();
         };
