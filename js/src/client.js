@@ -36,7 +36,8 @@ function toEvent(record, payload) {
 export class EventBusClient {
   constructor(options) {
     const o = parseOptions(options);
-    const core = new Core(10_000, PAUSE, 30_000, (Math.random() * 2 ** 32) >>> 0);
+    // 4096 recent ids, as the Rust client keeps.
+    const core = new Core(4096, PAUSE, 30_000, (Math.random() * 2 ** 32) >>> 0);
     core.setTypes(o.eventTypes, o.handledOnly);
     const me = crypto.randomUUID();
     const name = `distributed-events:${JSON.stringify([o.url, o.eventTypes, o.aggregateIds, o.handledOnly, o.mode, o.interval])}`;
