@@ -9,4 +9,4 @@ import init from './pkg/distributed_events_client.js';
 
 await init();
 
-export { EventBusClient } from './pkg/distributed_events_client.js';
+export { EventBusClient } from './src/client.js';

@@ -5,4 +5,4 @@ import init from './pkg/distributed_events_client.js';
 
 await init({ module_or_path: await readFile(new URL('./pkg/distributed_events_client_bg.wasm', import.meta.url)) });
 
-export { EventBusClient } from './pkg/distributed_events_client.js';
+export { EventBusClient } from './src/client.js';
