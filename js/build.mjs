@@ -8,7 +8,7 @@
 //    pins) writes the glue and the .wasm to pkg/. `--target web`: its glue is a plain ES
 //    module that fetches the .wasm through `new URL('…_bg.wasm', import.meta.url)`, which
 //    browsers load as is and bundlers such as Vite copy as an asset.
-// 3. The names of the wasm's imports become short (shorten-imports.mjs), and wasm-opt
+// 3. The names of the wasm's imports and exports become short (shorten-names.mjs), and wasm-opt
 //    shrinks the .wasm (WASM_OPT below).
 // 4. esbuild bundles index.js (browsers, bundlers) and node.js (Node) with the glue and
 //    src/ into one minified ES module each in dist/, and the .wasm is copied next to them,
@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 
 import * as esbuild from 'esbuild';
 
-import { shortenImports } from './shorten-imports.mjs';
+import { shortenNames } from './shorten-names.mjs';
 import { BUDGET_BYTES, printSize } from './size.mjs';
 
 const path = (relative) => fileURLToPath(new URL(relative, import.meta.url));
@@ -50,7 +50,8 @@ run('wasm-bindgen', [
 // Types of the raw wasm exports: only for importing the .wasm directly, which we don't.
 rmSync(path(`pkg/${WASM}.d.ts`), { force: true });
 // Before wasm-opt, which then validates the renamed module.
-console.error(`shortened the names of ${shortenImports(path(`pkg/${WASM}`), path(`pkg/${NAME}.js`))} wasm imports`);
+const shortened = shortenNames(path(`pkg/${WASM}`), path(`pkg/${NAME}.js`));
+console.error(`shortened the names of ${shortened.imports} imports and ${shortened.exports} exports of the wasm`);
 run(path('node_modules/.bin/wasm-opt'), [...WASM_OPT, path(`pkg/${WASM}`), '-o', path(`pkg/${WASM}`)]);
 
 // The entries name the .wasm as './pkg/…' (e.g. node.js reads it from disk); in dist/ it

@@ -1,27 +1,38 @@
-// Shortens the names under which the .wasm imports wasm-bindgen's JS functions. The glue
-// names each import `__wbg_<name>_<16 hex digits>` (the hash makes names unique across
-// crates), and both the .wasm and the glue carry every name: random hex that gzip cannot
-// squeeze. Here each name becomes a short one (a, b, …, ba, …) in the .wasm's import
-// section and in the glue's import object, consistently; nothing else changes.
+// Shortens the names that the .wasm and wasm-bindgen's glue share. Imports: the glue
+// names each JS function that the wasm imports `__wbg_<name>_<16 hex digits>` (the hash
+// makes names unique across crates), random hex that gzip cannot squeeze. Exports: the
+// glue calls `wasm.core_admit`, `wasm.__wbindgen_malloc`, … Each name becomes a short one
+// (a, b, …, ba, …) in the .wasm and in the glue, consistently; nothing else changes.
 //
-// It reads the glue as wasm-bindgen writes it: an object literal whose keys are the
-// import names, and the module name as a string literal used once, as the key of that
-// object. Anything else (a new wasm-bindgen that writes the glue differently) makes it
-// fail, saying so, rather than ship a module whose imports do not match.
+// It reads the glue as wasm-bindgen writes it: an object literal whose keys are the import
+// names, the module name as a string literal used once (the key of that object), and
+// exports read as `wasm.<name>` (an export the glue uses otherwise keeps its name). An
+// import it cannot find so makes it fail, saying so, rather than ship a module whose
+// imports do not match the glue; wasm-opt validates the module afterwards.
 import { readFileSync, writeFileSync } from 'node:fs';
 
 /** Rewrites `wasmPath` and `gluePath` in place; returns how many names it shortened. */
-export function shortenImports(wasmPath, gluePath) {
+export function shortenNames(wasmPath, gluePath) {
   const wasm = readFileSync(wasmPath);
   let glue = readFileSync(gluePath, 'utf8');
   const fail = (why) => {
-    throw new Error(`shorten-imports: ${why}; the glue of this wasm-bindgen version is not what ${import.meta.url} expects`);
+    throw new Error(`shorten-names: ${why}; the glue of this wasm-bindgen version is not what ${import.meta.url} expects`);
   };
 
   const names = new Map(); // old name -> new name, for the module names and the field names
   const short = (old) => {
     if (!names.has(old)) names.set(old, shortName(names.size));
     return names.get(old);
+  };
+  // An export keeps its name unless the glue only reads it as `wasm.<name>`.
+  let exportsRenamed = 0;
+  const exported = (old) => {
+    const uses = (glue.match(new RegExp(`\\b${escape(old)}\\b`, 'g')) ?? []).length;
+    const reads = new RegExp(`\\bwasm\\.${escape(old)}\\b`, 'g');
+    if (uses === 0 || (glue.match(reads) ?? []).length !== uses) return old;
+    const renamed = shortName(exportsRenamed++);
+    glue = glue.replace(reads, `wasm.${renamed}`);
+    return renamed;
   };
   const out = [wasm.subarray(0, 8)];
   let at = 8;
@@ -30,12 +41,15 @@ export function shortenImports(wasmPath, gluePath) {
     const id = wasm[at];
     const [size, bodyStart] = readLeb(wasm, at + 1);
     at = bodyStart + size;
-    if (id !== 2) {
-      out.push(wasm.subarray(start, at)); // any section but the imports: as it is
-      continue;
+    if (id === 2) {
+      const imports = rewriteImports(wasm.subarray(bodyStart, at), short);
+      out.push(Buffer.from([2]), leb(imports.length), imports);
+    } else if (id === 7) {
+      const exports = rewriteExports(wasm.subarray(bodyStart, at), (old) => exported(old));
+      out.push(Buffer.from([7]), leb(exports.length), exports);
+    } else {
+      out.push(wasm.subarray(start, at)); // any other section: as it is
     }
-    const imports = rewriteImports(wasm.subarray(bodyStart, at), short);
-    out.push(Buffer.from([2]), leb(imports.length), imports);
   }
   // A module name is the key of the object of its imports, as a string literal.
   const modules = new Set();
@@ -55,7 +69,21 @@ export function shortenImports(wasmPath, gluePath) {
   if (modules.size === 0) fail('no module name of the imports found in the glue');
   writeFileSync(wasmPath, Buffer.concat(out));
   writeFileSync(gluePath, glue);
-  return names.size - modules.size;
+  return { imports: names.size - modules.size, exports: exportsRenamed };
+}
+
+/** The export section's entries, renamed. */
+function rewriteExports(body, rename) {
+  let [count, at] = readLeb(body, 0);
+  const parts = [leb(count)];
+  while (count-- > 0) {
+    const [length, start] = readLeb(body, at);
+    const name = Buffer.from(rename(body.subarray(start, start + length).toString('utf8')));
+    const descStart = start + length;
+    at = readLeb(body, descStart + 1)[1]; // kind, index
+    parts.push(leb(name.length), name, body.subarray(descStart, at));
+  }
+  return Buffer.concat(parts);
 }
 
 /** The import section's entries with their module and field names renamed. */
@@ -77,7 +105,7 @@ function rewriteImports(body, short) {
     else if (kind === 2) at = limits(body, at); // memory: limits
     else if (kind === 3) at += 2; // global: value type, mutability
     else if (kind === 4) at = readLeb(body, at + 1)[1]; // tag: attribute, type index
-    else throw new Error(`shorten-imports: unknown import kind ${kind}`);
+    else throw new Error(`shorten-names: unknown import kind ${kind}`);
     for (const text of [short(module), short(field)]) parts.push(leb(text.length), Buffer.from(text));
     parts.push(body.subarray(descStart, at));
   }
