@@ -84,10 +84,15 @@ async fn next_of<T: Event, S: Stream<Item = DomainEvent<T>> + Unpin>(
 /// Waits until `client` is live (so that it has found the server's head, and sees what
 /// is published from now on).
 async fn live(client: &EventBusClient) {
-    eventually("the client to be live", || {
-        matches!(client.status(), Status::Live { .. })
-    })
-    .await;
+    let mut status = client.status();
+    for _ in 0..1000 {
+        if matches!(status, Status::Live { .. }) {
+            return;
+        }
+        TimeoutFuture::new(20).await;
+        status = client.status();
+    }
+    panic!("gave up waiting for the client to be live; its status: {status:?}");
 }
 
 #[wasm_bindgen(inline_js = r#"
