@@ -52,6 +52,8 @@ rmSync(path(`pkg/${WASM}.d.ts`), { force: true });
 // Before wasm-opt, which then validates the renamed module.
 const shortened = shortenNames(path(`pkg/${WASM}`), path(`pkg/${NAME}.js`));
 console.error(`shortened the names of ${shortened.imports} imports and ${shortened.exports} exports of the wasm`);
+// With its function names, for twiggy when the budget is passed.
+copyFileSync(path(`pkg/${WASM}`), path('pkg/unstripped.wasm'));
 run(path('node_modules/.bin/wasm-opt'), [...WASM_OPT, path(`pkg/${WASM}`), '-o', path(`pkg/${WASM}`)]);
 
 // The entries name the .wasm as './pkg/…' (e.g. node.js reads it from disk); in dist/ it
@@ -76,11 +78,13 @@ const total = printSize();
 if (budget !== BUDGET_BYTES) console.log(`(SIZE_BUDGET_BYTES=${budget} overrides the budget of ${BUDGET_BYTES.toLocaleString('en-US')} bytes)`);
 if (total > budget) {
   console.error(await esbuild.analyzeMetafile(browser.metafile));
+  run(path('node_modules/.bin/wasm-opt'), ['-Oz', '-g', path('pkg/unstripped.wasm'), '-o', path('pkg/named.wasm')]);
   console.error(
     `build.mjs: what a browser loads is ${total.toLocaleString('en-US')} bytes gzipped, ` +
       `${(total - budget).toLocaleString('en-US')} bytes over the budget of ${budget.toLocaleString('en-US')}.\n` +
-      `Look at what grew: the .wasm (\`twiggy top -n 30 js/pkg/${WASM}\`, \`twiggy dominators\`; ` +
-      'a Rust dependency or `core::fmt` reached from the `js` feature?) and the JS per module above.',
+      'Look at what grew: the JS per module above, and the wasm: `twiggy top -n 30 js/pkg/named.wasm` (cargo install twiggy) ' +
+      '(the same wasm with its function names; `twiggy dominators` says who pulls a function in). ' +
+      'A Rust dependency, `core::fmt` or a panic message reached from the `js` feature? A new JS dependency?',
   );
   process.exit(1);
 }
