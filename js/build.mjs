@@ -10,9 +10,10 @@
 //    browsers load as is and bundlers such as Vite copy as an asset.
 // 3. The names of the wasm's imports and exports become short (shorten-names.mjs), and wasm-opt
 //    shrinks the .wasm (WASM_OPT below).
-// 4. esbuild bundles index.js (browsers, bundlers) and node.js (Node) with the glue and
-//    src/ into one minified ES module each in dist/, and the .wasm is copied next to them,
-//    so the glue's `new URL(…, import.meta.url)` still finds it.
+// 4. esbuild bundles index.js (browsers, bundlers) with the glue and src/ into one
+//    minified ES module, dist/index.js, and node.js (Node) likewise into dist/node.js, not
+//    minified; the .wasm is copied next to them, so the glue's
+//    `new URL(…, import.meta.url)` still finds it.
 //
 // wasm-opt comes from the npm package `binaryen`, pinned in package-lock.json (`npm ci`
 // first), not from Debian: Debian 12's binaryen 108 writes the export of wasm-bindgen's
@@ -69,7 +70,8 @@ const pkgUrls = {
 };
 const common = { bundle: true, format: 'esm', minify: true, legalComments: 'none', outdir: path('dist'), plugins: [pkgUrls], logLevel: 'warning' };
 const browser = await esbuild.build({ ...common, entryPoints: [path('index.js')], platform: 'browser', target: 'es2022', metafile: true });
-await esbuild.build({ ...common, entryPoints: [path('node.js')], platform: 'node', target: 'node20' });
+// Node downloads nothing at run time: readable code and stack traces there.
+await esbuild.build({ ...common, entryPoints: [path('node.js')], platform: 'node', target: 'node20', minify: false });
 copyFileSync(path(`pkg/${WASM}`), path(`dist/${WASM}`));
 checkUrls();
 
