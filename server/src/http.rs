@@ -10,8 +10,7 @@ use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, RawQuery, Request, State,
 };
 use axum::http::header::{
-    ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
-    WWW_AUTHENTICATE,
+    ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -22,7 +21,7 @@ use distributed_events_shared::wire::{codes, ErrorBody, CURSOR_HEADER, REPLAYED_
 use distributed_events_shared::{EventsQuery, InvalidEvent, Receipt, StoredEvent};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
 use crate::auth::Principal;
@@ -401,12 +400,10 @@ pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, InvalidOrigin> {
     Ok(CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([
-            CONTENT_TYPE,
-            axum::http::header::AUTHORIZATION,
-            IF_NONE_MATCH,
-            HeaderName::from_static(LAST_EVENT_ID),
-        ])
+        // Whatever headers an allowed origin's page asks for: the clients' `headers` option
+        // (a tenant or API-key header a gateway in between reads) must not fail every
+        // request in the browser. The origin list is the guard, not the header list.
+        .allow_headers(AllowHeaders::mirror_request())
         .expose_headers([
             HeaderName::from_static(CURSOR_HEADER),
             HeaderName::from_static(REPLAYED_HEADER),

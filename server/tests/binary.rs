@@ -198,13 +198,18 @@ async fn serves_static_files_and_cors_for_configured_origins_only() {
             .request(reqwest::Method::OPTIONS, format!("{}/events", server.base))
             .header("Origin", origin)
             .header("Access-Control-Request-Method", "POST")
-            .header("Access-Control-Request-Headers", "content-type")
+            .header("Access-Control-Request-Headers", "content-type,x-tenant")
             .send()
     };
     let allowed = preflight("http://app.example").await.unwrap();
     assert_eq!(
         allowed.headers()["access-control-allow-origin"],
         "http://app.example"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-headers"],
+        "content-type,x-tenant",
+        "a client's own headers (its `headers` option) are allowed too"
     );
     let refused = preflight("http://evil.example").await.unwrap();
     assert!(refused
