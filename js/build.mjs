@@ -32,7 +32,7 @@ import { BUDGET_BYTES, printSize } from './size.mjs';
 const path = (relative) => fileURLToPath(new URL(relative, import.meta.url));
 const NAME = 'distributed_events_client';
 const WASM = `${NAME}_bg.wasm`;
-// Measured in README.md's table (gzip -9 of the .wasm); binaryen reads the wasm features to
+// Measured in js/README.md's table (gzip -9 of the .wasm); binaryen reads the wasm features to
 // allow from the module's target_features section.
 const WASM_OPT = ['-Oz', '--converge', '--strip-debug', '--strip-producers', '--strip-target-features'];
 
@@ -76,6 +76,7 @@ copyFileSync(path(`pkg/${WASM}`), path(`dist/${WASM}`));
 checkUrls();
 
 const budget = Number(process.env.SIZE_BUDGET_BYTES ?? BUDGET_BYTES);
+if (!Number.isSafeInteger(budget)) fail(`SIZE_BUDGET_BYTES must be a number of bytes, got ${process.env.SIZE_BUDGET_BYTES}`);
 const total = printSize();
 if (budget !== BUDGET_BYTES) console.log(`(SIZE_BUDGET_BYTES=${budget} overrides the budget of ${BUDGET_BYTES.toLocaleString('en-US')} bytes)`);
 if (total > budget) {
