@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building the web side (scripts/build-web.sh: the npm package and the demo
 # page) needs, idempotently: the wasm target, wasm-bindgen-cli at the version Cargo.lock
-# pins, and wasm-pack. The npm packages, binaryen's wasm-opt among them, come from
-# `npm ci` in build-web.sh. The test suite's extras are in scripts/setup.sh.
+# pins (js/build.mjs runs it after cargo). The npm packages, binaryen's wasm-opt and
+# esbuild among them, come from `npm ci` in build-web.sh. The test suite's extras are in scripts/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,8 +18,4 @@ wasm_bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/,
 if [ -n "$wasm_bindgen_version" ] && [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wasm_bindgen_version" ]; then
   log "installing wasm-bindgen-cli $wasm_bindgen_version"
   cargo install wasm-bindgen-cli --version "$wasm_bindgen_version" --force
-fi
-if ! command -v wasm-pack >/dev/null; then
-  log "installing wasm-pack"
-  cargo install wasm-pack
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing distributed-events needs, idempotently: what the web
-# build needs (scripts/setup-web.sh: the wasm target, wasm-bindgen-cli, wasm-pack), then
+# build needs (scripts/setup-web.sh: the wasm target, wasm-bindgen-cli), then
 # the test suite's extras: cargo-fuzz, Debian's Chromium and ChromeDriver for the
 # browser tests, and Debian's nginx for the CDN cache test (server/tests/cdn_cache.rs).
 # Safe to run again and again.

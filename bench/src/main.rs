@@ -51,7 +51,7 @@ enum Scenario {
     Idle,
     /// 6. Empty `GET /events?after=<head>` against a hello-world route of the same server.
     Ceiling,
-    /// 7. Gzipped bytes of the wasm and its JS glue in `js/pkg`.
+    /// 7. Gzipped bytes of what a browser loads of the npm package (`js/dist`).
     Size,
     /// Every scenario above, in order.
     All,
