@@ -31,6 +31,10 @@ step "Rust tests (unit, store conformance, HTTP, binary, cross-crate; a 3-minute
 # The soak runs for 20 s in a plain `cargo test`; here for minutes, as issue 6 asks.
 SOAK_SECONDS="${SOAK_SECONDS:-180}" cargo test --workspace
 
+step "the delivery core as the npm package builds it (no_std, without the Rust client)"
+cargo test -p distributed-events-client --no-default-features --lib
+cargo clippy -p distributed-events-client --no-default-features --lib --tests -- -D warnings
+
 step "Durable Streams: the protocol's conformance suite against the server binary (SQLite, PostgreSQL, MySQL)"
 ./scripts/durable-streams-conformance.sh
 

@@ -64,7 +64,7 @@
 #![deny(missing_docs)]
 // The browser build of the npm package (`js` without `client`) has no std: its panics and
 // formatting machinery would weigh more than the whole delivery core.
-#![cfg_attr(not(feature = "client"), no_std)]
+#![cfg_attr(all(not(feature = "client"), not(test)), no_std)]
 
 extern crate alloc;
 

@@ -1,9 +1,10 @@
 //! The `eventType` filter a client asks with.
 
 use alloc::borrow::ToOwned;
-use alloc::collections::BTreeSet;
 use alloc::string::String;
 use alloc::vec::Vec;
+
+use super::set::Set;
 
 /// Most values one filter parameter (`eventType`, `aggregateId`) takes; the server's limit
 /// (`distributed_events_shared::MAX_FILTER_VALUES`).
@@ -19,7 +20,7 @@ pub struct TypeFilter {
     configured: Vec<String>,
     /// Whether the handled types widen the filter (`subscribe_to_handled_types`).
     handled_only: bool,
-    handled: BTreeSet<String>,
+    handled: Set<String>,
     /// A handler of every type (`"*"` in JS): no type filter.
     all: bool,
     /// Raised each time the filter widens: an answer asked for with an older filter is

@@ -22,6 +22,7 @@ mod backoff;
 mod filter;
 mod outbox;
 mod receive;
+mod set;
 mod status;
 
 pub use answer::{classify, is_transient, Answer};

@@ -1,9 +1,10 @@
 //! The sending side: events to send, in the order they were published, each until the
 //! server stored or refused it.
 
-use alloc::collections::{BTreeSet, VecDeque};
+use alloc::collections::VecDeque;
 use core::time::Duration;
 
+use super::set::Set;
 use super::{Backoff, Jitter};
 
 /// The events waiting to be sent, oldest first, and the backoff of the one in front.
@@ -16,7 +17,7 @@ pub struct Outbox<I, E> {
     queue: VecDeque<(I, E)>,
     /// The ids in `queue`: an event queued twice (storage read again after a reload, a
     /// publish announced twice) is sent once.
-    ids: BTreeSet<I>,
+    ids: Set<I>,
     backoff: Backoff,
 }
 
@@ -25,7 +26,7 @@ impl<I: Clone + Ord, E> Outbox<I, E> {
     pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
             queue: VecDeque::new(),
-            ids: BTreeSet::new(),
+            ids: Set::new(),
             backoff: Backoff::new(initial, max),
         }
     }

@@ -1,8 +1,10 @@
 //! The receiving side: which received events reach the application, and where the
 //! cursor stands.
 
-use alloc::collections::{BTreeSet, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+
+use super::set::Set;
 
 /// At most this many own events are remembered as sent but not back from the server yet
 /// (under 1 MiB of ids). An echo comes back unless the server refuses the
@@ -157,7 +159,7 @@ struct IdRing<I> {
     /// Insertion order. A removed id stays here until it reaches the front; it still
     /// counts against `capacity`, so memory stays bounded.
     order: VecDeque<I>,
-    set: BTreeSet<I>,
+    set: Set<I>,
     capacity: usize,
 }
 
@@ -165,7 +167,7 @@ impl<I: Clone + Ord> IdRing<I> {
     fn new(capacity: usize) -> Self {
         Self {
             order: VecDeque::new(),
-            set: BTreeSet::new(),
+            set: Set::new(),
             capacity: capacity.max(1),
         }
     }
