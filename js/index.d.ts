@@ -104,7 +104,7 @@ export interface EventBusClientOptions {
   headers?: Record<string, string>;
   /** The bearer token for the next request, or `null` for none. Called before every request, so it may refresh. */
   getToken?: () => string | null | undefined | Promise<string | null | undefined>;
-  /** Keep the cursor in localStorage (key `distributed-events:cursor:<serverUrl>`), so that a reload resumes with nothing lost and nothing repeated (default `false`). */
+  /** Keep the cursor in localStorage (key `distributed-events:cursor:<serverUrl>`, followed by the filter options when there are any), so that a reload resumes with nothing lost and nothing repeated (default `false`). */
   persistCursor?: boolean;
   /** Receive only events of these types; the server leaves the others out (default: every type). At most 100 names. */
   eventTypes?: string[];
@@ -156,7 +156,7 @@ export interface StoredEventRecord {
 /** The `code` of an `EventBusClientError`: the server's code, or one of the client's. */
 export type EventBusClientErrorCode =
   | "network_error" | "timeout" | "wrong_server_url" | "invalid_response" | "http_error" | "token_failed"
-  | "bad_request" | "unauthorized" | "id_conflict" | "payload_too_large" | "unsupported_media_type"
+  | "bad_request" | "unauthorized" | "id_conflict" | "request_timeout" | "payload_too_large" | "unsupported_media_type"
   | "unavailable" | "overloaded" | "internal"
   | "cursor_expired" | "cursor_ahead"
   | "unknown_event_type" | "undecodable_payload" | "undecodable_record"

@@ -41,7 +41,9 @@ export class EventBusClient {
     core.setTypes(o.eventTypes, o.handledOnly);
     const me = crypto.randomUUID();
     const name = `distributed-events:${JSON.stringify([o.url, o.eventTypes, o.aggregateIds, o.handledOnly, o.mode, o.interval])}`;
-    const cursorKey = `distributed-events:cursor:${o.url}`;
+    // The group's cursor: another filter's would skip or repeat events here.
+    const filtered = o.eventTypes.length || o.aggregateIds.length || o.handledOnly;
+    const cursorKey = `distributed-events:cursor:${o.url}${filtered ? ` ${JSON.stringify([o.eventTypes, o.aggregateIds, o.handledOnly])}` : ''}`;
     const outbox = openOutbox();
 
     // ---- handlers: called from a microtask, never inside the caller's stack
@@ -75,7 +77,8 @@ export class EventBusClient {
     let group = { post() {} };
     const post = (message) => group.post(message);
     const show = (status) => {
-      const same = ['state', 'transport', 'error', 'retryAt'].every((key) => status[key] === shown[key]);
+      const says = ({ state, transport, error, retryAt }) => [state, transport, error?.code, error?.message, retryAt].join();
+      const same = says(status) === says(shown);
       if (same || shown.state === 'closed') return;
       shown = status;
       emit(statuses, status);
@@ -90,8 +93,9 @@ export class EventBusClient {
     const report = (error, tab = me) => (tab === me ? emit(errors, error) : post({ t: 'error', tab, e: plain(error) }));
 
     // ---- the cursor
+    /** Saves the cursor; the leader's is the group's (a follower catching up is behind it). */
     const save = () => {
-      if (!o.persist) return;
+      if (!o.persist || !leading) return;
       try {
         globalThis.localStorage.setItem(cursorKey, String(core.cursor));
       } catch (error) {
@@ -152,7 +156,12 @@ export class EventBusClient {
         sleepers.add(wake);
       });
     const wakeAll = () => sleepers.forEach((wake) => wake());
-    const abortAll = (reason) => controllers.forEach((controller) => controller.abort(reason));
+    // Rejects the waits that are no fetch (a getToken that may never settle) with the reason.
+    const cancels = new Set();
+    const abortAll = (reason) => {
+      controllers.forEach((controller) => controller.abort(reason));
+      cancels.forEach((cancel) => cancel(reason));
+    };
 
     /**
      * Sends a request with the configured headers and token; `run(response, deadline)`
@@ -163,13 +172,22 @@ export class EventBusClient {
       if (globalThis.navigator?.onLine === false) throw offline();
       const headers = { ...o.headers, ...init.headers };
       if (o.getToken) {
-        let token;
-        try {
-          token = await o.getToken();
-          if (token != null && typeof token !== 'string') throw new Error('it must return a string, null or undefined (or a Promise of one)');
-        } catch (error) {
-          throw fail('token_failed', `getting an access token failed: getToken: ${error?.message ?? error}`);
-        }
+        let cancel;
+        const token = await new Promise((resolve, reject) => {
+          cancel = reject;
+          cancels.add(cancel);
+          Promise.resolve()
+            .then(o.getToken)
+            .then((token) => {
+              if (token != null && typeof token !== 'string') throw new Error('it must return a string, null or undefined (or a Promise of one)');
+              resolve(token);
+            })
+            .catch((error) => reject(fail('token_failed', `getting an access token failed: getToken: ${error?.message ?? error}`)));
+        })
+          .catch((reason) => {
+            throw reason === OFFLINE ? offline() : reason;
+          })
+          .finally(() => cancels.delete(cancel));
         if (token) headers.authorization = `Bearer ${token}`;
       }
       const controller = new AbortController();
@@ -363,6 +381,7 @@ export class EventBusClient {
           await drop(item);
           core.settle(false);
           sync();
+          unsent.delete(item.r.id);
           if (item.tab === me) emit(receipts, receipt);
           else post({ t: 'stored', tab: item.tab, r: receipt });
           continue;
@@ -381,16 +400,17 @@ export class EventBusClient {
         await drop(item);
         core.settle(true);
         sync();
+        unsent.delete(id);
         if (item.tab === me) report(error);
         else post({ t: 'error', tab: item.tab, e: plain(error), id });
       }
     };
 
     /** Removes a sent (or refused) event from the persisted outbox. */
-    const drop = (item) => item.k !== undefined && outbox.remove(item.k);
+    const drop = (item) => item.k !== undefined && outbox.remove(item.k).catch(() => {}); // read again, sent again: idempotent
     /** Reads the persisted outbox into the Core's queue (it ignores what it holds already). */
     const readOutbox = async () => {
-      for (const [k, { r, tab }] of (await outbox?.read(name).catch(() => [])) ?? []) if (leading) core.enqueue(r.id, { k, r, tab });
+      for (const [k, { r, tab }] of (await outbox?.read(o.url).catch(() => [])) ?? []) if (leading) core.enqueue(r.id, { k, r, tab });
       kick();
     };
 
@@ -402,7 +422,6 @@ export class EventBusClient {
       // What the last leader said stays shown until this Core has news.
       post({ t: 'status', s: { ...shown, error: plain(shown.error) } });
       unsent.forEach((r) => core.enqueue(r.id, { r, tab: me }));
-      unsent.clear();
       readOutbox();
       const loops = Promise.all([receive(mine), send(mine)]);
       return async () => {
@@ -412,8 +431,9 @@ export class EventBusClient {
         wakeAll();
         kick();
         await loops;
-        // The next leader reads the persisted outbox; a memory outbox stays for our next term.
-        if (outbox) core.clear();
+        // The next leader reads the persisted outbox, and the members hand it their
+        // memory-only events again (`unsent`).
+        core.clear();
       };
     };
 
@@ -428,26 +448,45 @@ export class EventBusClient {
     const catchUp = async () => {
       if (catching) return;
       catching = true;
-      while (!closed && !leading && (core.cursor === undefined ? o.since : core.cursor < target)) {
-        const version = filter;
-        try {
-          const page = readPage(await ask(eventsUrl([`limit=${PAGE}`]), {}, BEYOND));
-          if (version !== filter) continue;
-          page.bad.forEach((error) => report(error));
-          const before = core.cursor;
-          apply(page.events, page.cursor);
-          // A page may be short of PAGE events (a cap in bytes) and more follow; one that moves nothing ends it.
-          if (core.cursor === before) break;
-        } catch (error) {
-          const failed = asFailure(error);
-          if (closed || leading || error === STOP) break;
-          if (failed.kind === 'reset') reset(failed);
-          else await sleep(core.receiveFailed(failed.error, failed.retryAfter, Date.now()));
+      for (let stuck = false; ; ) {
+        while (!closed && !leading && (core.cursor === undefined ? o.since : core.cursor < target)) {
+          const version = filter;
+          try {
+            const page = readPage(await ask(eventsUrl([`limit=${PAGE}`]), {}, BEYOND));
+            if (version !== filter) continue;
+            core.resetBackoff();
+            page.bad.forEach((error) => report(error));
+            const before = core.cursor;
+            apply(page.events, page.cursor);
+            // A page may be short of PAGE events (a cap in bytes) and more follow; one that moves nothing ends it.
+            if ((stuck = core.cursor === before)) break;
+          } catch (error) {
+            const failed = asFailure(error);
+            if (closed || leading || error === STOP) break;
+            if (failed.kind === 'reset') reset(failed);
+            else {
+              if (!Core.transient(failed.error.code ?? '', failed.error.status)) report(failed.error);
+              await sleep(core.receiveFailed(failed.error, failed.retryAfter, Date.now()));
+            }
+          }
         }
+        if (closed || leading) break;
+        // The leader's pages that came meanwhile, in order (Core drops what the catch-up
+        // delivered already); one that starts past the cursor means catching up again.
+        let gap = false;
+        while (buffered.length && !gap) {
+          const page = buffered[0];
+          const covered = covers(page.types);
+          if (core.cursor >= page.to) buffered.shift();
+          else if (stuck || (covered && core.cursor >= (page.from ?? Infinity))) applyPage(buffered.shift());
+          else {
+            target = Math.max(target, covered ? page.from ?? page.to : page.to);
+            gap = true;
+          }
+        }
+        if (!gap) break;
       }
       catching = false;
-      // Core drops what the catch-up delivered already.
-      if (!leading) buffered.splice(0).forEach(applyPage);
     };
     const covers = (types) => {
       const mine = core.eventTypes();
@@ -580,15 +619,14 @@ export class EventBusClient {
         // Before the event can reach the server, so that its echo is recognised.
         core.expectEcho(id);
         const inMemory = () => {
-          if (!leading) {
-            unsent.set(id, record);
-            return post({ t: 'send', r: record });
-          }
+          if (closed) return;
+          unsent.set(id, record);
+          if (!leading) return post({ t: 'send', r: record });
           core.enqueue(id, { r: record, tab: me });
           kick();
         };
         if (outbox)
-          outbox.add({ g: name, tab: me, r: record }).then(() => (leading ? readOutbox() : post({ t: 'outbox' })), inMemory);
+          outbox.add({ g: o.url, tab: me, r: record }).then(() => closed || (leading ? readOutbox() : post({ t: 'outbox' })), inMemory);
         else inMemory();
       } else core.recordDispatched(id);
       dispatch(record);
@@ -614,6 +652,7 @@ export class EventBusClient {
         abortAll(STOP);
         wakeAll();
         await group.close();
+        outbox?.close();
         // Without a persisted outbox, events not sent yet are dropped.
         core.clear();
       })());

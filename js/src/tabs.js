@@ -1,15 +1,18 @@
 // One connection per browser: the clients of one origin with the same server and filter
 // form a group. Web Locks elect the leader, which holds the live connection; a
-// BroadcastChannel of the same name carries what it receives to the others. Without
-// Web Locks (Node) every client leads a group of its own.
+// BroadcastChannel of the same name carries what it receives to the others. Outside a
+// browser (Node, whose newer versions have Web Locks too) every client leads a group of its own.
 
 /**
  * Joins the group `name` as `me`. `lead()` is called whenever this client becomes the
  * leader and returns the function that stops leading (resolving once stopped);
  * `onMessage` gets the other members' messages, each with its `sender`. Returns `{ post, close }`.
  */
+/** A page or a worker, not Node. */
+const inBrowser = () => globalThis.document !== undefined || globalThis.WorkerGlobalScope !== undefined;
+
 export function join(name, me, lead, onMessage) {
-  const locks = globalThis.navigator?.locks;
+  const locks = inBrowser() && globalThis.navigator.locks;
   if (!locks || !globalThis.BroadcastChannel) {
     const stop = lead();
     return { post() {}, close: stop };
@@ -25,13 +28,16 @@ export function join(name, me, lead, onMessage) {
   let leftAlone = false; // stepped down, and nobody else has led since
   let closed = false;
 
-  const post = (message) => channel.postMessage({ ...message, sender: me });
+  // Nothing after close: a publish's IndexedDB write may end after it.
+  const post = (message) => closed || channel.postMessage({ ...message, sender: me });
   const announce = () => post({ t: 'vis', v: !hidden() });
 
   function queue() {
     queued = new AbortController();
     locks
       .request(name, { signal: queued.signal }, () =>
+        // Granted after close() (the abort came too late): passed on at once.
+        closed ||
         new Promise((resolve) => {
           // Stepped down for a visible tab that never took the lock: it is gone.
           if (leftAlone) visible.clear();
@@ -67,7 +73,7 @@ export function join(name, me, lead, onMessage) {
     announce();
     check();
   };
-  const bye = () => post({ t: 'bye' });
+  const bye = () => channel.postMessage({ t: 'bye', sender: me });
   doc?.addEventListener('visibilitychange', onVisibility);
   globalThis.addEventListener?.('pagehide', bye);
   queue();
@@ -96,11 +102,15 @@ export function join(name, me, lead, onMessage) {
  */
 export function openOutbox() {
   const idb = globalThis.indexedDB;
-  if (!idb || !globalThis.navigator?.locks) return;
+  if (!idb || !inBrowser() || !globalThis.navigator?.locks) return;
   const db = new Promise((resolve, reject) => {
     const request = idb.open('distributed-events', 1);
     request.onupgradeneeded = () => request.result.createObjectStore('outbox', { autoIncrement: true });
-    request.onsuccess = () => resolve(request.result);
+    request.onsuccess = () => {
+      // A newer version of the app upgrading the database must not wait for this page.
+      request.result.onversionchange = () => request.result.close();
+      resolve(request.result);
+    };
     request.onerror = () => reject(request.error);
   });
   db.catch(() => {}); // no IndexedDB (a private window, say): publish keeps events in memory instead
@@ -114,19 +124,20 @@ export function openOutbox() {
     });
   };
   return {
-    /** Adds `{ g: group, tab, r: record }`. */
+    /** Adds `{ g: serverUrl, tab, r: record }`. */
     add: (entry) => run('readwrite', (store) => store.add(entry)),
     remove: (key) => run('readwrite', (store) => store.delete(key)),
-    /** The group's entries in key order, as `[key, entry]`. */
-    read: (group) =>
+    /** The server's entries in key order, as `[key, entry]`. */
+    read: (server) =>
       run('readonly', (store) => {
         const found = [];
         store.openCursor().onsuccess = ({ target: { result: cursor } }) => {
           if (!cursor) return;
-          if (cursor.value.g === group) found.push([cursor.key, cursor.value]);
+          if (cursor.value.g === server) found.push([cursor.key, cursor.value]);
           cursor.continue();
         };
         return found;
       }),
+    close: () => db.then((db) => db.close(), () => {}),
   };
 }

@@ -58,7 +58,8 @@ export async function startServer({ bind = '127.0.0.1:0', database = join(tempDi
     const timer = setTimeout(() => reject(new Error(`the server did not listen within 30 s:\n${log}`)), 30_000);
     child.stderr.on('data', (chunk) => {
       log += chunk;
-      const match = /listening on (http:\/\/\S+)/.exec(log);
+      // The whole line: a chunk may end inside the address ("http://127" is a valid URL).
+      const match = /listening on (http:\/\/\S+)\r?\n/.exec(log);
       if (match) {
         clearTimeout(timer);
         resolve(match[1]);

@@ -287,8 +287,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.bind))?;
     let address = listener.local_addr()?;
-    // Tests and scripts wait for this exact line.
-    eprintln!("listening on http://{address}");
+    // Tests and scripts wait for this exact line. One write: `eprintln!` writes each piece
+    // of its format on its own to unbuffered stderr, and a reader could see
+    // "listening on http://127" (which parses as the host 0.0.0.127).
+    let line = format!("listening on http://{address}\n");
+    std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes())?;
     tracing::info!(database = %redacted(&args.database), retention = ?args.retention, max_connections = serve_options.max_connections, "ready");
 
     let draining = server.clone();

@@ -76,10 +76,12 @@ impl<I: Clone + Ord, E> Outbox<I, E> {
         self.backoff.reset();
     }
 
-    /// Drops every event (the client closed).
+    /// Drops every event (the client closed, or another sends them now); the next
+    /// failure waits the initial delay.
     pub fn clear(&mut self) {
         self.queue.clear();
         self.ids.clear();
+        self.backoff.reset();
     }
 }
 
@@ -134,5 +136,14 @@ mod tests {
             "settling resets"
         );
         assert_eq!(outbox.next(), Some(&"second"));
+        for _ in 0..5 {
+            outbox.retry_delay(None, &mut jitter);
+        }
+        outbox.clear();
+        assert!(outbox.is_empty());
+        assert!(
+            outbox.retry_delay(None, &mut jitter) <= INITIAL,
+            "clearing resets: whoever sends next starts afresh"
+        );
     }
 }

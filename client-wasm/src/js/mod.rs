@@ -141,9 +141,10 @@ impl Core {
         self.status.sending();
     }
 
-    /// Empties the outbox.
+    /// Empties the outbox; its error, if it was backing off, leaves the status.
     pub fn clear(&mut self) {
         self.outbox.clear();
+        self.status.sending();
     }
 
     /// What an answer means: `"ok"`, `"reset"`, `"refused"` or `"retry"`.
