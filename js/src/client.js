@@ -475,22 +475,16 @@ export class EventBusClient {
         // delivered already); one that starts past the cursor means catching up again.
         let gap = false;
         while (buffered.length && !gap) {
-          const page = buffered[0];
-          const covered = covers(page.types);
-          if (core.cursor >= page.to) buffered.shift();
-          else if (stuck || (covered && core.cursor >= (page.from ?? Infinity))) applyPage(buffered.shift());
+          const need = core.follow(buffered[0].from, buffered[0].to, buffered[0].types);
+          if (stuck || core.cursor >= need) applyPage(buffered.shift());
           else {
-            target = Math.max(target, covered ? page.from ?? page.to : page.to);
+            target = Math.max(target, need);
             gap = true;
           }
         }
         if (!gap) break;
       }
       catching = false;
-    };
-    const covers = (types) => {
-      const mine = core.eventTypes();
-      return !types.length || (mine.length > 0 && mine.every((type) => types.includes(type)));
     };
     const handled = [];
     // Events handed to the leader without IndexedDB, until it says they were stored or
@@ -535,11 +529,11 @@ export class EventBusClient {
         catchUp();
       }
       if (t === 'page') {
-        const ok = covers(message.types);
+        const need = core.follow(message.from, message.to, message.types);
         if (core.cursor === undefined && !o.since) core.startAt(message.from ?? message.to);
-        if (ok && !catching && core.cursor >= (message.from ?? Infinity)) return applyPage(message);
+        if (!catching && core.cursor >= need) return applyPage(message);
         buffered.push(message);
-        target = Math.max(target, ok ? message.from ?? message.to : message.to);
+        target = Math.max(target, need);
         catchUp();
       }
     };

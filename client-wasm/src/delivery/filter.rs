@@ -91,6 +91,15 @@ impl TypeFilter {
     }
 }
 
+impl TypeFilter {
+    /// Whether a page asked for with `theirs` (another client's `eventType` values; empty:
+    /// every type) holds every event this filter asks for.
+    pub fn is_covered_by(&self, theirs: &[String]) -> bool {
+        let mine = self.event_types();
+        theirs.is_empty() || (!mine.is_empty() && mine.iter().all(|t| theirs.contains(t)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +140,16 @@ mod tests {
         let mut long = TypeFilter::new(Vec::new(), true);
         long.handle(&"x".repeat(MAX_FILTER_VALUE_BYTES + 1));
         assert!(long.event_types().is_empty());
+    }
+
+    #[test]
+    fn a_page_covers_a_filter_when_it_asked_for_at_least_its_types() {
+        let every = TypeFilter::default();
+        assert!(every.is_covered_by(&[]));
+        assert!(!every.is_covered_by(&["A".into()]), "it wants every type");
+        let some = TypeFilter::new(vec!["A".into(), "B".into()], false);
+        assert!(some.is_covered_by(&["B".into(), "A".into(), "C".into()]));
+        assert!(!some.is_covered_by(&["A".into()]));
     }
 
     #[cfg(feature = "client")]

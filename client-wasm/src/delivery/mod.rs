@@ -6,7 +6,8 @@
 //! events on its own tasks; the browser build of the npm package drives it from JS with
 //! JS values (see the `js` feature), so both follow one implementation of:
 //!
-//! - the cursor and the dedupe of repeats and of own echoes ([`Delivery`]);
+//! - the cursor and the dedupe of repeats and of own echoes ([`Delivery`]), and when a
+//!   client may apply what another delivered ([`follow_from`]);
 //! - the outbox's order and retries ([`Outbox`]);
 //! - backoff with jitter ([`Backoff`]);
 //! - the status that both sides' outcomes make ([`StatusParts`]);
@@ -29,5 +30,5 @@ pub use answer::{classify, is_transient, Answer};
 pub use backoff::{Backoff, Jitter};
 pub use filter::{TypeFilter, MAX_FILTER_VALUES, MAX_FILTER_VALUE_BYTES};
 pub use outbox::Outbox;
-pub use receive::{Delivery, AWAITING_ECHO_CAPACITY};
+pub use receive::{follow_from, Delivery, AWAITING_ECHO_CAPACITY};
 pub use status::{Phase, StatusParts, Transport};

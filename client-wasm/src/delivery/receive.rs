@@ -152,6 +152,20 @@ impl<I: Clone + Ord> Delivery<I> {
     }
 }
 
+/// Where a client must stand before it applies a page another client delivered (a tab
+/// following the leader of its browser): the page holds the events after `from` (`None`:
+/// not known) up to `to`, asked for with a filter that `covered` this client's or not.
+/// A client standing there or further applies it (its [`Delivery`] drops what it had);
+/// one behind catches up by itself first, or it would skip the events in between.
+pub fn follow_from(from: Option<u64>, to: u64, covered: bool) -> u64 {
+    match (covered, from) {
+        (true, Some(from)) => from,
+        // A page of fewer types than this client's, or from who knows where: only what
+        // it moved past is sure, so catch up to its end.
+        _ => to,
+    }
+}
+
 /// The last `capacity` ids inserted, in bounded memory: the recent ids (duplicate
 /// detection) and the own events still to come back (which also removes ids).
 #[derive(Debug)]
@@ -389,6 +403,17 @@ mod tests {
         replayed.push(event(6));
         delivery.apply_page(replayed, 6, key, |e| seen.push(e));
         assert_eq!(positions(&seen), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_follower_applies_a_page_only_from_where_it_stands() {
+        assert_eq!(follow_from(Some(10), 15, true), 10);
+        assert_eq!(
+            follow_from(Some(10), 15, false),
+            15,
+            "other types: to its end"
+        );
+        assert_eq!(follow_from(None, 15, true), 15);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use core::time::Duration;
 use wasm_bindgen::prelude::*;
 
 use crate::delivery::{
-    classify, is_transient, Answer, Backoff, Delivery, Jitter, Outbox, Phase, StatusParts,
-    Transport, TypeFilter,
+    classify, follow_from, is_transient, Answer, Backoff, Delivery, Jitter, Outbox, Phase,
+    StatusParts, Transport, TypeFilter,
 };
 
 /// The delivery rules of one client, with no I/O: see `crate::delivery`.
@@ -112,6 +112,14 @@ impl Core {
     #[wasm_bindgen(js_name = eventTypes)]
     pub fn event_types(&self) -> Vec<String> {
         self.filter.event_types()
+    }
+
+    /// Where this client must stand before it applies the leader's page (after `from`, up
+    /// to `to`, asked for with the `eventType` values `their_types`); behind it, it
+    /// catches up first.
+    pub fn follow(&self, from: Option<f64>, to: f64, their_types: Vec<String>) -> f64 {
+        let covered = self.filter.is_covered_by(&their_types);
+        follow_from(from.map(|from| from as u64), to as u64, covered) as f64
     }
 
     /// Queues `event` after the others unless an event with `id` is queued already.
