@@ -613,15 +613,19 @@ export class EventBusClient {
         // Before the event can reach the server, so that its echo is recognised.
         core.expectEcho(id);
         const inMemory = () => {
-          if (closed) return;
           unsent.set(id, record);
           if (!leading) return post({ t: 'send', r: record });
           core.enqueue(id, { r: record, tab: me });
           kick();
         };
-        if (outbox)
-          outbox.add({ g: o.url, tab: me, r: record }).then(() => closed || (leading ? readOutbox() : post({ t: 'outbox' })), inMemory);
-        else inMemory();
+        if (outbox) {
+          // close() waits for the write, so that the leader hears of the event before this client goes.
+          const write = outbox
+            .add({ g: o.url, tab: me, r: record })
+            .then(() => (leading ? readOutbox() : post({ t: 'outbox' })), inMemory)
+            .finally(() => writes.delete(write));
+          writes.add(write);
+        } else inMemory();
       } else core.recordDispatched(id);
       dispatch(record);
       return id;
@@ -635,6 +639,7 @@ export class EventBusClient {
     this.onError = (handler) => subscribe(errors, handler)[1];
     this.onStored = (handler) => subscribe(receipts, handler)[1];
 
+    const writes = new Set(); // publishes still writing to IndexedDB
     let closing;
     this.close = () =>
       (closing ??= (async () => {
@@ -645,6 +650,7 @@ export class EventBusClient {
         globalThis.removeEventListener?.('online', onOnline);
         abortAll(STOP);
         wakeAll();
+        await Promise.allSettled(writes);
         await group.close();
         outbox?.close();
         // Without a persisted outbox, events not sent yet are dropped.
