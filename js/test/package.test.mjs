@@ -44,7 +44,16 @@ await Promise.all([receiver.close(), publisher.close()]);
   );
   const server = await startServer();
   try {
-    const output = execFileSync(process.execPath, ['main.js', server.url], { cwd: app, encoding: 'utf8', timeout: 15_000 });
+    let output;
+    const started = Date.now();
+    try {
+      // Generous: Node's start and loading the wasm take seconds of their own on a loaded machine.
+      output = execFileSync(process.execPath, ['main.js', server.url], { cwd: app, encoding: 'utf8', timeout: 60_000 });
+    } catch (error) {
+      assert.fail(`the app failed or did not end within 60 s (${error.message}); it printed:\n${error.stdout ?? ''}${error.stderr ?? ''}\n` +
+        `the server's log:\n${server.log() || '(nothing)'}`);
+    }
+    console.log(`tarball: the app received its event and ended ${Date.now() - started} ms after its start`);
     const { sent, got, payload } = JSON.parse(output);
     assert.equal(got, sent);
     assert.deepEqual(payload, { ok: true });

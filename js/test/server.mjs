@@ -55,7 +55,7 @@ export async function startServer({ bind = '127.0.0.1:0', database = join(tempDi
   let log = '';
   child.stderr.setEncoding('utf8');
   const address = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the server did not listen within 30 s:\n${log}`)), 30_000);
+    const timer = setTimeout(() => reject(new Error(`the server did not listen within 60 s:\n${log}`)), 60_000);
     child.stderr.on('data', (chunk) => {
       log += chunk;
       const match = /listening on (http:\/\/\S+)/.exec(log);
