@@ -1,7 +1,8 @@
 // The package as a user gets it: what `npm pack` ships, an install of that tarball in a
 // fresh project, and the TypeScript declarations.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -58,7 +59,8 @@ await Promise.all([receiver.close(), publisher.close()]);
     const started = Date.now();
     try {
       // Generous: Node's start and loading the wasm take seconds of their own on a loaded machine.
-      output = execFileSync(process.execPath, ['main.js', server.url], { cwd: app, encoding: 'utf8', timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe'] });
+      // Not execFileSync: this process must go on reading the server's log meanwhile (a full pipe blocks the server).
+      ({ stdout: output } = await promisify(execFile)(process.execPath, ['main.js', server.url], { cwd: app, encoding: 'utf8', timeout: 60_000 }));
     } catch (error) {
       assert.fail(`the app failed or did not end within 60 s (${error.message}); it printed:\n${error.stdout ?? ''}${error.stderr ?? ''}\n` +
         `the server's log:\n${server.log() || '(nothing)'}`);
