@@ -77,7 +77,9 @@ async function startOnce({ bind, database, args }) {
     child.stderr.on('data', (chunk) => {
       log += chunk;
       if (listening) return;
-      const match = /listening on (http:\/\/\S+)/.exec(log);
+      // The whole line: the server writes it in pieces (stderr is unbuffered), and a chunk
+      // may end inside it, as "listening on http://127" (which reads as 0.0.0.127).
+      const match = /^listening on (http:\/\/\S+)\r?\n/m.exec(log);
       listening = Boolean(match);
       if (match) {
         clearTimeout(timer);
