@@ -158,6 +158,10 @@ export async function openWindow(browser, server) {
       const timeout = new Promise((resolve) => setTimeout(resolve, 1000, 'not loaded'));
       return Promise.race([read.catch(() => 'not loaded'), timeout]);
     },
+    /** What the tab has logged (console, uncaught errors, failed requests), for messages. */
+    log(page) {
+      return logs.get(page)?.join('\n') || '(nothing)';
+    },
     /** The tab's number (1-based, in the order opened) for messages. */
     name(page) {
       return `tab ${[...logs.keys()].indexOf(page) + 1}`;
@@ -191,7 +195,7 @@ export async function openWindow(browser, server) {
         const shown = await Promise.race([read, new Promise((resolve) => setTimeout(resolve, 2000, 'nothing (the page is not loaded)'))]);
         throw new Error(
           `${win.name(page)}: ${what} did not happen within ${timeout} ms; the tab shows ${shown}\n` +
-            `what the tab logged:\n${logs.get(page)?.join('\n') || '(nothing)'}\n` +
+            `what the tab logged:\n${win.log(page)}\n` +
             `open GET /events: ${JSON.stringify(win.openReads().map(({ tab, stream }) => ({ tab, stream })))}\n` +
             `the server's log:\n${win.server.log() || '(nothing)'}`,
           { cause: error },

@@ -19,9 +19,11 @@ before(async () => {
 });
 
 afterEach(async () => {
-  assert.deepEqual(win?.pageErrors ?? [], [], 'no uncaught error in the page');
+  const errors = win?.pageErrors ?? [];
+  // Closed even when the check fails: a window left open keeps its clients connected.
   await win?.close();
   win = undefined;
+  assert.deepEqual(errors, [], 'no uncaught error in the page');
 });
 
 after(async () => {
@@ -37,13 +39,18 @@ async function page() {
 
 /**
  * Runs `scenario` in the tab with `arg` (and the server's URL as `arg.server`); a failure
- * in the page comes back with the server's log.
+ * in the page comes back with what the tab logged and the server's log.
  */
 async function inPage(tab, scenario, arg = {}) {
+  const started = Date.now();
   try {
     return await tab.evaluate(scenario, { ...arg, server: server.url });
   } catch (error) {
-    throw new Error(`${error.message}\nthe server's log:\n${server.log() || '(nothing)'}`, { cause: error });
+    throw new Error(
+      `${error.message}\n(after ${Date.now() - started} ms in the tab)\n` +
+        `what the tab logged:\n${win?.log(tab) ?? '(nothing)'}\nthe server's log:\n${server.log() || '(nothing)'}`,
+      { cause: error },
+    );
   }
 }
 

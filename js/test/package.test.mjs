@@ -1,7 +1,8 @@
 // The package as a user gets it: what `npm pack` ships, an install of that tarball in a
 // fresh project, and the TypeScript declarations.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -33,18 +34,38 @@ test('the tarball installs in a fresh project, and events flow through it', asyn
     join(app, 'main.js'),
     `import { EventBusClient } from 'distributed-events';
 const url = process.argv[2];
+// What each client reports goes to stderr, which a failed test prints.
+const started = Date.now();
+const tell = (name, client) => {
+  client.onStatus((s) => console.error(\`\${Date.now() - started} ms: \${name}: \${s.state} \${s.transport ?? ''} \${s.error?.code ?? ''} \${s.error?.message ?? ''}\`));
+  client.onError((e) => console.error(\`\${Date.now() - started} ms: \${name}: error \${e.code}: \${e.message}\`));
+};
 const receiver = new EventBusClient({ serverUrl: url, initialPosition: 0 });
+tell('receiver', receiver);
 const received = new Promise((resolve) => receiver.on('Installed', resolve));
 const publisher = new EventBusClient({ serverUrl: url, autoForward: true });
+tell('publisher', publisher);
+publisher.onStored((r) => console.error(\`\${Date.now() - started} ms: publisher: stored at \${r.position}\`));
 const id = publisher.publish('Installed', { ok: true }, { aggregateId: 'app' });
 const event = await received;
+console.error(\`\${Date.now() - started} ms: receiver: received\`);
 console.log(JSON.stringify({ sent: id, got: event.id, payload: event.payload }));
 await Promise.all([receiver.close(), publisher.close()]);
 `,
   );
   const server = await startServer();
   try {
-    const output = execFileSync(process.execPath, ['main.js', server.url], { cwd: app, encoding: 'utf8', timeout: 15_000 });
+    let output;
+    const started = Date.now();
+    try {
+      // Generous: Node's start and loading the wasm take seconds of their own on a loaded machine.
+      // Not execFileSync: this process must go on reading the server's log meanwhile (a full pipe blocks the server).
+      ({ stdout: output } = await promisify(execFile)(process.execPath, ['main.js', server.url], { cwd: app, encoding: 'utf8', timeout: 60_000 }));
+    } catch (error) {
+      assert.fail(`the app failed or did not end within 60 s (${error.message}); it printed:\n${error.stdout ?? ''}${error.stderr ?? ''}\n` +
+        `the server's log:\n${server.log() || '(nothing)'}`);
+    }
+    console.log(`tarball: the app received its event and ended ${Date.now() - started} ms after its start`);
     const { sent, got, payload } = JSON.parse(output);
     assert.equal(got, sent);
     assert.deepEqual(payload, { ok: true });

@@ -30,6 +30,21 @@ export function tempDir() {
  * @returns {Promise<{ url: string, bind: string, database: string, log: () => string, stop: () => Promise<void> }>}
  */
 export async function startServer({ bind = '127.0.0.1:0', database = join(tempDir(), 'events.db'), args = [] } = {}) {
+  // A restart on the port of a stopped server: while it was down, another process on the
+  // machine may have taken the port for a moment (an outgoing connection's local port, a
+  // server of another test binding port 0). Try again for a while rather than fail.
+  const until = Date.now() + 30_000;
+  for (;;) {
+    try {
+      return await startOnce({ bind, database, args });
+    } catch (error) {
+      if (bind.endsWith(':0') || !/Address already in use/.test(error.message) || Date.now() > until) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+}
+
+async function startOnce({ bind, database, args }) {
   if (!existsSync(binary)) {
     throw new Error(
       `no server binary at ${binary}: build it with \`cargo build --release -p distributed-events-server\` ` +
@@ -37,9 +52,11 @@ export async function startServer({ bind = '127.0.0.1:0', database = join(tempDi
     );
   }
   // Only the flags configure it: none of the server's DISTRIBUTED_EVENTS_* variables that
-  // a developer may have exported (a JWT secret, say) leak in. Warnings and errors only.
+  // a developer may have exported (a JWT secret, say) leak in.
   const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('DISTRIBUTED_EVENTS_')));
-  env.RUST_LOG ??= 'warn';
+  // Warnings, errors, and each request with its status and latency (tower_http at debug):
+  // what a failed test needs to tell a slow server from a request never sent.
+  env.RUST_LOG ??= 'warn,tower_http=debug';
   const child = spawn(binary, ['--bind', bind, '--database', `sqlite://${database}`, ...args], {
     env,
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -55,11 +72,15 @@ export async function startServer({ bind = '127.0.0.1:0', database = join(tempDi
   let log = '';
   child.stderr.setEncoding('utf8');
   const address = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the server did not listen within 30 s:\n${log}`)), 30_000);
+    const timer = setTimeout(() => reject(new Error(`the server did not listen within 60 s:\n${log}`)), 60_000);
+    let listening = false;
     child.stderr.on('data', (chunk) => {
       log += chunk;
-      // The whole line: a chunk may end inside the address ("http://127" is a valid URL).
-      const match = /listening on (http:\/\/\S+)\r?\n/.exec(log);
+      if (listening) return;
+      // The whole line: a chunk may end inside it, as "listening on http://127" (which
+      // reads as 0.0.0.127); the server writes it at once now, but a pipe may still split it.
+      const match = /^listening on (http:\/\/\S+)\r?\n/m.exec(log);
+      listening = Boolean(match);
       if (match) {
         clearTimeout(timer);
         resolve(match[1]);
@@ -75,8 +96,11 @@ export async function startServer({ bind = '127.0.0.1:0', database = join(tempDi
     url: address,
     bind: new URL(address).host,
     database,
-    /** What the server has written to stderr so far. */
-    log: () => log,
+    /** What the server has written to stderr so far: its last 300 lines. */
+    log: () => {
+      const lines = log.trimEnd().split('\n');
+      return lines.length <= 300 ? log : `(${lines.length - 300} earlier lines left out)\n${lines.slice(-300).join('\n')}`;
+    },
     /** Stops the server the way an operator would (SIGTERM) and waits until it is gone. */
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;

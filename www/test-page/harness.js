@@ -3,7 +3,23 @@
 // again, as an app would) and records what it hears for the tests to read.
 import { EventBusClient } from 'distributed-events';
 
-window.EventBusClient = EventBusClient;
+let made = 0;
+/**
+ * The package's client, which also tells the console each status and error it reports,
+ * with the time since the page loaded: a failed test prints the tab's console.
+ */
+window.EventBusClient = class extends EventBusClient {
+  constructor(options) {
+    super(options);
+    const name = `client ${++made} (${JSON.stringify(options)})`;
+    const at = () => `${Math.round(performance.now())} ms`;
+    this.onStatus((status) =>
+      console.log(`${at()}: ${name}: ${status.state}${status.transport ? ` (${status.transport})` : ''}` +
+        `${status.error ? ` ${status.error.code}: ${status.error.message}` : ''}`),
+    );
+    this.onError((error) => console.log(`${at()}: ${name}: error ${error.code}: ${error.message}`));
+  }
+};
 /** Every event the page's client handed to its `*` handler, with the time it came. */
 window.received = [];
 /** Every status, as onStatus reported it (the error as code and message). */
@@ -13,7 +29,7 @@ window.errors = [];
 
 const options = new URLSearchParams(location.search).get('client');
 if (options !== null) {
-  const client = new EventBusClient({ serverUrl: location.origin, ...JSON.parse(options) });
+  const client = new window.EventBusClient({ serverUrl: location.origin, ...JSON.parse(options) });
   client.on('*', (event) => window.received.push({ ...event, receivedAt: Date.now() }));
   client.onStatus((status) =>
     window.statuses.push({
