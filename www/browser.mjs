@@ -30,6 +30,15 @@ const { startServer: startBinary, tempDir } = await import('../js/test/server.mj
 /** Generous: a wait ends as soon as what it waits for holds. */
 export const TIMEOUT = 20_000;
 
+/** Checks `condition()` every 50 ms until it is truthy; throws `explain()` after `timeout` ms. */
+export async function until(condition, explain, timeout = TIMEOUT) {
+  const end = Date.now() + timeout;
+  while (!(await condition())) {
+    if (Date.now() > end) throw new Error(`${await explain()} (waited ${timeout} ms)`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 /**
  * A folder the server serves at `/`: the test page, and the package at
  * vendor/distributed-events/ exactly as `npm publish` would ship it (its manifest and

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { TIMEOUT, launchBrowser, openWindow, post, receivedOf, record, startServer, staticDir, storedEvents, unique } from './browser.mjs';
+import { launchBrowser, openWindow, post, receivedOf, record, startServer, staticDir, storedEvents, unique, until } from './browser.mjs';
 
 // After a restart a client retries on its backoff schedule (at most 30 s apart).
 const RECOVERY_TIMEOUT = 60_000;
@@ -28,14 +28,6 @@ after(async () => {
   await server?.stop();
 });
 
-/** Checks `condition()` every 100 ms until it is truthy; throws `explain()` after `timeout` ms. */
-async function until(condition, explain, timeout = TIMEOUT) {
-  const end = Date.now() + timeout;
-  while (!(await condition())) {
-    if (Date.now() > end) throw new Error(`${await explain()} (waited ${timeout} ms)`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 /** Publishes in the tab's client; returns the ids. */
 function publishIn(page, eventType, count) {

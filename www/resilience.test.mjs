@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { TIMEOUT, launchBrowser, openWindow, post, record, startServer, staticDir, storedEvents, unique } from './browser.mjs';
+import { TIMEOUT, launchBrowser, openWindow, post, record, startServer, staticDir, storedEvents, unique, until } from './browser.mjs';
 
 // After a restart a client retries on its backoff schedule (at most 30 s apart).
 const RECOVERY_TIMEOUT = 60_000;
@@ -29,14 +29,6 @@ after(async () => {
   await server?.stop();
 });
 
-/** Checks `condition()` every 100 ms until it is truthy; throws `explain()` after `timeout` ms. */
-async function until(condition, explain, timeout = TIMEOUT) {
-  const end = Date.now() + timeout;
-  while (!(await condition())) {
-    if (Date.now() > end) throw new Error(`${await explain()} (waited ${timeout} ms)`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 /** The events of `eventType` the server stores. */
 async function storedOf(eventType) {

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { TIMEOUT, launchBrowser, openWindow, post, receivedOf, record, spread, startServer, staticDir, storedEvents, unique } from './browser.mjs';
+import { launchBrowser, openWindow, post, receivedOf, record, spread, startServer, staticDir, storedEvents, unique, until } from './browser.mjs';
 
 /** A generous bound on an event's way from the server to every tab; the figures are printed. */
 const LATENCY_BOUND = 10_000;
@@ -25,14 +25,6 @@ after(async () => {
   await server?.stop();
 });
 
-/** Checks `condition()` every 50 ms until it is truthy; throws `explain()` after `timeout` ms. */
-async function until(condition, explain, timeout = TIMEOUT) {
-  const end = Date.now() + timeout;
-  while (!(await condition())) {
-    if (Date.now() > end) throw new Error(`${await explain()} (waited ${timeout} ms)`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
 
 /** The last status each tab heard, as "tab 1: live (stream)". */
 async function states(win) {
