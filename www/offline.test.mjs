@@ -61,6 +61,25 @@ test('events published while the server is down survive a reload, and are stored
   try {
     await Promise.all(win.tabs.map((page) => win.waitForState(page, 'backingOff')));
     ids = await publishIn(publisher, eventType, 3);
+    // An event is durable once IndexedDB has written it, a few milliseconds after publish
+    // (js/README.md); a loaded machine stretches those, so the reload waits for the write.
+    await win.waitInTab(publisher, 'the events written to IndexedDB', (count) =>
+      new Promise((resolve) => {
+        const request = indexedDB.open('distributed-events');
+        request.onerror = () => resolve(false);
+        request.onsuccess = () => {
+          const db = request.result;
+          try {
+            const counting = db.transaction('outbox').objectStore('outbox').count();
+            counting.onsuccess = () => resolve(counting.result >= count);
+            counting.onerror = () => resolve(false);
+          } catch {
+            resolve(false);
+          } finally {
+            db.close();
+          }
+        };
+      }), ids.length);
     // The page goes away before anything could be sent: reloaded, then closed for good.
     await publisher.reload();
     await win.waitInTab(publisher, 'the reloaded page', () => window.harnessReady === true);
